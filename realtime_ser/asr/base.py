@@ -1,0 +1,64 @@
+"""The recognizer protocol every speech recognition backend implements.
+
+A backend is a *factory* for per-stream recognizers: the heavy model is loaded
+once by :class:`RecognizerBackend` and every channel/session gets its own
+:class:`StreamRecognizer` with its own decoding state, so nothing leaks between
+streams. Recognizers are plain synchronous objects: no threads, no clocks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+
+@dataclass(frozen=True, slots=True)
+class Word:
+    """A recognized word. Times are seconds from the start of the audio fed
+    to the recognizer since its last :meth:`StreamRecognizer.start`;
+    ``conf`` is in [0, 1]."""
+
+    word: str
+    start: float
+    end: float
+    conf: float
+
+
+@dataclass(frozen=True, slots=True)
+class Transcript:
+    """A (partial or final) transcript of one utterance."""
+
+    text: str
+    words: tuple[Word, ...] = field(default_factory=tuple)
+    final: bool = False
+
+
+class StreamRecognizer(Protocol):
+    """Decoding state of one audio stream (one channel of one session)."""
+
+    def start(self) -> None:
+        """Begin a new utterance."""
+
+    def accept(self, samples: np.ndarray) -> None:
+        """Feed 16 kHz mono int16 samples of the open utterance."""
+
+    def partial(self) -> str:
+        """The current best hypothesis of the open utterance ('' if none)."""
+
+    def finish(self) -> Transcript:
+        """Close the utterance and return its final transcript."""
+
+    def reset(self) -> None:
+        """Drop any open utterance without producing a result."""
+
+
+class RecognizerBackend(Protocol):
+    """A loaded recognition model that makes per-stream recognizers."""
+
+    name: str
+    model: str
+
+    def new_stream(self) -> StreamRecognizer:
+        """A fresh recognizer with its own state, sharing the loaded model."""

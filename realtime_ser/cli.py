@@ -1,0 +1,178 @@
+"""``realtime-ser``: the command line.
+
+Errors the user can fix (a missing file, a bad flag value, no microphone) are
+printed as one line, ``realtime-ser: error: ...``, with exit status 1 (2 for
+command-line usage errors); never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from . import __version__
+from .config import ALLOWED_INPUT_RATES, apply_overrides, load
+from .errors import ConfigError, RealtimeSerError
+
+log = logging.getLogger("realtime_ser")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="realtime-ser",
+        description="Live speech emotion recognition: utterances with transcripts, as JSON events.",
+    )
+    parser.add_argument("--version", action="version", version=f"realtime-ser {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    run = sub.add_parser("run", help="process live or recorded audio into events",
+                         description="Process the microphone, an audio file or raw PCM16 on stdin into events.")
+    run.add_argument("--input", default="mic", metavar="mic|PATH|-|demo",
+                     help="'mic' (default), an audio file (WAV, FLAC, ... any rate and channel count), "
+                          "'-' for raw PCM16 on stdin, or 'demo' for the bundled sample recording")
+    run.add_argument("--asr", choices=["pocketsphinx", "vosk", "none"], help="speech recognizer (default: pocketsphinx)")
+    run.add_argument("--vosk-model", metavar="DIR", help="Vosk model directory (see 'realtime-ser models download')")
+    run.add_argument("--jsonl", metavar="PATH|-", help="write events as JSON lines to PATH, '-' for stdout")
+    run.add_argument("--config", metavar="FILE", help="TOML configuration (see configs/default.toml)")
+    pace = run.add_mutually_exclusive_group()
+    pace.add_argument("--realtime", action="store_true", help="pace file input at the speed of speech")
+    pace.add_argument("--fast", action="store_true", help="process file input as fast as possible (default)")
+    run.add_argument("--split-channels", action="store_true",
+                     help="treat each channel of a stereo input as its own speaker (ch0, ch1)")
+    run.add_argument("--rate", type=int, metavar="HZ",
+                     help=f"sample rate of raw PCM16 on stdin; one of {', '.join(map(str, ALLOWED_INPUT_RATES))}")
+    run.add_argument("--channels", type=int, choices=[1, 2], help="channel count of raw PCM16 on stdin")
+    run.add_argument("--session", metavar="ID", help="session id (default: a random one)")
+    run.add_argument("--view", choices=["auto", "on", "off"], help="readable terminal view (default: auto)")
+    run.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                     help="override any configuration value, e.g. --set vad.hangover_ms=400 (repeatable)")
+    run.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv for debug)")
+
+    models = sub.add_parser("models", help="manage recognition models")
+    msub = models.add_subparsers(dest="models_command", metavar="ACTION")
+    msub.required = True
+    dl = msub.add_parser("download", help="download a Vosk model into the cache and print its path")
+    from . import download
+
+    download.add_arguments(dl)
+    msub.add_parser("list", help="list the Vosk models that 'download' knows")
+
+    sub.add_parser("devices", help="list audio input devices")
+    return parser
+
+
+def _setup_logging(verbosity: int) -> None:
+    level = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("realtime_ser")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .output import JsonlSink, TerminalView
+    from .pipeline import Pipeline
+    from .sources import open_source
+
+    config = load(args.config)
+    overrides: list[str] = []
+    if args.asr:
+        overrides.append(f"asr.backend={args.asr}")
+    if args.vosk_model:
+        overrides.append(f"asr.vosk_model={args.vosk_model}")
+    if args.realtime:
+        overrides.append("source.realtime=true")
+    if args.fast:
+        overrides.append("source.realtime=false")
+    if args.split_channels:
+        overrides.append("source.split_channels=true")
+    if args.rate is not None:
+        if args.input != "-":
+            raise ConfigError("--rate applies to raw input on stdin (--input -) only")
+        if args.rate not in ALLOWED_INPUT_RATES:
+            raise ConfigError(f"--rate {args.rate} is not supported; use one of "
+                              f"{', '.join(map(str, ALLOWED_INPUT_RATES))}")
+        overrides.append(f"source.stdin_rate={args.rate}")
+    if args.channels is not None:
+        overrides.append(f"source.stdin_channels={args.channels}")
+    if args.jsonl:
+        overrides.append(f"output.jsonl={args.jsonl}")
+    if args.view:
+        overrides.append(f"output.view={args.view}")
+    config = apply_overrides(config, overrides + list(args.set))
+    if config.asr.backend == "vosk" and not config.asr.vosk_model:
+        raise ConfigError("--asr vosk needs a model: pass --vosk-model DIR "
+                          "(get one with 'realtime-ser models download vosk-model-small-en-us-0.15')")
+
+    source = open_source(args.input, config.source)
+    sinks: list[Any] = []
+    jsonl = None
+    if config.output.jsonl:
+        jsonl = JsonlSink(config.output.jsonl)
+        sinks.append(jsonl)
+    view = config.output.view
+    show = view == "on" or (view == "auto" and sys.stdout.isatty() and config.output.jsonl != "-")
+    if show:
+        sinks.append(TerminalView(sys.stdout if config.output.jsonl != "-" else sys.stderr))
+    pipeline = Pipeline(config, source, sinks, session=args.session)
+
+    def on_signal(signum: int, frame: Any) -> None:
+        log.info("signal %d: stopping after flushing what was heard", signum)
+        pipeline.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        pipeline.run()
+    finally:
+        if jsonl is not None:
+            jsonl.close()
+    return 0
+
+
+def _devices() -> int:
+    from .sources import list_input_devices
+
+    devices = list_input_devices()
+    if not devices:
+        print("no audio input devices found; use --input FILE or --input - (raw PCM16 on stdin)")
+        return 1
+    for index, name, channels in devices:
+        print(f"[{index}] {name} ({channels} input channels)")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(getattr(args, "verbose", 0))
+    try:
+        if args.command == "run":
+            return _run(args)
+        if args.command == "models":
+            from . import download
+
+            if args.models_command == "list":
+                args.list = True
+                args.name = None
+            return download.run(args)
+        if args.command == "devices":
+            return _devices()
+    except RealtimeSerError as exc:
+        print(f"realtime-ser: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 1
+    parser.error(f"unknown command {args.command}")  # pragma: no cover
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

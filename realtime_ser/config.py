@@ -1,0 +1,244 @@
+"""Configuration: one frozen dataclass per part, loaded from TOML.
+
+``configs/default.toml`` holds the defaults (the same values as the dataclass
+defaults below). A user file overrides any subset; unknown sections or keys are
+an error that names the allowed ones. Command-line flags override both, through
+:func:`apply_overrides` with ``section.key=value`` strings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import typing
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+from .frames import ALLOWED_FRAME_MS
+
+ALLOWED_INPUT_RATES = (8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000)
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """Where audio comes from and how it is paced."""
+
+    frame_ms: int = 30
+    """Frame length handed to the segmenter; one of 10, 20, 30."""
+    stdin_rate: int = 16000
+    """Sample rate of raw PCM16 on stdin (``--input -``)."""
+    stdin_channels: int = 1
+    """Channel count of raw PCM16 on stdin (interleaved)."""
+    split_channels: bool = False
+    """Treat a stereo input as two speakers ``ch0``/``ch1`` instead of mixing it down."""
+    realtime: bool = False
+    """Pace file input at the speed of speech (otherwise as fast as possible)."""
+    mic_device: str = ""
+    """Microphone device name or index ('' = the system default)."""
+    queue_frames: int = 1000
+    """Bound of the source -> segmenter queue (frames). Live input that finds it full
+    drops the frame and counts it; file input waits."""
+
+
+@dataclass(frozen=True)
+class VadConfig:
+    """Utterance segmentation on webrtcvad."""
+
+    aggressiveness: int = 2
+    """webrtcvad mode 0 (least) .. 3 (most aggressive at rejecting non-speech)."""
+    start_ms: int = 90
+    """Voiced audio needed within ``start_window_ms`` to start an utterance."""
+    start_window_ms: int = 150
+    start_padding_ms: int = 300
+    """Audio before the detected start that is given to the recognizer."""
+    end_padding_ms: int = 200
+    """Audio after the last voiced frame that is given to the recognizer."""
+    hangover_ms: int = 500
+    """Unvoiced time after which an utterance ends (the end-of-speech decision delay)."""
+    min_utterance_ms: int = 250
+    """Utterances with less voiced span than this are discarded."""
+    max_utterance_ms: int = 15000
+    """Utterances are cut at this length; the speech goes on as the next utterance."""
+    input_timeout_ms: int = 1000
+    """An open utterance is closed when no audio arrives for this long (live input)."""
+
+
+@dataclass(frozen=True)
+class AsrConfig:
+    """Speech recognition."""
+
+    backend: str = "pocketsphinx"
+    """One of ``pocketsphinx``, ``vosk``, ``none``."""
+    vosk_model: str = ""
+    """Directory of a Vosk model (required for ``vosk``)."""
+    pocketsphinx_model: str = ""
+    """Directory of a pocketsphinx acoustic model ('' = the bundled en-us)."""
+    pocketsphinx_dict: str = ""
+    pocketsphinx_lm: str = ""
+    partial_interval_ms: int = 300
+    """At most one ``transcript.partial`` per this much audio, and only when the text changed."""
+    partials: bool = True
+    queue_items: int = 2000
+    """Bound of the segmenter -> recognizer queue. Live input that finds it full drops
+    speech frames (counted and reported); utterance boundaries are never dropped."""
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    """Where events go."""
+
+    jsonl: str = ""
+    """Path to write events as JSON lines, ``-`` for stdout, '' for none."""
+    view: str = "auto"
+    """Terminal view: ``auto`` (when stdout is a terminal and no JSONL goes there),
+    ``on`` or ``off``."""
+    queue_events: int = 1000
+    """Bound of the recognizer -> output queue. Final utterances are never dropped:
+    the recognizer waits when it is full."""
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    source: SourceConfig = field(default_factory=SourceConfig)
+    vad: VadConfig = field(default_factory=VadConfig)
+    asr: AsrConfig = field(default_factory=AsrConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def validate(self) -> PipelineConfig:
+        """Check value ranges; raise :class:`ConfigError` naming what is allowed."""
+        s, v, a, o = self.source, self.vad, self.asr, self.output
+        if s.frame_ms not in ALLOWED_FRAME_MS:
+            raise ConfigError(f"source.frame_ms={s.frame_ms} is not allowed; use one of {list(ALLOWED_FRAME_MS)}")
+        if s.stdin_rate not in ALLOWED_INPUT_RATES:
+            raise ConfigError(
+                f"source.stdin_rate={s.stdin_rate} Hz is not supported; use one of {list(ALLOWED_INPUT_RATES)}"
+            )
+        if s.stdin_channels not in (1, 2):
+            raise ConfigError(f"source.stdin_channels={s.stdin_channels} is not allowed; use 1 or 2")
+        if s.queue_frames < 10:
+            raise ConfigError("source.queue_frames must be at least 10")
+        if v.aggressiveness not in (0, 1, 2, 3):
+            raise ConfigError(f"vad.aggressiveness={v.aggressiveness} is not allowed; use 0, 1, 2 or 3")
+        for name in ("start_ms", "start_window_ms", "start_padding_ms", "end_padding_ms", "hangover_ms",
+                     "min_utterance_ms", "max_utterance_ms", "input_timeout_ms"):
+            if getattr(v, name) < 0:
+                raise ConfigError(f"vad.{name} must be >= 0, got {getattr(v, name)}")
+        if v.start_ms > v.start_window_ms:
+            raise ConfigError("vad.start_ms must not exceed vad.start_window_ms")
+        if v.hangover_ms < s.frame_ms:
+            raise ConfigError(f"vad.hangover_ms must be at least one frame ({s.frame_ms} ms)")
+        if v.end_padding_ms > v.hangover_ms:
+            raise ConfigError("vad.end_padding_ms must not exceed vad.hangover_ms")
+        if v.max_utterance_ms < max(v.min_utterance_ms, 1000):
+            raise ConfigError("vad.max_utterance_ms must be at least 1000 and at least vad.min_utterance_ms")
+        if a.backend not in ("pocketsphinx", "vosk", "none"):
+            raise ConfigError(f"asr.backend={a.backend!r} is not known; use one of pocketsphinx, vosk, none")
+        if a.partial_interval_ms < 0:
+            raise ConfigError("asr.partial_interval_ms must be >= 0")
+        if a.queue_items < 10:
+            raise ConfigError("asr.queue_items must be at least 10")
+        if o.view not in ("auto", "on", "off"):
+            raise ConfigError(f"output.view={o.view!r} is not allowed; use auto, on or off")
+        if o.queue_events < 1:
+            raise ConfigError("output.queue_events must be at least 1")
+        return self
+
+
+_SECTIONS: dict[str, type] = {
+    "source": SourceConfig,
+    "vad": VadConfig,
+    "asr": AsrConfig,
+    "output": OutputConfig,
+}
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in fields(cls)}
+
+
+def _coerce(section: str, key: str, value: Any, typ: Any) -> Any:
+    where = f"{section}.{key}"
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+            return value.lower() in ("true", "1", "yes", "on")
+        raise ConfigError(f"{where} must be true or false, got {value!r}")
+    if typ is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where} must be an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where} must be an integer, got {value!r}")
+    if typ is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{where} must be a string, got {value!r}")
+    raise ConfigError(f"{where}: unsupported type {typ}")  # pragma: no cover
+
+
+def merge(config: PipelineConfig, data: dict[str, Any], origin: str = "config") -> PipelineConfig:
+    """Return ``config`` with the values of a parsed TOML mapping applied."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{origin}: the top level must be a table")
+    updates: dict[str, Any] = {}
+    for section, values in data.items():
+        cls = _SECTIONS.get(section)
+        if cls is None:
+            raise ConfigError(f"{origin}: unknown section [{section}]; allowed: {', '.join(_SECTIONS)}")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{origin}: [{section}] must be a table")
+        types = _field_types(cls)
+        changes = {}
+        for key, value in values.items():
+            if key not in types:
+                raise ConfigError(
+                    f"{origin}: unknown key {section}.{key}; allowed in [{section}]: {', '.join(types)}"
+                )
+            changes[key] = _coerce(section, key, value, types[key])
+        updates[section] = replace(getattr(config, section), **changes)
+    return replace(config, **updates)
+
+
+def load(path: str | Path | None = None) -> PipelineConfig:
+    """Defaults, then ``path`` (a TOML file) if given, validated."""
+    config = PipelineConfig()
+    if path is not None:
+        p = Path(path)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {p}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {p}: {exc}") from None
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {p} is not valid TOML: {exc}") from None
+        config = merge(config, data, origin=str(p))
+    return config.validate()
+
+
+def apply_overrides(config: PipelineConfig, overrides: list[str]) -> PipelineConfig:
+    """Apply ``section.key=value`` strings (command-line ``--set``)."""
+    data: dict[str, dict[str, Any]] = {}
+    for item in overrides:
+        name, sep, value = item.partition("=")
+        section, dot, key = name.strip().partition(".")
+        if not sep or not dot or not key:
+            raise ConfigError(f"--set {item!r}: expected SECTION.KEY=VALUE, e.g. vad.hangover_ms=400")
+        data.setdefault(section, {})[key] = value.strip()
+    return merge(config, data, origin="--set").validate()
+
+
+def to_dict(config: PipelineConfig) -> dict[str, Any]:
+    """The resolved configuration as plain data (written next to results)."""
+    return dataclasses.asdict(config)

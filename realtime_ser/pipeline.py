@@ -1,0 +1,461 @@
+"""The pipeline: stages on threads joined by bounded queues.
+
+::
+
+    source thread ──frames──▶ segment thread ──segment events──▶ asr thread ──events──▶ output thread
+                     (q_frames)                 (q_speech)                    (q_events)
+
+Overload policy, queue by queue (everything is bounded):
+
+- ``q_frames`` (``source.queue_frames``): a *live* source (microphone, WebSocket)
+  that finds it full drops the frame; drops are counted and reported in an
+  ``error`` event with code ``audio_dropped`` and in ``session.ended``. A file
+  or stdin source waits instead: it is read at the pace the pipeline keeps.
+- ``q_speech`` (``asr.queue_items``): for live input, speech frames that find it
+  full are dropped and counted the same way; utterance boundaries (start, end)
+  are never dropped: the segmenter waits for room.
+- ``q_events`` (``output.queue_events``): final utterances are never dropped;
+  the recognizer waits for room. ``transcript.partial`` events are dropped when
+  it is full (a later partial or the final supersedes them).
+
+Control is out of band: stopping sets an event that every thread checks at
+least every 100 ms, so no thread waits forever on a queue; every join is
+bounded. End of input flows down the queues as a marker so that every
+utterance already heard is flushed before the session ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import __version__
+from .asr import RecognizerBackend, StreamRecognizer, create_backend
+from .config import PipelineConfig, to_dict
+from .errors import RealtimeSerError, RecognizerError
+from .events import Event, EventLog, Sink, round_ms, round_t, speaker_name
+from .frames import SAMPLE_RATE, AudioFrame, SpeechAudio, SpeechDiscarded, SpeechEnd, SpeechStart
+from .sources import Source
+from .vad import Segmenter
+
+log = logging.getLogger(__name__)
+
+_POLL = 0.1  # seconds: how often a waiting thread checks the stop event
+
+
+class _EndOfStream:
+    """Marker that travels down the queues after the last item."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+@dataclass
+class Stats:
+    frames: int = 0
+    dropped_frames: int = 0
+    dropped_speech_frames: int = 0
+    discarded_segments: int = 0
+    utterances: int = 0
+    partials: int = 0
+    dropped_partials: int = 0
+    errors: int = 0
+    stage_seconds: dict[str, float] = field(default_factory=lambda: {"vad": 0.0, "asr": 0.0})
+    audio_seconds: float = 0.0
+
+
+def new_session_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+class Pipeline:
+    """One session: a source, per-channel segmenters and recognizers, sinks.
+
+    ``run()`` blocks until the input ends or ``stop()`` is called, flushes every
+    utterance already heard, emits ``session.ended`` and returns the stats.
+    """
+
+    def __init__(
+        self,
+        config: PipelineConfig,
+        source: Source,
+        sinks: list[Sink],
+        *,
+        backend: RecognizerBackend | None | str = "auto",
+        session: str | None = None,
+        input_name: str | None = None,
+        clock: Callable[[], int] = time.monotonic_ns,
+    ) -> None:
+        self.config = config
+        self.source = source
+        self.session = session or new_session_id()
+        self.log = EventLog(self.session, sinks)
+        self.stats = Stats()
+        self._clock = clock
+        self._backend = create_backend(config.asr) if backend == "auto" else backend
+        self._input_name = input_name or source.name
+        self._stop = threading.Event()
+        self._failed: BaseException | None = None
+        self._q_frames: queue.Queue[AudioFrame | _EndOfStream] = queue.Queue(config.source.queue_frames)
+        self._q_speech: queue.Queue[Any] = queue.Queue(config.asr.queue_items)
+        self._q_events: queue.Queue[tuple[str, float, dict[str, Any]] | _EndOfStream] = queue.Queue(
+            config.output.queue_events
+        )
+        self._threads: list[threading.Thread] = []
+        self._end_reason = "end_of_input"
+        self._reported_drops = 0
+
+    # -- public ---------------------------------------------------------------------
+
+    @property
+    def speakers(self) -> list[str]:
+        return [speaker_name(ch) for ch in range(self.source.out_channels)]
+
+    def stop(self) -> None:
+        """Stop taking input; what was heard is still flushed. Safe from any thread."""
+        if self._end_reason == "end_of_input":
+            self._end_reason = "stopped"
+        self.source.close()
+
+    def abort(self) -> None:
+        """Stop everything now, without flushing."""
+        self._stop.set()
+        self.source.close()
+
+    def run(self, flush_timeout: float = 1.5) -> Stats:
+        """Run the session to its end; raise the first fatal error, if any."""
+        self._emit_direct(
+            "session.started",
+            0.0,
+            input=self._input_name,
+            asr={"backend": self.config.asr.backend, "model": self._backend.model if self._backend else None},
+            sample_rate=self.source.sample_rate,
+            channels=self.source.channels,
+            speakers=self.speakers,
+            realtime=bool(self.config.source.realtime or self.source.live),
+            config=to_dict(self.config),
+            version=__version__,
+        )
+        self._threads = [
+            threading.Thread(target=self._guard(self._source_loop), name="ser-source", daemon=True),
+            threading.Thread(target=self._guard(self._segment_loop), name="ser-segment", daemon=True),
+            threading.Thread(target=self._guard(self._asr_loop), name="ser-asr", daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
+        try:
+            self._output_loop()
+        except KeyboardInterrupt:
+            log.info("interrupted: flushing what was heard")
+            self.stop()
+            self._drain_after_stop(flush_timeout)
+        finally:
+            self._stop.set()
+            self.source.close()
+            for t in self._threads:
+                t.join(timeout=flush_timeout)
+                if t.is_alive():
+                    log.warning("thread %s did not stop within %.1f s", t.name, flush_timeout)
+        if self._failed is not None and not isinstance(self._failed, KeyboardInterrupt):
+            raise self._failed
+        return self.stats
+
+    # -- threads -----------------------------------------------------------------------
+
+    def _guard(self, target: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                target()
+            except BaseException as exc:  # reported once, then the session ends
+                if self._failed is None:
+                    self._failed = exc
+                if not isinstance(exc, RealtimeSerError):
+                    log.exception("%s failed", threading.current_thread().name)
+                self._end_reason = "error"
+                self.source.close()
+                self._put(self._q_events, ("error", 0.0, {"code": "internal" if not isinstance(
+                    exc, RealtimeSerError) else "input_failed", "message": str(exc), "fatal": True}), force=True)
+                self._put(self._q_events, _EndOfStream("error"), force=True)
+
+        return run
+
+    def _put(self, q: queue.Queue[Any], item: Any, force: bool = False) -> bool:
+        """Blocking put that gives up only when the session is aborted."""
+        while True:
+            try:
+                q.put(item, timeout=_POLL)
+                return True
+            except queue.Full:
+                if self._stop.is_set() and not force:
+                    return False
+                if self._stop.is_set() and force:
+                    try:  # make room: only reached on abort
+                        q.get_nowait()
+                    except queue.Empty:
+                        pass
+
+    def _source_loop(self) -> None:
+        live = self.source.live
+        for frame in self.source:
+            if self._stop.is_set():
+                break
+            self.stats.frames += 1
+            if live:
+                try:
+                    self._q_frames.put_nowait(frame)
+                except queue.Full:
+                    self.stats.dropped_frames += 1
+            elif not self._put(self._q_frames, frame):
+                break
+        self._put(self._q_frames, _EndOfStream(self._end_reason), force=True)
+
+    def _segment_loop(self) -> None:
+        cfg = self.config
+        segmenters = [Segmenter(cfg.vad, cfg.source.frame_ms, ch) for ch in range(self.source.out_channels)]
+        timeout = cfg.vad.input_timeout_ms / 1000.0
+        live = self.source.live or cfg.source.realtime
+        last_input = time.monotonic()
+        busy = 0.0
+        while not self._stop.is_set():
+            try:
+                item = self._q_frames.get(timeout=min(_POLL, timeout) if timeout > 0 else _POLL)
+            except queue.Empty:
+                # Audio stopped arriving: close open utterances (the VAD must not stay
+                # "speaking" forever when a live stream stalls).
+                if live and timeout > 0 and time.monotonic() - last_input >= timeout:
+                    for seg in segmenters:
+                        if seg.in_speech:
+                            self._forward(seg.flush("input_timeout", self._clock()), live)
+                continue
+            if isinstance(item, _EndOfStream):
+                for seg in segmenters:
+                    self._forward(seg.flush("end_of_input", self._clock()), live)
+                self._put(self._q_speech, item, force=True)
+                break
+            last_input = time.monotonic()
+            t0 = time.perf_counter()
+            events = segmenters[item.channel].feed(item, self._clock())
+            busy += time.perf_counter() - t0
+            self._forward(events, live)
+        self.stats.stage_seconds["vad"] += busy
+        self.stats.discarded_segments = sum(s.discarded for s in segmenters)
+
+    def _forward(self, events: list[Any], live: bool) -> None:
+        for ev in events:
+            if live and isinstance(ev, SpeechAudio):
+                try:
+                    self._q_speech.put_nowait(ev)
+                except queue.Full:
+                    self.stats.dropped_speech_frames += 1
+                continue
+            self._put(self._q_speech, ev)
+
+    def _asr_loop(self) -> None:
+        backend = self._backend
+        cfg = self.config.asr
+        streams: dict[int, StreamRecognizer] = {}
+        fed: dict[int, int] = {}
+        last_partial: dict[int, tuple[int, str]] = {}
+        audio_start: dict[int, float] = {}
+        utt_start: dict[int, float] = {}
+        failed: dict[int, str] = {}
+        interval = cfg.partial_interval_ms * SAMPLE_RATE // 1000
+        busy = 0.0
+
+        def stream(ch: int) -> StreamRecognizer | None:
+            if backend is None:
+                return None
+            if ch not in streams:
+                streams[ch] = backend.new_stream()
+            return streams[ch]
+
+        def uid(ch: int, index: int) -> str:
+            return f"{speaker_name(ch)}-{index}"
+
+        while not self._stop.is_set():
+            try:
+                item = self._q_speech.get(timeout=_POLL)
+            except queue.Empty:
+                continue
+            if isinstance(item, _EndOfStream):
+                self._put(self._q_events, item, force=True)
+                break
+            ch = item.channel
+            rec = stream(ch)
+            if isinstance(item, SpeechStart):
+                audio_start[ch] = item.audio_start
+                utt_start[ch] = item.start
+                fed[ch] = 0
+                last_partial[ch] = (0, "")
+                failed.pop(ch, None)
+                if rec is not None:
+                    try:
+                        rec.start()
+                    except RecognizerError as exc:
+                        failed[ch] = str(exc)
+                self._emit_queued("speech.started", item.start, speaker=speaker_name(ch), channel=ch,
+                                  utterance_id=uid(ch, item.utterance_index), start=round_t(item.start))
+            elif isinstance(item, SpeechAudio):
+                fed[ch] = fed.get(ch, 0) + len(item.frame.samples)
+                if rec is None or ch in failed:
+                    continue
+                t0 = time.perf_counter()
+                try:
+                    rec.accept(item.frame.samples)
+                except RecognizerError as exc:
+                    failed[ch] = str(exc)
+                    self._report_error("recognizer_failed", str(exc), speaker=speaker_name(ch))
+                    continue
+                if cfg.partials and interval > 0 and fed[ch] - last_partial[ch][0] >= interval:
+                    text = rec.partial()
+                    if text and text != last_partial[ch][1]:
+                        self._emit_partial(item.frame.end, speaker=speaker_name(ch), channel=ch,
+                                           utterance_id=uid(ch, item.utterance_index),
+                                           start=round_t(utt_start.get(ch, 0.0)), text=text)
+                    last_partial[ch] = (fed[ch], text or last_partial[ch][1])
+                busy += time.perf_counter() - t0
+            elif isinstance(item, SpeechEnd):
+                taken_ns = self._clock()
+                text, words, error = "", [], failed.pop(ch, None)
+                if rec is not None and error is None:
+                    try:
+                        result = rec.finish()
+                        text = result.text
+                        base = audio_start.get(ch, item.start)
+                        words = [{"word": w.word, "start": round_t(base + w.start), "end": round_t(base + w.end),
+                                  "conf": round(w.conf, 4)} for w in result.words]
+                    except RecognizerError as exc:
+                        error = str(exc)
+                        self._report_error("recognizer_failed", error, speaker=speaker_name(ch))
+                        rec.reset()
+                elif rec is not None:
+                    rec.reset()
+                done_ns = self._clock()
+                busy += (done_ns - taken_ns) / 1e9
+                asr_info: dict[str, Any] = {"backend": cfg.backend, "model": backend.model if backend else None}
+                if error:
+                    asr_info["error"] = error
+                fields = {
+                    "utterance_id": uid(ch, item.utterance_index),
+                    "speaker": speaker_name(ch),
+                    "channel": ch,
+                    "start": round_t(item.start),
+                    "end": round_t(item.end),
+                    "text": text,
+                    "words": words,
+                    "emotion": None,
+                    "end_reason": item.reason,
+                    "asr": asr_info,
+                    "latency_ms": {
+                        "vad": round_ms(max(0, item.decided_ns - item.end_capture_ns) / 1e6),
+                        "queue": round_ms(max(0, taken_ns - item.decided_ns) / 1e6),
+                        "asr": round_ms((done_ns - taken_ns) / 1e6),
+                    },
+                    "_end_capture_ns": item.end_capture_ns,
+                    "_queued_ns": done_ns,
+                }
+                self._put(self._q_events, ("utterance", item.end, fields), force=True)
+            elif isinstance(item, SpeechDiscarded):
+                if rec is not None:
+                    rec.reset()
+        self.stats.stage_seconds["asr"] += busy
+        for rec in streams.values():
+            rec.reset()
+
+    def _output_loop(self) -> None:
+        """Runs on the caller's thread: numbers events and hands them to the sinks."""
+        while True:
+            self._report_drops()
+            try:
+                item = self._q_events.get(timeout=_POLL)
+            except queue.Empty:
+                if self._stop.is_set():
+                    return
+                continue
+            if isinstance(item, _EndOfStream):
+                self._finish(item.reason)
+                return
+            self._deliver(item)
+
+    def _drain_after_stop(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                item = self._q_events.get(timeout=_POLL)
+            except queue.Empty:
+                continue
+            if isinstance(item, _EndOfStream):
+                self._finish(item.reason)
+                return
+            self._deliver(item)
+        log.warning("flush did not finish within %.1f s; ending the session", timeout)
+        self._finish("stopped")
+
+    def _deliver(self, item: tuple[str, float, dict[str, Any]]) -> None:
+        type_, t, fields = item
+        if type_ == "utterance":
+            now = self._clock()
+            end_capture = fields.pop("_end_capture_ns")
+            queued = fields.pop("_queued_ns")
+            fields["latency_ms"]["emit"] = round_ms(max(0, now - queued) / 1e6)
+            fields["latency_ms"]["total"] = round_ms(max(0, now - end_capture) / 1e6)
+            self.stats.utterances += 1
+        elif type_ == "transcript.partial":
+            self.stats.partials += 1
+        elif type_ == "error":
+            self.stats.errors += 1
+        self.log.emit(type_, t, **fields)
+
+    def _finish(self, reason: str) -> None:
+        self._report_drops(force=True)
+        self.stats.audio_seconds = self.stats.frames * self.config.source.frame_ms / 1000.0 / max(
+            1, self.source.out_channels)
+        s = self.stats
+        self.log.emit(
+            "session.ended",
+            s.audio_seconds,
+            reason=reason if reason in ("end_of_input", "stopped", "error") else "stopped",
+            counts={
+                "utterances": s.utterances,
+                "frames": s.frames,
+                "dropped_frames": s.dropped_frames + s.dropped_speech_frames + self.source.dropped_frames,
+                "discarded_segments": s.discarded_segments,
+                "partials": s.partials,
+                "errors": s.errors,
+            },
+            duration=round_t(s.audio_seconds),
+        )
+
+    # -- event helpers -------------------------------------------------------------------
+
+    def _emit_direct(self, type_: str, t: float, **fields: Any) -> Event:
+        return self.log.emit(type_, t, **fields)
+
+    def _emit_queued(self, type_: str, t: float, **fields: Any) -> None:
+        self._put(self._q_events, (type_, t, fields), force=True)
+
+    def _emit_partial(self, t: float, **fields: Any) -> None:
+        try:
+            self._q_events.put_nowait(("transcript.partial", t, fields))
+        except queue.Full:
+            self.stats.dropped_partials += 1
+
+    def _report_error(self, code: str, message: str, **fields: Any) -> None:
+        self._put(self._q_events, ("error", 0.0, {"code": code, "message": message, "fatal": False, **fields}),
+                  force=True)
+
+    def _report_drops(self, force: bool = False) -> None:
+        dropped = self.stats.dropped_frames + self.stats.dropped_speech_frames + self.source.dropped_frames
+        if dropped > self._reported_drops:
+            new = dropped - self._reported_drops
+            self._reported_drops = dropped
+            self.stats.errors += 1
+            self.log.emit("error", self.stats.frames * self.config.source.frame_ms / 1000.0,
+                          code="audio_dropped", fatal=False, count=new,
+                          message=f"{new} audio frames dropped: processing fell behind the live input")

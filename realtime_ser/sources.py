@@ -1,0 +1,346 @@
+"""Audio sources: files, raw PCM16 on stdin, the microphone.
+
+Each source is an iterator of :class:`~realtime_ser.frames.AudioFrame`: 16 kHz
+mono int16 frames of a fixed length, one channel at a time, stamped with
+``time.monotonic_ns()`` when the source obtained them. Multi-channel input is
+either mixed down to one channel (0) or, with ``split_channels``, handed out
+as one stream per channel (speakers ``ch0``, ``ch1``, ...), frames of all
+channels interleaved in time order.
+
+Sources run on the pipeline's source thread; :meth:`Source.close` may be
+called from another thread to make the iteration end soon.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+from .config import ALLOWED_INPUT_RATES, SourceConfig
+from .errors import DeviceError, InputError
+from .frames import SAMPLE_RATE, AudioFrame
+
+log = logging.getLogger(__name__)
+
+SUPPORTED_FORMATS = "WAV, FLAC, OGG/Vorbis, AIFF, AU and other formats libsndfile reads"
+
+
+class _Framer:
+    """Resamples blocks of one channel to 16 kHz and cuts them into frames."""
+
+    def __init__(self, in_rate: int, frame_len: int) -> None:
+        self._resampler = None
+        if in_rate != SAMPLE_RATE:
+            import soxr
+
+            self._resampler = soxr.ResampleStream(in_rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
+        self._frame_len = frame_len
+        self._buf = np.zeros(0, dtype=np.int16)
+        self.offset = 0
+
+    def push(self, block: np.ndarray, last: bool = False) -> list[tuple[int, np.ndarray]]:
+        """Add float32 samples in [-1, 1]; return (offset, int16 frame) pairs now complete.
+
+        With ``last``, the remainder is zero-padded to a whole frame.
+        """
+        if self._resampler is not None:
+            block = self._resampler.resample_chunk(block.astype(np.float32, copy=False), last=last)
+        pcm = np.clip(np.round(block * 32768.0), -32768, 32767).astype(np.int16)
+        buf = np.concatenate([self._buf, pcm]) if len(self._buf) else pcm
+        out = []
+        n = len(buf) // self._frame_len
+        for i in range(n):
+            out.append((self.offset, buf[i * self._frame_len : (i + 1) * self._frame_len]))
+            self.offset += self._frame_len
+        self._buf = buf[n * self._frame_len :]
+        if last and len(self._buf):
+            pad = np.zeros(self._frame_len, dtype=np.int16)
+            pad[: len(self._buf)] = self._buf
+            out.append((self.offset, pad))
+            self.offset += self._frame_len
+            self._buf = np.zeros(0, dtype=np.int16)
+        return out
+
+
+class Source:
+    """Base class: an iterator of frames plus a description."""
+
+    name = "source"
+    live = False
+    """Live sources drop audio when the pipeline falls behind; others wait."""
+
+    def __init__(self, config: SourceConfig) -> None:
+        self.config = config
+        self.frame_len = SAMPLE_RATE * config.frame_ms // 1000
+        self.sample_rate = SAMPLE_RATE
+        self.channels = 1
+        self.dropped_frames = 0
+        self._closed = threading.Event()
+
+    @property
+    def out_channels(self) -> int:
+        """Number of channels (speakers) the frames come in."""
+        return self.channels if self.config.split_channels else 1
+
+    def close(self) -> None:
+        self._closed.set()
+
+    def __iter__(self) -> Iterator[AudioFrame]:
+        raise NotImplementedError
+
+    def _frames_from_blocks(self, blocks: Iterator[np.ndarray], pace: bool) -> Iterator[AudioFrame]:
+        """Turn float32 blocks of shape (n, channels) into frames, paced if asked."""
+        outs = self.out_channels
+        framers = [_Framer(self.sample_rate, self.frame_len) for _ in range(outs)]
+        seq = 0
+        t0 = time.monotonic()
+        pending: list[list[tuple[int, np.ndarray]]] = [[] for _ in range(outs)]
+
+        def drain(last: bool, block: np.ndarray | None) -> Iterator[AudioFrame]:
+            nonlocal seq
+            for ch in range(outs):
+                if block is None:
+                    data = np.zeros(0, dtype=np.float32)
+                elif outs == 1:
+                    data = block.mean(axis=1) if block.shape[1] > 1 else block[:, 0]
+                else:
+                    data = block[:, ch]
+                pending[ch].extend(framers[ch].push(data, last=last))
+            # Hand out frames in time order across channels.
+            n = min(len(p) for p in pending) if not last else max(len(p) for p in pending)
+            for i in range(n):
+                for ch in range(outs):
+                    if i >= len(pending[ch]):
+                        continue
+                    offset, samples = pending[ch][i]
+                    if pace:
+                        due = t0 + (offset + len(samples)) / SAMPLE_RATE
+                        delay = due - time.monotonic()
+                        if delay > 0 and self._closed.wait(delay):
+                            return
+                    if self._closed.is_set():
+                        return
+                    yield AudioFrame(seq, ch, offset, samples, time.monotonic_ns())
+                    seq += 1
+            for ch in range(outs):
+                del pending[ch][:n]
+
+        for block in blocks:
+            if self._closed.is_set():
+                return
+            yield from drain(False, block)
+        if not self._closed.is_set():
+            yield from drain(True, None)
+
+
+class FileSource(Source):
+    """An audio file decoded by libsndfile, any rate and channel count."""
+
+    def __init__(self, path: str | Path, config: SourceConfig) -> None:
+        super().__init__(config)
+        import soundfile as sf
+
+        self.path = Path(path)
+        self.name = str(path)
+        if not self.path.exists():
+            raise InputError(f"input file not found: {self.path}")
+        if self.path.is_dir():
+            raise InputError(f"input is a directory, not an audio file: {self.path}")
+        try:
+            info = sf.info(str(self.path))
+        except Exception as exc:  # soundfile raises LibsndfileError / RuntimeError
+            size = self.path.stat().st_size
+            what = "is empty" if size == 0 else "is not a readable audio file"
+            raise InputError(
+                f"{self.path} {what} ({_short(exc)}); supported: {SUPPORTED_FORMATS}"
+            ) from None
+        if info.frames == 0:
+            raise InputError(f"{self.path} contains no audio samples")
+        if info.channels > 2 and config.split_channels:
+            log.info("%s has %d channels; each becomes a speaker", self.path, info.channels)
+        self.sample_rate = int(info.samplerate)
+        self.channels = int(info.channels)
+        self.duration = info.frames / info.samplerate
+        self._sf = sf
+
+    def __iter__(self) -> Iterator[AudioFrame]:
+        block = max(1, self.sample_rate // 10)  # 100 ms blocks
+
+        def blocks() -> Iterator[np.ndarray]:
+            try:
+                with self._sf.SoundFile(str(self.path)) as f:
+                    while True:
+                        data = f.read(block, dtype="float32", always_2d=True)
+                        if len(data) == 0:
+                            return
+                        yield data
+            except Exception as exc:
+                raise InputError(f"failed to decode {self.path}: {_short(exc)}") from None
+
+        yield from self._frames_from_blocks(blocks(), pace=self.config.realtime)
+
+
+class StdinSource(Source):
+    """Raw little-endian PCM16 on a binary stream (stdin), interleaved channels."""
+
+    def __init__(self, stream: BinaryIO, config: SourceConfig, rate: int | None = None,
+                 channels: int | None = None) -> None:
+        super().__init__(config)
+        self.name = "stdin"
+        rate = config.stdin_rate if rate is None else rate
+        channels = config.stdin_channels if channels is None else channels
+        if rate not in ALLOWED_INPUT_RATES:
+            raise InputError(
+                f"unsupported raw input rate {rate} Hz; use one of {', '.join(map(str, ALLOWED_INPUT_RATES))}"
+            )
+        if channels not in (1, 2):
+            raise InputError(f"unsupported raw input channel count {channels}; use 1 or 2")
+        self.sample_rate = rate
+        self.channels = channels
+        self._stream = stream
+
+    def __iter__(self) -> Iterator[AudioFrame]:
+        bytes_per_block = 2 * self.channels * max(1, self.sample_rate // 50)  # 20 ms reads
+
+        def blocks() -> Iterator[np.ndarray]:
+            carry = b""
+            while not self._closed.is_set():
+                chunk = self._stream.read(bytes_per_block)
+                if not chunk:
+                    break
+                data = carry + chunk
+                usable = len(data) - len(data) % (2 * self.channels)
+                carry = data[usable:]
+                if usable:
+                    pcm = np.frombuffer(data[:usable], dtype="<i2").reshape(-1, self.channels)
+                    yield pcm.astype(np.float32) / 32768.0
+            if carry:
+                log.warning("stdin ended with %d bytes that do not make a whole sample; ignored", len(carry))
+
+        yield from self._frames_from_blocks(blocks(), pace=False)
+
+
+class MicSource(Source):
+    """The microphone, through sounddevice (PortAudio)."""
+
+    live = True
+
+    def __init__(self, config: SourceConfig) -> None:
+        super().__init__(config)
+        self.name = "mic"
+        self._sd = _import_sounddevice()
+        device = _parse_device(config.mic_device)
+        inputs = list_input_devices(self._sd)
+        if not inputs:
+            raise DeviceError(_no_device_message(self._sd))
+        try:
+            info = self._sd.query_devices(device, kind="input")
+        except Exception as exc:
+            names = "; ".join(f"[{i}] {n}" for i, n, _ in inputs)
+            raise DeviceError(f"input device {config.mic_device or 'default'} not usable ({_short(exc)}); "
+                              f"input devices found: {names}") from None
+        self.device = device
+        self.device_name = str(info["name"])
+        self.sample_rate = int(info["default_samplerate"]) or SAMPLE_RATE
+        self.channels = 2 if config.split_channels and int(info["max_input_channels"]) >= 2 else 1
+        # Blocks wait here between the audio callback and the source thread; when the
+        # pipeline falls this far behind, blocks are dropped and counted.
+        self._blocks: queue.Queue[np.ndarray] = queue.Queue(maxsize=200)
+
+    def _callback(self, indata: np.ndarray, frames: int, time_info: object, status: object) -> None:
+        try:
+            self._blocks.put_nowait(indata.copy())
+        except queue.Full:
+            self.dropped_frames += max(1, frames // max(1, self.sample_rate * self.config.frame_ms // 1000))
+
+    def __iter__(self) -> Iterator[AudioFrame]:
+        def blocks() -> Iterator[np.ndarray]:
+            try:
+                stream = self._sd.InputStream(
+                    device=self.device, channels=self.channels, samplerate=self.sample_rate,
+                    dtype="float32", blocksize=self.sample_rate // 50, callback=self._callback,
+                )
+            except Exception as exc:
+                raise DeviceError(f"cannot open input device {self.device_name!r}: {_short(exc)}") from None
+            log.info("listening on %s at %d Hz", self.device_name, self.sample_rate)
+            with stream:
+                while not self._closed.is_set():
+                    try:
+                        yield self._blocks.get(timeout=0.1)
+                    except queue.Empty:
+                        continue
+
+        yield from self._frames_from_blocks(blocks(), pace=False)
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[-1] if text else type(exc).__name__
+
+
+def _import_sounddevice():  # type: ignore[no-untyped-def]
+    try:
+        import sounddevice
+    except OSError as exc:  # PortAudio library missing
+        raise DeviceError(
+            f"no audio input available: the PortAudio library is not installed ({_short(exc)}); "
+            "install it (Debian/Ubuntu: apt-get install libportaudio2) or use --input FILE"
+        ) from None
+    except ImportError as exc:
+        raise DeviceError(f"no audio input available: {_short(exc)}; use --input FILE") from None
+    return sounddevice
+
+
+def _parse_device(value: str) -> int | str | None:
+    if not value:
+        return None
+    return int(value) if value.isdigit() else value
+
+
+def list_input_devices(sd=None) -> list[tuple[int, str, int]]:  # type: ignore[no-untyped-def]
+    """(index, name, input channels) of every input device PortAudio sees."""
+    sd = sd or _import_sounddevice()
+    try:
+        devices = sd.query_devices()
+    except Exception:
+        return []
+    return [(i, str(d["name"]), int(d["max_input_channels"]))
+            for i, d in enumerate(devices) if int(d["max_input_channels"]) > 0]
+
+
+def _no_device_message(sd) -> str:  # type: ignore[no-untyped-def]
+    try:
+        devices = sd.query_devices()
+        found = "; ".join(f"[{i}] {d['name']} ({d['max_input_channels']} in, {d['max_output_channels']} out)"
+                          for i, d in enumerate(devices)) or "none"
+    except Exception as exc:
+        found = f"none ({_short(exc)})"
+    return ("no audio input device found (devices PortAudio sees: " + found + "). "
+            "Connect a microphone, or process a recording with --input FILE (or raw PCM16 on stdin with --input -)")
+
+
+def open_source(spec: str, config: SourceConfig, stdin: BinaryIO | None = None) -> Source:
+    """``mic``, ``-`` (stdin) or a file path; ``demo`` is the bundled sample recording."""
+    if spec == "mic":
+        return MicSource(config)
+    if spec == "-":
+        import sys
+
+        return StdinSource(stdin if stdin is not None else sys.stdin.buffer, config)
+    if spec == "demo":
+        return FileSource(demo_path(), config)
+    return FileSource(spec, config)
+
+
+def demo_path() -> Path:
+    """The bundled sample recording (a short synthetic two-speaker conversation)."""
+    from importlib import resources
+
+    return Path(str(resources.files("realtime_ser").joinpath("data/demo.flac")))

@@ -1,0 +1,252 @@
+"""Utterance segmentation on webrtcvad.
+
+:class:`Segmenter` is the stage logic for one channel: call :meth:`feed` with
+each frame and get the segment events it causes; :meth:`flush` closes an open
+utterance (end of input, or the runner's input timeout); :meth:`reset` starts
+over. No threads, no clocks: the caller passes the current time for latency
+bookkeeping.
+
+Decisions, per frame of 10/20/30 ms:
+
+- *start*: at least ``start_ms`` of voiced frames within the last
+  ``start_window_ms``. The utterance starts at the first voiced frame of that
+  window; up to ``start_padding_ms`` of audio before it goes to the recognizer.
+- An utterance is only announced (``SpeechStart``) once its voiced span reaches
+  ``min_utterance_ms``; shorter blips are dropped as ``SpeechDiscarded`` and the
+  recognizer never sees them.
+- *end*: ``hangover_ms`` of unvoiced frames. The end is the end of the last
+  voiced frame; the first ``end_padding_ms`` of the trailing silence go to the
+  recognizer. Unvoiced frames inside an utterance (pauses shorter than the
+  hangover) reach the recognizer when speech resumes.
+- *maximum length*: at ``max_utterance_ms`` the utterance is cut and the next
+  frame opens the next utterance at once, so a monologue goes on.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable
+from typing import Protocol
+
+from .config import VadConfig
+from .frames import (
+    ALLOWED_FRAME_MS,
+    SAMPLE_RATE,
+    AudioFrame,
+    SegmentEvent,
+    SpeechAudio,
+    SpeechDiscarded,
+    SpeechEnd,
+    SpeechStart,
+)
+
+
+class VoiceDetector(Protocol):
+    def is_speech(self, buf: bytes, sample_rate: int) -> bool: ...
+
+
+def webrtc_detector(aggressiveness: int) -> VoiceDetector:
+    import webrtcvad
+
+    if aggressiveness not in (0, 1, 2, 3):
+        raise ValueError(f"aggressiveness must be 0, 1, 2 or 3, got {aggressiveness}")
+    return webrtcvad.Vad(aggressiveness)  # type: ignore[no-any-return]
+
+
+class Segmenter:
+    """Speech start/end decisions for one channel."""
+
+    def __init__(
+        self,
+        config: VadConfig,
+        frame_ms: int,
+        channel: int = 0,
+        detector_factory: Callable[[int], VoiceDetector] = webrtc_detector,
+    ) -> None:
+        if frame_ms not in ALLOWED_FRAME_MS:
+            raise ValueError(f"frame_ms must be one of {ALLOWED_FRAME_MS}, got {frame_ms}")
+        self.config = config
+        self.frame_ms = frame_ms
+        self.channel = channel
+        self._detector_factory = detector_factory
+        self._frame_len = SAMPLE_RATE * frame_ms // 1000
+
+        def frames(ms: int) -> int:
+            return max(1, -(-ms // frame_ms))  # ceiling
+
+        self._start_frames = frames(config.start_ms)
+        self._window_frames = max(self._start_frames, frames(config.start_window_ms))
+        self._pad_frames = config.start_padding_ms // frame_ms
+        self._end_pad_frames = config.end_padding_ms // frame_ms
+        self._hangover_frames = frames(config.hangover_ms)
+        self.utterances = 0
+        self.discarded = 0
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget all state: no open utterance, empty pre-roll."""
+        self._vad = self._detector_factory(self.config.aggressiveness)
+        self._preroll: collections.deque[tuple[AudioFrame, bool]] = collections.deque(
+            maxlen=self._window_frames + self._pad_frames
+        )
+        self._in_speech = False
+        self._announced = False
+        self._held: list[SegmentEvent] = []
+        self._pending: list[AudioFrame] = []
+        self._index = -1
+        self._start = 0.0
+        self._audio_start = 0.0
+        self._start_capture_ns = 0
+        self._last_voiced: AudioFrame | None = None
+        self._silence_run = 0
+        self._continue_next = False
+
+    @property
+    def in_speech(self) -> bool:
+        return self._in_speech
+
+    # -- feeding -----------------------------------------------------------------
+
+    def feed(self, frame: AudioFrame, now_ns: int = 0) -> list[SegmentEvent]:
+        """Process one frame; return the events it causes, in order."""
+        if len(frame.samples) != self._frame_len:
+            raise ValueError(
+                f"frame has {len(frame.samples)} samples; this segmenter takes {self._frame_len} "
+                f"({self.frame_ms} ms at {SAMPLE_RATE} Hz)"
+            )
+        voiced = self._vad.is_speech(frame.samples.tobytes(), SAMPLE_RATE)
+        out: list[SegmentEvent] = []
+        if not self._in_speech:
+            if self._continue_next:
+                self._continue_next = False
+                self._open(frame, [(frame, voiced)], 0, now_ns, out)
+                self._check_max(frame, now_ns, out)
+                return out
+            self._preroll.append((frame, voiced))
+            window = list(self._preroll)[-self._window_frames :]
+            if sum(v for _, v in window) >= self._start_frames:
+                entries = list(self._preroll)
+                first_in_window = len(entries) - len(window)
+                first_voiced = first_in_window + next(i for i, (_, v) in enumerate(window) if v)
+                first = max(0, first_voiced - self._pad_frames)
+                self._open(entries[first_voiced][0], entries, first, now_ns, out)
+                self._preroll.clear()
+                self._check_max(frame, now_ns, out)
+            return out
+
+        if voiced:
+            self._last_voiced = frame
+            self._silence_run = 0
+            for f in self._pending:
+                self._emit(SpeechAudio(self.channel, self._index, f), out)
+            self._pending.clear()
+            self._emit(SpeechAudio(self.channel, self._index, frame), out)
+        else:
+            self._silence_run += 1
+            if self._silence_run <= self._end_pad_frames:
+                self._emit(SpeechAudio(self.channel, self._index, frame), out)
+            else:
+                self._pending.append(frame)
+            if self._silence_run >= self._hangover_frames:
+                self._close("silence", now_ns, out)
+                return out
+        self._check_max(frame, now_ns, out)
+        return out
+
+    def flush(self, reason: str = "end_of_input", now_ns: int = 0) -> list[SegmentEvent]:
+        """Close the open utterance, if any (end of input or input timeout)."""
+        out: list[SegmentEvent] = []
+        if self._in_speech:
+            self._close(reason, now_ns, out)
+        self._preroll.clear()
+        self._continue_next = False
+        return out
+
+    # -- internals ------------------------------------------------------------------
+
+    def _open(
+        self,
+        start_frame: AudioFrame,
+        entries: list[tuple[AudioFrame, bool]],
+        first: int,
+        now_ns: int,
+        out: list[SegmentEvent],
+    ) -> None:
+        self._index += 1
+        self._in_speech = True
+        self._announced = False
+        self._held = []
+        self._pending = []
+        self._start = start_frame.start
+        self._start_capture_ns = start_frame.capture_ns
+        self._audio_start = entries[first][0].start
+        self._decided_start_ns = now_ns
+        kept = entries[first:]
+        self._last_voiced = next((f for f, v in reversed(kept) if v), None)
+        self._silence_run = 0
+        for _, v in reversed(kept):
+            if v:
+                break
+            self._silence_run += 1
+        for f, _ in kept:
+            self._emit(SpeechAudio(self.channel, self._index, f), out)
+
+    def _voiced_span_ms(self) -> float:
+        if self._last_voiced is None:
+            return 0.0
+        return (self._last_voiced.end - self._start) * 1000.0
+
+    def _emit(self, event: SegmentEvent, out: list[SegmentEvent]) -> None:
+        if self._announced:
+            out.append(event)
+            return
+        self._held.append(event)
+        if self._voiced_span_ms() >= self.config.min_utterance_ms:
+            self._announced = True
+            out.append(
+                SpeechStart(
+                    channel=self.channel,
+                    utterance_index=self._index,
+                    start=self._start,
+                    audio_start=self._audio_start,
+                    capture_ns=self._start_capture_ns,
+                    decided_ns=self._decided_start_ns,
+                )
+            )
+            out.extend(self._held)
+            self._held = []
+
+    def _check_max(self, frame: AudioFrame, now_ns: int, out: list[SegmentEvent]) -> None:
+        if self._in_speech and (frame.end - self._start) * 1000.0 >= self.config.max_utterance_ms:
+            self._close("max_length", now_ns, out)
+            self._continue_next = True
+
+    def _close(self, reason: str, now_ns: int, out: list[SegmentEvent]) -> None:
+        last = self._last_voiced
+        end = last.end if last is not None else self._start
+        if reason == "max_length" and last is not None:
+            # Everything up to the cut belongs to this utterance.
+            for f in self._pending:
+                self._emit(SpeechAudio(self.channel, self._index, f), out)
+        self._pending = []
+        if self._announced and last is not None:
+            self.utterances += 1
+            out.append(
+                SpeechEnd(
+                    channel=self.channel,
+                    utterance_index=self._index,
+                    start=self._start,
+                    end=end,
+                    end_capture_ns=last.capture_ns,
+                    decided_ns=now_ns,
+                    reason=reason,
+                )
+            )
+        else:
+            self.discarded += 1
+            out.append(SpeechDiscarded(self.channel, self._index, self._start, end))
+        self._in_speech = False
+        self._announced = False
+        self._held = []
+        self._last_voiced = None
+        self._silence_run = 0
