@@ -187,6 +187,33 @@ class FileSource(Source):
         yield from self._frames_from_blocks(blocks(), pace=self.config.realtime)
 
 
+class ArraySource(Source):
+    """Audio already in memory (tests, benchmarks): shape (n,) or (n, channels).
+
+    int16 or float in [-1, 1], any sample rate. ``live=True`` makes it behave
+    like a live source (paced, drops instead of waiting), for overload tests.
+    """
+
+    def __init__(self, samples: np.ndarray, sample_rate: int, config: SourceConfig,
+                 name: str = "array", live: bool = False) -> None:
+        super().__init__(config)
+        data = np.asarray(samples)
+        if data.ndim == 1:
+            data = data[:, None]
+        if data.dtype == np.int16:
+            data = data.astype(np.float32) / 32768.0
+        self._data = data.astype(np.float32, copy=False)
+        self.sample_rate = int(sample_rate)
+        self.channels = int(data.shape[1])
+        self.name = name
+        self.live = live
+
+    def __iter__(self) -> Iterator[AudioFrame]:
+        step = max(1, self.sample_rate // 10)
+        blocks = (self._data[i : i + step] for i in range(0, len(self._data), step))
+        yield from self._frames_from_blocks(blocks, pace=self.config.realtime or self.live)
+
+
 class StdinSource(Source):
     """Raw little-endian PCM16 on a binary stream (stdin), interleaved channels."""
 
