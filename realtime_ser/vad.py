@@ -18,8 +18,9 @@ Decisions, per frame of 10/20/30 ms:
   voiced frame; the first ``end_padding_ms`` of the trailing silence go to the
   recognizer. Unvoiced frames inside an utterance (pauses shorter than the
   hangover) reach the recognizer when speech resumes.
-- *maximum length*: at ``max_utterance_ms`` the utterance is cut and the next
-  frame opens the next utterance at once, so a monologue goes on.
+- *maximum length*: at the first voiced frame that reaches ``max_utterance_ms``
+  the utterance is cut and the next frame opens the next utterance at once, so
+  a monologue goes on.
 """
 
 from __future__ import annotations
@@ -217,7 +218,9 @@ class Segmenter:
             self._held = []
 
     def _check_max(self, frame: AudioFrame, now_ns: int, out: list[SegmentEvent]) -> None:
-        if self._in_speech and (frame.end - self._start) * 1000.0 >= self.config.max_utterance_ms:
+        # Only cut while speech goes on: trailing silence ends the utterance normally.
+        if (self._in_speech and self._silence_run == 0
+                and (frame.end - self._start) * 1000.0 >= self.config.max_utterance_ms):
             self._close("max_length", now_ns, out)
             self._continue_next = True
 

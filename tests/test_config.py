@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from realtime_ser.config import PipelineConfig, apply_overrides, load, to_dict
+from realtime_ser.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_shipped_default_toml_equals_dataclass_defaults() -> None:
+    assert to_dict(load(REPO / "configs" / "default.toml")) == to_dict(PipelineConfig())
+
+
+def test_partial_file_overrides_and_keeps_the_rest(tmp_path: Path) -> None:
+    p = tmp_path / "c.toml"
+    p.write_text("[vad]\nhangover_ms = 400\n[source]\nsplit_channels = true\n")
+    cfg = load(p)
+    assert cfg.vad.hangover_ms == 400 and cfg.source.split_channels
+    assert cfg.vad.aggressiveness == PipelineConfig().vad.aggressiveness
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("[vad]\nhangover = 3\n", r"unknown key vad\.hangover; allowed in \[vad\]: aggressiveness"),
+        ("[vda]\n", r"unknown section \[vda\]; allowed: source, vad, asr, output"),
+        ("[vad]\nhangover_ms = 'long'\n", "vad.hangover_ms must be an integer"),
+        ("[vad]\naggressiveness = 7\n", "use 0, 1, 2 or 3"),
+        ("[source]\nframe_ms = 25\n", r"use one of \[10, 20, 30\]"),
+        ("[asr]\nbackend = 'kaldi'\n", "use one of pocketsphinx, vosk, none"),
+        ("vad = [", "not valid TOML"),
+    ],
+)
+def test_bad_files_name_what_is_allowed(tmp_path: Path, text: str, match: str) -> None:
+    p = tmp_path / "c.toml"
+    p.write_text(text)
+    with pytest.raises(ConfigError, match=match):
+        load(p)
+
+
+def test_missing_file() -> None:
+    with pytest.raises(ConfigError, match="config file not found"):
+        load("/nonexistent/x.toml")
+
+
+def test_overrides_coerce_and_validate() -> None:
+    cfg = apply_overrides(PipelineConfig(), ["vad.hangover_ms=400", "source.realtime=true", "asr.backend=none"])
+    assert cfg.vad.hangover_ms == 400 and cfg.source.realtime and cfg.asr.backend == "none"
+    with pytest.raises(ConfigError, match="SECTION.KEY=VALUE"):
+        apply_overrides(PipelineConfig(), ["hangover=3"])
+    with pytest.raises(ConfigError, match="unknown key vad.nope"):
+        apply_overrides(PipelineConfig(), ["vad.nope=1"])
+    with pytest.raises(ConfigError, match="true or false"):
+        apply_overrides(PipelineConfig(), ["source.realtime=maybe"])

@@ -1,0 +1,191 @@
+"""The threaded pipeline with a fake recognizer: events, policies, shutdown."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from conftest import validate_stream
+
+from realtime_ser.asr import Transcript, Word
+from realtime_ser.config import PipelineConfig, apply_overrides
+from realtime_ser.errors import RecognizerError
+from realtime_ser.frames import SAMPLE_RATE, AudioFrame
+from realtime_ser.pipeline import Pipeline
+from realtime_ser.sources import ArraySource
+
+VAD0 = ["vad.aggressiveness=0"]
+
+
+def voice(seconds: float) -> np.ndarray:
+    """A harmonic, voice-like tone that webrtcvad calls speech."""
+    t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+    x = sum(np.sin(2 * np.pi * f * t) / k for k, f in enumerate((150, 300, 450, 600, 900), start=1))
+    return (x * 6000).astype(np.int16)
+
+
+def quiet(seconds: float) -> np.ndarray:
+    return np.zeros(int(seconds * SAMPLE_RATE), dtype=np.int16)
+
+
+class FakeStream:
+    def __init__(self, backend: FakeBackend) -> None:
+        self.backend = backend
+        self.fed = 0
+        self.utterance = 0
+
+    def start(self) -> None:
+        self.fed = 0
+
+    def accept(self, samples: np.ndarray) -> None:
+        if self.backend.delay:
+            time.sleep(self.backend.delay)
+        if self.utterance in self.backend.fail_on:
+            raise RecognizerError("fake failure")
+        self.fed += len(samples)
+
+    def partial(self) -> str:
+        return f"partial {self.fed // 1600}"
+
+    def finish(self) -> Transcript:
+        n = self.utterance
+        self.utterance += 1
+        dur = self.fed / SAMPLE_RATE
+        return Transcript(f"utterance {n}", (Word("utterance", 0.1, dur / 2, 0.9), Word(str(n), dur / 2, dur, 0.8)),
+                          final=True)
+
+    def reset(self) -> None:
+        self.utterance += 1
+        self.fed = 0
+
+
+class FakeBackend:
+    name = "fake"
+    model = "fake-model"
+
+    def __init__(self, delay: float = 0.0, fail_on: tuple[int, ...] = ()) -> None:
+        self.delay = delay
+        self.fail_on = fail_on
+        self.streams: list[FakeStream] = []
+
+    def new_stream(self) -> FakeStream:
+        s = FakeStream(self)
+        self.streams.append(s)
+        return s
+
+
+def run_pipeline(samples: np.ndarray, overrides: list[str] = (), backend: FakeBackend | None = None,
+                 live: bool = False) -> tuple[list[dict], Pipeline]:
+    cfg = apply_overrides(PipelineConfig(), [*VAD0, *overrides])
+    events: list[dict] = []
+    p = Pipeline(cfg, ArraySource(samples, SAMPLE_RATE, cfg.source, live=live), [events.append],
+                 backend=backend or FakeBackend())
+    p.run()
+    return events, p
+
+
+def test_events_for_three_utterances_are_valid_and_ordered() -> None:
+    x = np.concatenate([quiet(0.5), voice(1.0), quiet(1.0), voice(0.8), quiet(1.0), voice(1.2), quiet(1.0)])
+    events, _ = run_pipeline(x)
+    validate_stream(events)
+    utts = [e for e in events if e["type"] == "utterance"]
+    assert [u["text"] for u in utts] == ["utterance 0", "utterance 1", "utterance 2"]
+    assert [u["start"] for u in utts] == pytest.approx([0.5, 2.5, 4.3], abs=0.1)
+    for u in utts:
+        assert all(u["start"] - 0.31 <= w["start"] <= w["end"] <= u["end"] + 0.21 for w in u["words"])
+        assert set(u["latency_ms"]) >= {"vad", "queue", "asr", "emit", "total"}
+        assert u["emotion"] is None
+    started = [e for e in events if e["type"] == "speech.started"]
+    partials = [e for e in events if e["type"] == "transcript.partial"]
+    assert len(started) == 3 and partials
+    # speech.started comes before the partials and the final of its utterance.
+    for u in utts:
+        mine = [e["seq"] for e in events if e.get("utterance_id") == u["utterance_id"]]
+        assert mine == sorted(mine) and events[mine[0]]["type"] == "speech.started"
+    assert events[-1]["counts"]["utterances"] == 3
+
+
+def test_partials_are_rate_limited_by_audio_time() -> None:
+    events, _ = run_pipeline(np.concatenate([quiet(0.3), voice(3.0), quiet(1.0)]), ["asr.partial_interval_ms=500"])
+    partials = [e for e in events if e["type"] == "transcript.partial"]
+    assert 3 <= len(partials) <= 8
+    ts = [e["t"] for e in partials]
+    assert all(b - a >= 0.49 for a, b in zip(ts, ts[1:], strict=False))
+
+
+def test_recognizer_failure_reports_an_error_and_keeps_the_utterance_and_the_session() -> None:
+    x = np.concatenate([quiet(0.3), voice(0.8), quiet(1.0), voice(0.8), quiet(1.0)])
+    events, _ = run_pipeline(x, backend=FakeBackend(fail_on=(0,)))
+    validate_stream(events)
+    errors = [e for e in events if e["type"] == "error"]
+    utts = [e for e in events if e["type"] == "utterance"]
+    assert len(utts) == 2 and errors and errors[0]["code"] == "recognizer_failed" and not errors[0]["fatal"]
+    assert utts[0]["asr"]["error"] and utts[0]["text"] == ""
+    assert utts[1]["text"] == "utterance 1"
+
+
+def test_live_overload_drops_audio_counts_it_and_never_drops_finals() -> None:
+    # A recognizer far slower than real time, fed live: audio must be dropped
+    # (and reported), the source must never block, and utterances still arrive.
+    x = np.concatenate([quiet(0.3), voice(1.5), quiet(1.0), voice(1.5), quiet(1.0)])
+    events, p = run_pipeline(x, ["asr.queue_items=10", "source.queue_frames=10", "asr.partials=false"],
+                             backend=FakeBackend(delay=0.05), live=True)
+    validate_stream(events)
+    dropped = [e for e in events if e["type"] == "error" and e["code"] == "audio_dropped"]
+    assert dropped and sum(e["count"] for e in dropped) == events[-1]["counts"]["dropped_frames"] > 0
+    assert len([e for e in events if e["type"] == "utterance"]) == 2
+
+
+def test_file_input_is_never_dropped_even_when_recognition_is_slow() -> None:
+    x = np.concatenate([quiet(0.3), voice(1.0), quiet(1.0)])
+    events, _ = run_pipeline(x, ["asr.queue_items=10", "source.queue_frames=10"], backend=FakeBackend(delay=0.005))
+    assert events[-1]["counts"]["dropped_frames"] == 0
+    assert len([e for e in events if e["type"] == "utterance"]) == 1
+
+
+def test_stop_flushes_what_was_heard_and_leaves_no_thread() -> None:
+    cfg = apply_overrides(PipelineConfig(), [*VAD0, "source.realtime=true"])
+    events: list[dict] = []
+    x = np.concatenate([quiet(0.3), voice(1.0), quiet(1.0), voice(5.0), quiet(5.0)])
+    p = Pipeline(cfg, ArraySource(x, SAMPLE_RATE, cfg.source), [events.append], backend=FakeBackend())
+    timer = threading.Timer(3.0, p.stop)  # in the middle of the second utterance
+    timer.start()
+    t0 = time.monotonic()
+    p.run()
+    assert time.monotonic() - t0 < 3.0 + 2.0
+    validate_stream(events)
+    utts = [e for e in events if e["type"] == "utterance"]
+    assert len(utts) == 2 and utts[1]["end_reason"] == "end_of_input"
+    assert events[-1]["reason"] == "stopped"
+    assert not [t for t in threading.enumerate() if t.name.startswith("ser-")]
+
+
+class StallingSource(ArraySource):
+    """Live input that delivers speech, then stops delivering (no end of stream) for a while."""
+
+    live = True
+
+    def __init__(self, samples: np.ndarray, stall: float, cfg: PipelineConfig) -> None:
+        super().__init__(samples, SAMPLE_RATE, cfg.source, live=True)
+        self.stall = stall
+        self.stalled_at = 0.0
+
+    def __iter__(self) -> Iterator[AudioFrame]:
+        yield from super().__iter__()
+        self.stalled_at = time.monotonic()
+        self._closed.wait(self.stall)
+
+
+def test_input_timeout_closes_an_utterance_when_audio_stops_arriving() -> None:
+    cfg = apply_overrides(PipelineConfig(), [*VAD0, "vad.input_timeout_ms=400"])
+    src = StallingSource(np.concatenate([quiet(0.3), voice(1.0)]), 3.0, cfg)
+    seen: list[tuple[float, dict]] = []
+    p = Pipeline(cfg, src, [lambda e: seen.append((time.monotonic(), e))], backend=FakeBackend())
+    p.run()
+    (when, utt), = [(t, e) for t, e in seen if e["type"] == "utterance"]
+    assert utt["end_reason"] == "input_timeout"
+    # Emitted during the stall, about one timeout after the audio stopped, not at the end.
+    assert 0.3 <= when - src.stalled_at <= 1.5

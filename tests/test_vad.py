@@ -1,0 +1,144 @@
+"""Segmenter logic with arrays in and segment events out (a fake voice detector)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from realtime_ser.config import VadConfig
+from realtime_ser.frames import SAMPLE_RATE, AudioFrame, SpeechAudio, SpeechDiscarded, SpeechEnd, SpeechStart
+from realtime_ser.vad import Segmenter
+
+FRAME_MS = 30
+N = SAMPLE_RATE * FRAME_MS // 1000
+
+
+class LoudIsSpeech:
+    """Voiced when the frame is loud: lets tests script speech exactly."""
+
+    def is_speech(self, buf: bytes, sample_rate: int) -> bool:
+        return int(np.abs(np.frombuffer(buf, dtype=np.int16)).max()) > 1000
+
+
+def signal(*parts: tuple[str, float]) -> np.ndarray:
+    out = []
+    for kind, seconds in parts:
+        n = int(round(seconds * SAMPLE_RATE / N)) * N
+        t = np.arange(n) / SAMPLE_RATE
+        out.append((8000 * np.sin(2 * np.pi * 220 * t)).astype(np.int16) if kind == "speech"
+                   else np.zeros(n, dtype=np.int16))
+    return np.concatenate(out)
+
+
+def run(samples: np.ndarray, flush: bool = True, **cfg: int) -> list:
+    seg = Segmenter(VadConfig(**cfg), FRAME_MS, channel=0, detector_factory=lambda _a: LoudIsSpeech())
+    events = []
+    for i in range(0, len(samples), N):
+        events += seg.feed(AudioFrame(i // N, 0, i, samples[i : i + N], capture_ns=i + N), now_ns=i + N)
+    if flush:
+        events += seg.flush()
+    return events
+
+
+def ends(events: list) -> list[SpeechEnd]:
+    return [e for e in events if isinstance(e, SpeechEnd)]
+
+
+def test_one_utterance_boundaries_padding_and_decision_time() -> None:
+    events = run(signal(("silence", 1.02), ("speech", 0.99), ("silence", 1.5)),
+                 start_padding_ms=300, end_padding_ms=150, hangover_ms=480)
+    starts = [e for e in events if isinstance(e, SpeechStart)]
+    (end,) = ends(events)
+    assert len(starts) == 1
+    assert starts[0].start == pytest.approx(1.02)
+    assert end.start == pytest.approx(1.02) and end.end == pytest.approx(2.01)
+    assert end.reason == "silence"
+    # The decision comes one hangover after the last voiced frame's capture.
+    assert (end.decided_ns - end.end_capture_ns) / SAMPLE_RATE == pytest.approx(0.48)
+    audio = [e.frame for e in events if isinstance(e, SpeechAudio)]
+    assert audio[0].start == pytest.approx(1.02 - 0.3)
+    assert audio[-1].end == pytest.approx(2.01 + 0.15)
+    offsets = [f.offset for f in audio]
+    assert offsets == list(range(offsets[0], offsets[-1] + N, N)), "audio frames must be contiguous"
+    # Start is announced before any audio of the utterance.
+    assert events.index(starts[0]) < events.index(next(e for e in events if isinstance(e, SpeechAudio)))
+
+
+def test_short_blip_is_discarded_without_announcement() -> None:
+    events = run(signal(("silence", 0.5), ("speech", 0.12), ("silence", 1.0)), min_utterance_ms=250)
+    assert not [e for e in events if isinstance(e, SpeechStart | SpeechAudio | SpeechEnd)]
+    assert len([e for e in events if isinstance(e, SpeechDiscarded)]) == 1
+
+
+def test_pause_shorter_than_hangover_keeps_one_utterance_with_the_gap_audio() -> None:
+    events = run(signal(("silence", 0.6), ("speech", 0.6), ("silence", 0.3), ("speech", 0.6), ("silence", 1.0)),
+                 hangover_ms=450, end_padding_ms=90)
+    (end,) = ends(events)
+    assert end.start == pytest.approx(0.6) and end.end == pytest.approx(2.1)
+    audio = [e.frame.offset for e in events if isinstance(e, SpeechAudio)]
+    assert audio == list(range(audio[0], audio[-1] + N, N))
+
+
+def test_pause_longer_than_hangover_splits() -> None:
+    events = run(signal(("silence", 0.6), ("speech", 0.6), ("silence", 0.9), ("speech", 0.6), ("silence", 1.0)),
+                 hangover_ms=450)
+    assert [(round(e.start, 2), round(e.end, 2)) for e in ends(events)] == [(0.6, 1.2), (2.1, 2.7)]
+
+
+def test_monologue_is_cut_at_max_length_and_goes_on() -> None:
+    events = run(signal(("silence", 0.3), ("speech", 3.3), ("silence", 1.0)), max_utterance_ms=1200,
+                 start_padding_ms=0)
+    cuts = ends(events)
+    assert [e.reason for e in cuts] == ["max_length", "max_length", "silence"]
+    assert cuts[0].start == pytest.approx(0.3)
+    for a, b in zip(cuts, cuts[1:], strict=False):
+        assert b.start == pytest.approx(a.end), "the next utterance starts where the cut was"
+        assert a.end - a.start == pytest.approx(1.2, abs=0.031)
+    assert cuts[-1].end == pytest.approx(3.6)
+    # Every frame of speech went to exactly one utterance.
+    audio = [e.frame.offset for e in events if isinstance(e, SpeechAudio)]
+    assert len(audio) == len(set(audio))
+
+
+def test_flush_closes_an_open_utterance() -> None:
+    events = run(signal(("silence", 0.3), ("speech", 0.9)), flush=True)
+    (end,) = ends(events)
+    assert end.reason == "end_of_input" and end.end == pytest.approx(1.2)
+
+
+def test_flush_reason_is_passed_through_and_reset_starts_over() -> None:
+    seg = Segmenter(VadConfig(), FRAME_MS, detector_factory=lambda _a: LoudIsSpeech())
+    x = signal(("speech", 0.6))
+    for i in range(0, len(x), N):
+        seg.feed(AudioFrame(0, 0, i, x[i : i + N], 0))
+    assert seg.in_speech
+    (end,) = ends(seg.flush("input_timeout"))
+    assert end.reason == "input_timeout"
+    assert not seg.in_speech and seg.flush() == []
+    for i in range(0, len(x), N):
+        seg.feed(AudioFrame(0, 0, i, x[i : i + N], 0))
+    seg.reset()
+    assert not seg.in_speech and seg.flush() == []
+
+
+def test_bad_arguments_name_what_is_allowed() -> None:
+    with pytest.raises(ValueError, match="10, 20, 30"):
+        Segmenter(VadConfig(), 25)
+    seg = Segmenter(VadConfig(), 30)
+    with pytest.raises(ValueError, match="480"):
+        seg.feed(AudioFrame(0, 0, 0, np.zeros(100, dtype=np.int16), 0))
+
+
+def test_real_webrtcvad_on_tone_and_silence() -> None:
+    # webrtcvad itself (not the fake): a voice-like harmonic tone is speech, zeros are not.
+    t = np.arange(int(1.2 * SAMPLE_RATE)) / SAMPLE_RATE
+    tone = sum(np.sin(2 * np.pi * f * t) / k for k, f in enumerate((150, 300, 450, 600, 900), start=1))
+    x = np.concatenate([np.zeros(SAMPLE_RATE), (tone * 6000).astype(np.int16), np.zeros(SAMPLE_RATE)])
+    x = x[: len(x) // N * N].astype(np.int16)
+    seg = Segmenter(VadConfig(aggressiveness=0), FRAME_MS)
+    events = []
+    for i in range(0, len(x), N):
+        events += seg.feed(AudioFrame(0, 0, i, x[i : i + N], 0))
+    events += seg.flush()
+    (end,) = ends(events)
+    assert end.start == pytest.approx(1.0, abs=0.1) and end.end == pytest.approx(2.2, abs=0.2)
