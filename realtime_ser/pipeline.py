@@ -367,6 +367,9 @@ class Pipeline:
         self.stats.stage_seconds["asr"] += busy
         for rec in streams.values():
             rec.reset()
+            close = getattr(rec, "close", None)
+            if close is not None:
+                close()
 
     def _output_loop(self) -> None:
         """Runs on the caller's thread: numbers events and hands them to the sinks."""

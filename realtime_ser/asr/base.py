@@ -53,6 +53,9 @@ class StreamRecognizer(Protocol):
     def reset(self) -> None:
         """Drop any open utterance without producing a result."""
 
+    def close(self) -> None:
+        """The stream is done; the backend may reuse its resources."""
+
 
 class RecognizerBackend(Protocol):
     """A loaded recognition model that makes per-stream recognizers."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -36,8 +37,9 @@ def _clean_word(word: str) -> str:
 class PocketsphinxStream:
     """Decoding state of one stream; owns its own pocketsphinx ``Decoder``."""
 
-    def __init__(self, decoder: object) -> None:
+    def __init__(self, decoder: object, backend: PocketsphinxBackend | None = None) -> None:
         self._decoder = decoder
+        self._backend = backend
         self._open = False
         self._fed = 0
 
@@ -104,13 +106,22 @@ class PocketsphinxStream:
         self._open = False
         self._fed = 0
 
+    def close(self) -> None:
+        self.reset()
+        if self._backend is not None:
+            self._backend._release(self._decoder)
+            self._backend = None
+
 
 class PocketsphinxBackend:
     """Loads pocketsphinx's configuration once; every stream gets its own decoder.
 
     pocketsphinx decoders cannot share acoustic models across instances from
-    Python, so each stream loads its own copy (about 20 MB, 0.3-0.8 s).
+    Python, so each stream loads its own copy (about 20 MB, 0.3-0.8 s); decoders
+    of closed streams are kept (up to ``pool_size``) for the next stream.
     """
+
+    pool_size = 8
 
     name = "pocketsphinx"
 
@@ -133,8 +144,9 @@ class PocketsphinxBackend:
                 kwargs[key] = value
         self._kwargs = kwargs
         self.model = model_dir.name if model_dir is not None else "en-us (bundled)"
+        self._lock = threading.Lock()
         # Load one decoder now so a broken model fails at start-up, not mid-stream.
-        self._spare: object | None = self._new_decoder()
+        self._pool: list[object] = [self._new_decoder()]
 
     def _new_decoder(self) -> object:
         try:
@@ -143,5 +155,11 @@ class PocketsphinxBackend:
             raise ModelError(f"pocketsphinx could not load its model ({self.model}): {exc}") from exc
 
     def new_stream(self) -> PocketsphinxStream:
-        decoder, self._spare = (self._spare, None) if self._spare is not None else (self._new_decoder(), None)
-        return PocketsphinxStream(decoder)
+        with self._lock:
+            decoder = self._pool.pop() if self._pool else None
+        return PocketsphinxStream(decoder if decoder is not None else self._new_decoder(), self)
+
+    def _release(self, decoder: object) -> None:
+        with self._lock:
+            if len(self._pool) < self.pool_size:
+                self._pool.append(decoder)
