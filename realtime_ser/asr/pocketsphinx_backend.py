@@ -146,7 +146,12 @@ class PocketsphinxBackend:
         self.model = model_dir.name if model_dir is not None else "en-us (bundled)"
         self._lock = threading.Lock()
         # Load one decoder now so a broken model fails at start-up, not mid-stream.
-        self._pool: list[object] = [self._new_decoder()]
+        first = self._new_decoder()
+        # The cepstral mean adapts to what a decoder has heard; a pooled decoder
+        # starts each new stream from the initial estimate, so nothing of one
+        # stream's audio shapes another's results.
+        self._cmn0: str = first.get_cmn(False)  # type: ignore[attr-defined]
+        self._pool: list[object] = [first]
 
     def _new_decoder(self) -> object:
         try:
@@ -157,7 +162,11 @@ class PocketsphinxBackend:
     def new_stream(self) -> PocketsphinxStream:
         with self._lock:
             decoder = self._pool.pop() if self._pool else None
-        return PocketsphinxStream(decoder if decoder is not None else self._new_decoder(), self)
+        if decoder is None:
+            decoder = self._new_decoder()
+        else:
+            decoder.set_cmn(self._cmn0)  # type: ignore[attr-defined]
+        return PocketsphinxStream(decoder, self)
 
     def _release(self, decoder: object) -> None:
         with self._lock:
