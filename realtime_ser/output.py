@@ -50,6 +50,7 @@ class TerminalView:
         self._out = stream or sys.stdout
         self._partials = partials and self._out.isatty()
         self._status = False
+        self._realtime = False
 
     def _clear_status(self) -> None:
         if self._status:
@@ -60,6 +61,7 @@ class TerminalView:
         kind = event["type"]
         out = self._out
         if kind == "session.started":
+            self._realtime = bool(event.get("realtime"))
             asr = event["asr"]
             out.write(f"session {event['session']}: {event['input']} · {event['sample_rate']} Hz × "
                       f"{event['channels']} · asr {asr['backend']} ({asr['model'] or '-'})\n")
@@ -69,7 +71,7 @@ class TerminalView:
             self._status = True
         elif kind == "utterance":
             self._clear_status()
-            out.write(format_utterance(event) + "\n")
+            out.write(format_utterance(event, latency=self._realtime) + "\n")
         elif kind == "error":
             self._clear_status()
             out.write(f"! {event['code']}: {event['message']}\n")
@@ -81,7 +83,10 @@ class TerminalView:
         out.flush()
 
 
-def format_utterance(event: dict[str, Any]) -> str:
+def format_utterance(event: dict[str, Any], latency: bool = True) -> str:
+    """``[start–end] speaker emotion confidence  text  (latency)``; the latency is
+    shown for live sessions only (for files processed at full speed it is mostly
+    time spent waiting in queues)."""
     emotion = event.get("emotion")
     if emotion:
         label = emotion["label"]
@@ -89,5 +94,7 @@ def format_utterance(event: dict[str, Any]) -> str:
     else:
         mood = "   -        "
     text = event["text"] or "(no words recognized)"
-    return (f"[{event['start']:7.2f}–{event['end']:7.2f}] {event['speaker']:<4} {mood}  {text}"
-            f"   ({event['latency_ms']['total']:.0f} ms)")
+    line = f"[{event['start']:7.2f}–{event['end']:7.2f}] {event['speaker']:<4} {mood}  {text}"
+    if latency:
+        line += f"   ({event['latency_ms']['total']:.0f} ms)"
+    return line

