@@ -35,7 +35,8 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--input", default="mic", metavar="mic|PATH|-|demo",
                      help="'mic' (default), an audio file (WAV, FLAC, ... any rate and channel count), "
                           "'-' for raw PCM16 on stdin, or 'demo' for the bundled sample recording")
-    run.add_argument("--asr", choices=["pocketsphinx", "vosk", "none"], help="speech recognizer (default: pocketsphinx)")
+    run.add_argument("--asr", choices=["pocketsphinx", "vosk", "none"],
+                     help="speech recognizer (default: pocketsphinx)")
     run.add_argument("--vosk-model", metavar="DIR", help="Vosk model directory (see 'realtime-ser models download')")
     run.add_argument("--jsonl", metavar="PATH|-", help="write events as JSON lines to PATH, '-' for stdout")
     run.add_argument("--config", metavar="FILE", help="TOML configuration (see configs/default.toml)")

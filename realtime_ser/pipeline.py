@@ -98,7 +98,9 @@ class Pipeline:
         self.log = EventLog(self.session, sinks)
         self.stats = Stats()
         self._clock = clock
-        self._backend = create_backend(config.asr) if backend == "auto" else backend
+        self._backend: RecognizerBackend | None = (
+            create_backend(config.asr) if isinstance(backend, str) else backend
+        )
         self._input_name = input_name or source.name
         self._stop = threading.Event()
         self._failed: BaseException | None = None
@@ -310,7 +312,7 @@ class Pipeline:
                     rec.accept(item.frame.samples)
                 except RecognizerError as exc:
                     failed[ch] = str(exc)
-                    self._report_error("recognizer_failed", str(exc), speaker=speaker_name(ch))
+                    self._report_error("recognizer_failed", str(exc), item.frame.end, speaker=speaker_name(ch))
                     continue
                 if cfg.partials and interval > 0 and fed[ch] - last_partial[ch][0] >= interval:
                     text = rec.partial()
@@ -332,7 +334,7 @@ class Pipeline:
                                   "conf": round(w.conf, 4)} for w in result.words]
                     except RecognizerError as exc:
                         error = str(exc)
-                        self._report_error("recognizer_failed", error, speaker=speaker_name(ch))
+                        self._report_error("recognizer_failed", error, item.end, speaker=speaker_name(ch))
                         rec.reset()
                 elif rec is not None:
                     rec.reset()
@@ -449,8 +451,8 @@ class Pipeline:
         except queue.Full:
             self.stats.dropped_partials += 1
 
-    def _report_error(self, code: str, message: str, **fields: Any) -> None:
-        self._put(self._q_events, ("error", 0.0, {"code": code, "message": message, "fatal": False, **fields}),
+    def _report_error(self, code: str, message: str, t: float = 0.0, **fields: Any) -> None:
+        self._put(self._q_events, ("error", t, {"code": code, "message": message, "fatal": False, **fields}),
                   force=True)
 
     def _report_drops(self, force: bool = False) -> None:
