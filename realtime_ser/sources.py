@@ -95,12 +95,23 @@ class Source:
     def __iter__(self) -> Iterator[AudioFrame]:
         raise NotImplementedError
 
-    def _frames_from_blocks(self, blocks: Iterator[np.ndarray], pace: bool) -> Iterator[AudioFrame]:
-        """Turn float32 blocks of shape (n, channels) into frames, paced if asked."""
+    def _frames_from_blocks(self, blocks: Iterator[np.ndarray], pace: bool,
+                            stamps: Iterator[int] | None = None) -> Iterator[AudioFrame]:
+        """Turn float32 blocks of shape (n, channels) into frames, paced if asked.
+
+        Capture times: a paced replay stamps each frame with the moment its last
+        sample would have been captured live (the schedule, not the moment this
+        thread got to run: a recognizer holding the GIL must not make audio look
+        newer than it is). A live source passes ``stamps``, the capture time of
+        each block, and a frame gets the stamp of the block that completed it.
+        Otherwise frames are stamped when read.
+        """
         outs = self.out_channels
         framers = [_Framer(self.sample_rate, self.frame_len) for _ in range(outs)]
         seq = 0
         t0 = time.monotonic()
+        t0_ns = time.monotonic_ns()
+        block_stamp = 0
         pending: list[list[tuple[int, np.ndarray]]] = [[] for _ in range(outs)]
 
         def drain(last: bool, block: np.ndarray | None) -> Iterator[AudioFrame]:
@@ -125,9 +136,14 @@ class Source:
                         delay = due - time.monotonic()
                         if delay > 0 and self._closed.wait(delay):
                             return
+                        capture = t0_ns + (offset + len(samples)) * 1_000_000_000 // SAMPLE_RATE
+                    elif stamps is not None:
+                        capture = block_stamp
+                    else:
+                        capture = time.monotonic_ns()
                     if self._closed.is_set():
                         return
-                    yield AudioFrame(seq, ch, offset, samples, time.monotonic_ns())
+                    yield AudioFrame(seq, ch, offset, samples, capture)
                     seq += 1
             for ch in range(outs):
                 del pending[ch][:n]
@@ -135,6 +151,8 @@ class Source:
         for block in blocks:
             if self._closed.is_set():
                 return
+            if stamps is not None:
+                block_stamp = next(stamps)
             yield from drain(False, block)
         if not self._closed.is_set():
             yield from drain(True, None)
@@ -279,15 +297,17 @@ class MicSource(Source):
         self.channels = 2 if config.split_channels and int(info["max_input_channels"]) >= 2 else 1
         # Blocks wait here between the audio callback and the source thread; when the
         # pipeline falls this far behind, blocks are dropped and counted.
-        self._blocks: queue.Queue[np.ndarray] = queue.Queue(maxsize=200)
+        self._blocks: queue.Queue[tuple[int, np.ndarray]] = queue.Queue(maxsize=200)
 
     def _callback(self, indata: np.ndarray, frames: int, time_info: object, status: object) -> None:
         try:
-            self._blocks.put_nowait(indata.copy())
+            self._blocks.put_nowait((time.monotonic_ns(), indata.copy()))
         except queue.Full:
             self.dropped_frames += max(1, frames // max(1, self.sample_rate * self.config.frame_ms // 1000))
 
     def __iter__(self) -> Iterator[AudioFrame]:
+        stamp_list: list[int] = []
+
         def blocks() -> Iterator[np.ndarray]:
             try:
                 stream = self._sd.InputStream(
@@ -300,11 +320,17 @@ class MicSource(Source):
             with stream:
                 while not self._closed.is_set():
                     try:
-                        yield self._blocks.get(timeout=0.1)
+                        stamp, block = self._blocks.get(timeout=0.1)
                     except queue.Empty:
                         continue
+                    stamp_list.append(stamp)
+                    yield block
 
-        yield from self._frames_from_blocks(blocks(), pace=False)
+        def stamps() -> Iterator[int]:
+            while True:
+                yield stamp_list.pop(0) if stamp_list else time.monotonic_ns()
+
+        yield from self._frames_from_blocks(blocks(), pace=False, stamps=stamps())
 
 
 def _short(exc: BaseException) -> str:
