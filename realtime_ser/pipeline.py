@@ -36,11 +36,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import __version__
-from .asr import RecognizerBackend, StreamRecognizer, create_backend
+from .asr import RecognizerBackend, create_backend
 from .config import PipelineConfig, to_dict
-from .errors import RealtimeSerError, RecognizerError
-from .events import Event, EventLog, Sink, round_ms, round_t, speaker_name
-from .frames import SAMPLE_RATE, AudioFrame, SpeechAudio, SpeechDiscarded, SpeechEnd, SpeechStart
+from .errors import RealtimeSerError
+from .events import Event, EventLog, Sink, round_t, speaker_name
+from .frames import AudioFrame, SpeechAudio
+from .recognition import RecognitionStage, finalize_latency
 from .sources import Source
 from .vad import Segmenter
 
@@ -90,6 +91,7 @@ class Pipeline:
         backend: RecognizerBackend | None | str = "auto",
         session: str | None = None,
         input_name: str | None = None,
+        speakers: list[str] | None = None,
         clock: Callable[[], int] = time.monotonic_ns,
     ) -> None:
         self.config = config
@@ -102,6 +104,7 @@ class Pipeline:
             create_backend(config.asr) if isinstance(backend, str) else backend
         )
         self._input_name = input_name or source.name
+        self._speakers = speakers
         self._stop = threading.Event()
         self._failed: BaseException | None = None
         self._q_frames: queue.Queue[AudioFrame | _EndOfStream] = queue.Queue(config.source.queue_frames)
@@ -117,7 +120,10 @@ class Pipeline:
 
     @property
     def speakers(self) -> list[str]:
-        return [speaker_name(ch) for ch in range(self.source.out_channels)]
+        names = [speaker_name(ch) for ch in range(self.source.out_channels)]
+        for ch, name in enumerate((self._speakers or [])[: len(names)]):
+            names[ch] = name
+        return names
 
     def stop(self) -> None:
         """Stop taking input; what was heard is still flushed. Safe from any thread."""
@@ -259,119 +265,27 @@ class Pipeline:
             self._put(self._q_speech, ev)
 
     def _asr_loop(self) -> None:
-        backend = self._backend
-        cfg = self.config.asr
-        streams: dict[int, StreamRecognizer] = {}
-        fed: dict[int, int] = {}
-        last_partial: dict[int, tuple[int, str]] = {}
-        audio_start: dict[int, float] = {}
-        utt_start: dict[int, float] = {}
-        failed: dict[int, str] = {}
-        interval = cfg.partial_interval_ms * SAMPLE_RATE // 1000
-        busy = 0.0
-
-        def stream(ch: int) -> StreamRecognizer | None:
-            if backend is None:
-                return None
-            if ch not in streams:
-                streams[ch] = backend.new_stream()
-            return streams[ch]
-
-        def uid(ch: int, index: int) -> str:
-            return f"{speaker_name(ch)}-{index}"
-
-        while not self._stop.is_set():
-            try:
-                item = self._q_speech.get(timeout=_POLL)
-            except queue.Empty:
-                continue
-            if isinstance(item, _EndOfStream):
-                self._put(self._q_events, item, force=True)
-                break
-            ch = item.channel
-            rec = stream(ch)
-            if isinstance(item, SpeechStart):
-                audio_start[ch] = item.audio_start
-                utt_start[ch] = item.start
-                fed[ch] = 0
-                last_partial[ch] = (0, "")
-                failed.pop(ch, None)
-                if rec is not None:
-                    try:
-                        rec.start()
-                    except RecognizerError as exc:
-                        failed[ch] = str(exc)
-                self._emit_queued("speech.started", item.start, speaker=speaker_name(ch), channel=ch,
-                                  utterance_id=uid(ch, item.utterance_index), start=round_t(item.start))
-            elif isinstance(item, SpeechAudio):
-                fed[ch] = fed.get(ch, 0) + len(item.frame.samples)
-                if rec is None or ch in failed:
-                    continue
-                t0 = time.perf_counter()
+        stage = RecognitionStage(self._backend, self.config.asr, self.speakers, self._clock)
+        try:
+            while not self._stop.is_set():
                 try:
-                    rec.accept(item.frame.samples)
-                except RecognizerError as exc:
-                    failed[ch] = str(exc)
-                    self._report_error("recognizer_failed", str(exc), item.frame.end, speaker=speaker_name(ch))
+                    item = self._q_speech.get(timeout=_POLL)
+                except queue.Empty:
                     continue
-                if cfg.partials and interval > 0 and fed[ch] - last_partial[ch][0] >= interval:
-                    text = rec.partial()
-                    if text and text != last_partial[ch][1]:
-                        self._emit_partial(item.frame.end, speaker=speaker_name(ch), channel=ch,
-                                           utterance_id=uid(ch, item.utterance_index),
-                                           start=round_t(utt_start.get(ch, 0.0)), text=text)
-                    last_partial[ch] = (fed[ch], text or last_partial[ch][1])
-                busy += time.perf_counter() - t0
-            elif isinstance(item, SpeechEnd):
-                taken_ns = self._clock()
-                text, words, error = "", [], failed.pop(ch, None)
-                if rec is not None and error is None:
-                    try:
-                        result = rec.finish()
-                        text = result.text
-                        base = audio_start.get(ch, item.start)
-                        words = [{"word": w.word, "start": round_t(base + w.start), "end": round_t(base + w.end),
-                                  "conf": round(w.conf, 4)} for w in result.words]
-                    except RecognizerError as exc:
-                        error = str(exc)
-                        self._report_error("recognizer_failed", error, item.end, speaker=speaker_name(ch))
-                        rec.reset()
-                elif rec is not None:
-                    rec.reset()
-                done_ns = self._clock()
-                busy += (done_ns - taken_ns) / 1e9
-                asr_info: dict[str, Any] = {"backend": cfg.backend, "model": backend.model if backend else None}
-                if error:
-                    asr_info["error"] = error
-                fields = {
-                    "utterance_id": uid(ch, item.utterance_index),
-                    "speaker": speaker_name(ch),
-                    "channel": ch,
-                    "start": round_t(item.start),
-                    "end": round_t(item.end),
-                    "text": text,
-                    "words": words,
-                    "emotion": None,
-                    "end_reason": item.reason,
-                    "asr": asr_info,
-                    "latency_ms": {
-                        "vad": round_ms(max(0, item.decided_ns - item.end_capture_ns) / 1e6),
-                        "queue": round_ms(max(0, taken_ns - item.decided_ns) / 1e6),
-                        "asr": round_ms((done_ns - taken_ns) / 1e6),
-                    },
-                    "_end_capture_ns": item.end_capture_ns,
-                    "_queued_ns": done_ns,
-                }
-                self._put(self._q_events, ("utterance", item.end, fields), force=True)
-            elif isinstance(item, SpeechDiscarded):
-                if rec is not None:
-                    rec.reset()
-        self.stats.stage_seconds["asr"] += busy
-        for rec in streams.values():
-            rec.reset()
-            close = getattr(rec, "close", None)
-            if close is not None:
-                close()
+                if isinstance(item, _EndOfStream):
+                    self._put(self._q_events, item, force=True)
+                    break
+                for out in stage.feed(item):
+                    if out[0] == "transcript.partial":
+                        try:
+                            self._q_events.put_nowait(out)
+                        except queue.Full:  # superseded by a later partial or the final
+                            self.stats.dropped_partials += 1
+                    else:
+                        self._put(self._q_events, out, force=True)
+        finally:
+            self.stats.stage_seconds["asr"] += stage.busy_seconds
+            stage.close()
 
     def _output_loop(self) -> None:
         """Runs on the caller's thread: numbers events and hands them to the sinks."""
@@ -405,11 +319,7 @@ class Pipeline:
     def _deliver(self, item: tuple[str, float, dict[str, Any]]) -> None:
         type_, t, fields = item
         if type_ == "utterance":
-            now = self._clock()
-            end_capture = fields.pop("_end_capture_ns")
-            queued = fields.pop("_queued_ns")
-            fields["latency_ms"]["emit"] = round_ms(max(0, now - queued) / 1e6)
-            fields["latency_ms"]["total"] = round_ms(max(0, now - end_capture) / 1e6)
+            finalize_latency(fields, self._clock())
             self.stats.utterances += 1
         elif type_ == "transcript.partial":
             self.stats.partials += 1
@@ -441,19 +351,6 @@ class Pipeline:
 
     def _emit_direct(self, type_: str, t: float, **fields: Any) -> Event:
         return self.log.emit(type_, t, **fields)
-
-    def _emit_queued(self, type_: str, t: float, **fields: Any) -> None:
-        self._put(self._q_events, (type_, t, fields), force=True)
-
-    def _emit_partial(self, t: float, **fields: Any) -> None:
-        try:
-            self._q_events.put_nowait(("transcript.partial", t, fields))
-        except queue.Full:
-            self.stats.dropped_partials += 1
-
-    def _report_error(self, code: str, message: str, t: float = 0.0, **fields: Any) -> None:
-        self._put(self._q_events, ("error", t, {"code": code, "message": message, "fatal": False, **fields}),
-                  force=True)
 
     def _report_drops(self, force: bool = False) -> None:
         dropped = self.stats.dropped_frames + self.stats.dropped_speech_frames + self.source.dropped_frames

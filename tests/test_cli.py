@@ -103,15 +103,22 @@ def test_ctrl_c_flushes_and_exits_within_two_seconds() -> None:
         [sys.executable, "-m", "realtime_ser", "run", "--input", "demo", "--realtime", "--jsonl", "-"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO,
     )
-    # The first utterance of the demo ends at ~4.9 s; interrupt during the second.
-    time.sleep(8.0)
+    assert proc.stdout is not None
+    lines: list[bytes] = []
+    # Wait for the first utterance, then interrupt in the middle of the second
+    # (the demo's second turn starts ~1 s after the first ends and lasts ~4 s).
+    for line in proc.stdout:
+        lines.append(line)
+        if b'"type":"utterance"' in line:
+            break
+    time.sleep(2.5)
     proc.send_signal(signal.SIGINT)
     t0 = time.monotonic()
     out, err = proc.communicate(timeout=10)
     assert time.monotonic() - t0 < 2.0
     assert proc.returncode == 0, err.decode()
     assert "Traceback" not in err.decode()
-    events = parse_jsonl(out)
+    events = parse_jsonl(b"".join(lines) + out)
     validate_stream(events)
     assert events[-1]["reason"] == "stopped"
     utts = utterances(events)

@@ -1,0 +1,186 @@
+"""The recognition stage: segment events in, event payloads out.
+
+Synchronous stage logic (no threads, no queues): :meth:`RecognitionStage.feed`
+takes the segmenter's events for any channel of one session and returns the
+events they cause, as ``(type, t, fields)`` tuples ready for an
+:class:`~realtime_ser.events.EventLog`. Each channel has its own recognizer
+stream; a recognizer failure becomes an ``error`` event and an utterance with
+an empty text, never a lost utterance. The pipeline runs this on its
+recognizer thread; the server runs it for vosk-server compatible connections.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .asr import RecognizerBackend, StreamRecognizer
+from .config import AsrConfig
+from .errors import RecognizerError
+from .events import round_ms, round_t
+from .frames import SAMPLE_RATE, SegmentEvent, SpeechAudio, SpeechDiscarded, SpeechEnd, SpeechStart
+
+Out = tuple[str, float, dict[str, Any]]
+
+# Private fields of an utterance payload that the output stage turns into
+# latency figures and removes before the event is published.
+END_CAPTURE_NS = "_end_capture_ns"
+QUEUED_NS = "_queued_ns"
+
+
+@dataclass
+class _Channel:
+    stream: StreamRecognizer | None
+    utterance: str = ""
+    start: float = 0.0
+    audio_start: float = 0.0
+    fed: int = 0
+    partial_at: int = 0
+    partial_text: str = ""
+    failed: str | None = None
+
+
+class RecognitionStage:
+    """Per-session recognition of the utterances the segmenter cuts."""
+
+    def __init__(
+        self,
+        backend: RecognizerBackend | None,
+        config: AsrConfig,
+        speakers: Sequence[str],
+        clock: Callable[[], int] = time.monotonic_ns,
+    ) -> None:
+        self.backend = backend
+        self.config = config
+        self.speakers = list(speakers)
+        self._clock = clock
+        self._channels: dict[int, _Channel] = {}
+        self._interval = config.partial_interval_ms * SAMPLE_RATE // 1000
+        self.busy_seconds = 0.0
+
+    def speaker(self, channel: int) -> str:
+        return self.speakers[channel] if channel < len(self.speakers) else f"ch{channel}"
+
+    def _channel(self, ch: int) -> _Channel:
+        state = self._channels.get(ch)
+        if state is None:
+            state = _Channel(self.backend.new_stream() if self.backend is not None else None)
+            self._channels[ch] = state
+        return state
+
+    def feed(self, item: SegmentEvent) -> list[Out]:
+        ch = item.channel
+        state = self._channel(ch)
+        rec = state.stream
+        out: list[Out] = []
+        if isinstance(item, SpeechStart):
+            state.utterance = f"{self.speaker(ch)}-{item.utterance_index}"
+            state.start, state.audio_start = item.start, item.audio_start
+            state.fed = state.partial_at = 0
+            state.partial_text = ""
+            state.failed = None
+            if rec is not None:
+                try:
+                    rec.start()
+                except RecognizerError as exc:
+                    state.failed = str(exc)
+                    out.append(self._error(str(exc), item.start, ch))
+            out.append(("speech.started", item.start, {
+                "speaker": self.speaker(ch), "channel": ch, "utterance_id": state.utterance,
+                "start": round_t(item.start)}))
+        elif isinstance(item, SpeechAudio):
+            state.fed += len(item.frame.samples)
+            if rec is None or state.failed is not None:
+                return out
+            t0 = time.perf_counter()
+            try:
+                rec.accept(item.frame.samples)
+            except RecognizerError as exc:
+                state.failed = str(exc)
+                out.append(self._error(str(exc), item.frame.end, ch))
+                return out
+            if self.config.partials and self._interval > 0 and state.fed - state.partial_at >= self._interval:
+                state.partial_at = state.fed
+                text = rec.partial()
+                if text and text != state.partial_text:
+                    state.partial_text = text
+                    out.append(("transcript.partial", item.frame.end, {
+                        "speaker": self.speaker(ch), "channel": ch, "utterance_id": state.utterance,
+                        "start": round_t(state.start), "text": text}))
+            self.busy_seconds += time.perf_counter() - t0
+        elif isinstance(item, SpeechEnd):
+            out.extend(self._finish(item, state))
+        elif isinstance(item, SpeechDiscarded):
+            if rec is not None:
+                rec.reset()
+        return out
+
+    def _finish(self, item: SpeechEnd, state: _Channel) -> list[Out]:
+        ch, rec = item.channel, state.stream
+        out: list[Out] = []
+        taken_ns = self._clock()
+        text, words, error = "", [], state.failed
+        if rec is not None and error is None:
+            try:
+                result = rec.finish()
+                text = result.text
+                base = state.audio_start
+                words = [{"word": w.word, "start": round_t(base + w.start), "end": round_t(base + w.end),
+                          "conf": round(w.conf, 4)} for w in result.words]
+            except RecognizerError as exc:
+                error = str(exc)
+                out.append(self._error(error, item.end, ch))
+                rec.reset()
+        elif rec is not None:
+            rec.reset()
+        state.failed = None
+        done_ns = self._clock()
+        self.busy_seconds += (done_ns - taken_ns) / 1e9
+        asr: dict[str, Any] = {"backend": self.config.backend,
+                               "model": self.backend.model if self.backend is not None else None}
+        if error:
+            asr["error"] = error
+        out.append(("utterance", item.end, {
+            "utterance_id": f"{self.speaker(ch)}-{item.utterance_index}",
+            "speaker": self.speaker(ch),
+            "channel": ch,
+            "start": round_t(item.start),
+            "end": round_t(item.end),
+            "text": text,
+            "words": words,
+            "emotion": None,
+            "end_reason": item.reason,
+            "asr": asr,
+            "latency_ms": {
+                "vad": round_ms(max(0, item.decided_ns - item.end_capture_ns) / 1e6),
+                "queue": round_ms(max(0, taken_ns - item.decided_ns) / 1e6),
+                "asr": round_ms((done_ns - taken_ns) / 1e6),
+            },
+            END_CAPTURE_NS: item.end_capture_ns,
+            QUEUED_NS: done_ns,
+        }))
+        return out
+
+    def _error(self, message: str, t: float, ch: int) -> Out:
+        return ("error", t, {"code": "recognizer_failed", "message": message, "fatal": False,
+                             "speaker": self.speaker(ch)})
+
+    def close(self) -> None:
+        """Release every recognizer stream (the backend may reuse them)."""
+        for state in self._channels.values():
+            if state.stream is not None:
+                state.stream.reset()
+                close = getattr(state.stream, "close", None)
+                if close is not None:
+                    close()
+        self._channels.clear()
+
+
+def finalize_latency(fields: dict[str, Any], now_ns: int) -> None:
+    """Fill ``emit`` and ``total`` of an utterance payload at the moment it is published."""
+    end_capture = fields.pop(END_CAPTURE_NS)
+    queued = fields.pop(QUEUED_NS)
+    fields["latency_ms"]["emit"] = round_ms(max(0, now_ns - queued) / 1e6)
+    fields["latency_ms"]["total"] = round_ms(max(0, now_ns - end_capture) / 1e6)
