@@ -54,6 +54,22 @@ def _build_parser() -> argparse.ArgumentParser:
                      help="override any configuration value, e.g. --set vad.hangover_ms=400 (repeatable)")
     run.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv for debug)")
 
+    srv = sub.add_parser("serve", help="serve sessions over WebSocket (ingest, subscribe, vosk-server protocol)",
+                         description="Audio arrives over WebSocket; events go to any number of subscribers. "
+                                     "Protocol: docs/protocol.md.")
+    srv.add_argument("--host", help="interface to listen on (default 127.0.0.1)")
+    srv.add_argument("--port", type=int, help="TCP port (default 8765; 0 = any free port)")
+    srv.add_argument("--asr", choices=["pocketsphinx", "vosk", "none"], help="default speech recognizer")
+    srv.add_argument("--vosk-model", metavar="DIR", help="Vosk model directory")
+    srv.add_argument("--token", help="bearer token required on every endpoint but /healthz "
+                                     "(or set REALTIME_SER_TOKEN)")
+    srv.add_argument("--certfile", help="TLS certificate (PEM)")
+    srv.add_argument("--keyfile", help="TLS private key (PEM)")
+    srv.add_argument("--config", metavar="FILE", help="TOML configuration (see configs/default.toml)")
+    srv.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                     help="override any configuration value (repeatable)")
+    srv.add_argument("-v", "--verbose", action="count", default=1, help="log more (-vv for debug)")
+
     models = sub.add_parser("models", help="manage recognition models")
     msub = models.add_subparsers(dest="models_command", metavar="ACTION")
     msub.required = True
@@ -136,6 +152,36 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    import asyncio
+    import os
+
+    from .server import serve_forever
+
+    config = load(args.config)
+    overrides: list[str] = []
+    for flag, key in (("host", "server.host"), ("port", "server.port"), ("asr", "asr.backend"),
+                      ("vosk_model", "asr.vosk_model"), ("certfile", "server.certfile"),
+                      ("keyfile", "server.keyfile")):
+        value = getattr(args, flag)
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    token = args.token or os.environ.get("REALTIME_SER_TOKEN")
+    if token:
+        overrides.append(f"server.token={token}")
+    config = apply_overrides(config, overrides + list(args.set))
+
+    def ready(server: Any) -> None:
+        scheme = "https" if server.scheme == "wss" else "http"
+        host = f"{config.server.host}:{server.port}"
+        print(f"realtime-ser serving on {server.url}  (ingest {server.url}/ingest, subscribe "
+              f"{server.url}/subscribe, vosk-server protocol {server.url}/; dashboard {scheme}://{host}/, "
+              f"health {scheme}://{host}/healthz, metrics {scheme}://{host}/metrics)", flush=True)
+
+    asyncio.run(serve_forever(config, ready=ready))
+    return 0
+
+
 def _devices() -> int:
     from .sources import list_input_devices
 
@@ -164,6 +210,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return download.run(args)
         if args.command == "devices":
             return _devices()
+        if args.command == "serve":
+            return _serve(args)
     except RealtimeSerError as exc:
         print(f"realtime-ser: error: {exc}", file=sys.stderr)
         return 1

@@ -103,11 +103,45 @@ class OutputConfig:
 
 
 @dataclass(frozen=True)
+class ServerConfig:
+    """The WebSocket/HTTP server (``realtime-ser serve``); see docs/protocol.md."""
+
+    host: str = "127.0.0.1"
+    port: int = 8765
+    token: str = ""
+    """Bearer token required on every endpoint but /healthz ('' = none)."""
+    certfile: str = ""
+    """TLS certificate (PEM); with ``keyfile``, the server speaks wss:// and https://."""
+    keyfile: str = ""
+    max_sessions: int = 32
+    """Live sessions at once; more are refused with close code 4013."""
+    max_frame_bytes: int = 65536
+    """Largest message a client may send; larger ones close with 1009."""
+    max_messages_per_s: int = 200
+    """Per connection, averaged over a 2 s burst; beyond it the client is closed with 4029."""
+    ingest_buffer_s: float = 30.0
+    """Audio a session may hold unprocessed; while full the server stops reading."""
+    ingest_stall_s: float = 20.0
+    """A full buffer that makes no room for this long closes the ingest with 4009."""
+    log_events: int = 10000
+    """Events kept per session for subscribers resuming with since=."""
+    retain_ended_s: float = 600.0
+    """How long an ended session stays readable."""
+    subscriber_queue: int = 1000
+    """Events waiting for one subscriber; beyond it the subscriber is closed with 4008."""
+    write_limit_bytes: int = 32768
+    """Outgoing bytes buffered per connection before sending waits (then the subscriber queue fills)."""
+    shutdown_timeout_s: float = 2.5
+    """On shutdown, how long sessions get to flush before connections are closed."""
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     source: SourceConfig = field(default_factory=SourceConfig)
     vad: VadConfig = field(default_factory=VadConfig)
     asr: AsrConfig = field(default_factory=AsrConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
 
     def validate(self) -> PipelineConfig:
         """Check value ranges; raise :class:`ConfigError` naming what is allowed."""
@@ -148,6 +182,18 @@ class PipelineConfig:
             raise ConfigError(f"output.view={o.view!r} is not allowed; use auto, on or off")
         if o.queue_events < 1:
             raise ConfigError("output.queue_events must be at least 1")
+        srv = self.server
+        if not 0 <= srv.port <= 65535:
+            raise ConfigError(f"server.port={srv.port} is not a TCP port (0-65535)")
+        if bool(srv.certfile) != bool(srv.keyfile):
+            raise ConfigError("server.certfile and server.keyfile must be given together")
+        for name in ("max_sessions", "max_frame_bytes", "max_messages_per_s", "log_events", "subscriber_queue",
+                     "write_limit_bytes"):
+            if getattr(srv, name) < 1:
+                raise ConfigError(f"server.{name} must be at least 1")
+        for name in ("ingest_buffer_s", "ingest_stall_s", "retain_ended_s", "shutdown_timeout_s"):
+            if getattr(srv, name) <= 0:
+                raise ConfigError(f"server.{name} must be positive")
         return self
 
 
@@ -156,6 +202,7 @@ _SECTIONS: dict[str, type] = {
     "vad": VadConfig,
     "asr": AsrConfig,
     "output": OutputConfig,
+    "server": ServerConfig,
 }
 
 
@@ -187,6 +234,17 @@ def _coerce(section: str, key: str, value: Any, typ: Any) -> Any:
         if isinstance(value, str):
             return value
         raise ConfigError(f"{where} must be a string, got {value!r}")
+    if typ is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where} must be a number, got {value!r}")
+        if isinstance(value, int | float):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where} must be a number, got {value!r}")
     raise ConfigError(f"{where}: unsupported type {typ}")  # pragma: no cover
 
 

@@ -13,6 +13,7 @@ called from another thread to make the iteration end soon.
 
 from __future__ import annotations
 
+import collections
 import logging
 import queue
 import threading
@@ -230,6 +231,82 @@ class ArraySource(Source):
         step = max(1, self.sample_rate // 10)
         blocks = (self._data[i : i + step] for i in range(0, len(self._data), step))
         yield from self._frames_from_blocks(blocks, pace=self.config.realtime or self.live)
+
+
+class PushSource(Source):
+    """PCM16 pushed in by another thread (the server's event loop).
+
+    :meth:`try_push` never blocks: it returns False while the bounded buffer
+    (``max_seconds`` of audio) is full, and the caller decides how to wait. Each
+    chunk is stamped with its arrival time, which becomes the capture time of
+    the frames it completes. :meth:`end` marks the end of the stream; what was
+    pushed before it is still processed.
+    """
+
+    def __init__(self, config: SourceConfig, sample_rate: int, channels: int, max_seconds: float,
+                 name: str = "websocket") -> None:
+        super().__init__(config)
+        if channels not in (1, 2):
+            raise InputError(f"unsupported channel count {channels}; use 1 or 2")
+        self.name = name
+        self.sample_rate = int(sample_rate)
+        self.channels = int(channels)
+        self._bytes_per_sample = 2 * self.channels
+        self._capacity = int(max_seconds * self.sample_rate) * self._bytes_per_sample
+        self._chunks: collections.deque[tuple[int, bytes]] = collections.deque()
+        self._buffered = 0
+        self._ended = False
+        self._cond = threading.Condition()
+
+    @property
+    def buffered_seconds(self) -> float:
+        return self._buffered / self._bytes_per_sample / self.sample_rate
+
+    def try_push(self, data: bytes) -> bool:
+        """Queue ``data`` (a whole number of samples) unless the buffer is full."""
+        if len(data) % self._bytes_per_sample:
+            raise InputError(f"audio message of {len(data)} bytes is not a whole number of "
+                             f"{self.channels}-channel PCM16 samples ({self._bytes_per_sample} bytes each)")
+        with self._cond:
+            if self._ended:
+                raise InputError("audio after the end of the stream")
+            if self._buffered and self._buffered + len(data) > self._capacity:
+                return False
+            self._chunks.append((time.monotonic_ns(), data))
+            self._buffered += len(data)
+            self._cond.notify()
+        return True
+
+    def end(self) -> None:
+        with self._cond:
+            self._ended = True
+            self._cond.notify()
+
+    def close(self) -> None:
+        super().close()
+        self.end()
+
+    def __iter__(self) -> Iterator[AudioFrame]:
+        stamp_list: list[int] = []
+
+        def blocks() -> Iterator[np.ndarray]:
+            while True:
+                with self._cond:
+                    while not self._chunks and not self._ended:
+                        self._cond.wait(0.1)
+                    if not self._chunks:
+                        return
+                    stamp, data = self._chunks.popleft()
+                    self._buffered -= len(data)
+                pcm = np.frombuffer(data, dtype="<i2").reshape(-1, self.channels)
+                stamp_list.append(stamp)
+                yield pcm.astype(np.float32) / 32768.0
+
+        def stamps() -> Iterator[int]:
+            while True:
+                yield stamp_list.pop(0) if stamp_list else time.monotonic_ns()
+
+        yield from self._frames_from_blocks(blocks(), pace=False, stamps=stamps())
 
 
 class StdinSource(Source):

@@ -1,0 +1,551 @@
+"""The server: one port for WebSocket (ingest, subscribe, vosk-server protocol)
+and plain HTTP (/healthz, /metrics, /sessions, the dashboard).
+
+The event loop only moves bytes: audio goes into each session's bounded
+buffer, events come out of the hub. Segmentation, recognition and every model
+call run on session threads or a worker pool, never on the loop, so keepalive
+pings and other clients are never held up by a model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import hmac
+import http
+import json
+import logging
+import re
+import ssl
+import threading
+import time
+import uuid
+from dataclasses import replace
+from importlib import resources
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from ..asr import RecognizerBackend, create_backend
+from ..config import PipelineConfig
+from ..errors import RealtimeSerError
+from ..pipeline import Pipeline
+from ..sources import PushSource
+from .hub import Hub, SinceUnavailable, Subscriber
+from .metrics import Registry, server_metrics
+from .vosk_compat import VoskCompatSession
+
+log = logging.getLogger(__name__)
+
+INGEST_RATES = (8000, 16000, 32000, 48000)
+START_FIELDS = {"type", "session", "sample_rate", "channels", "roles", "asr", "events"}
+_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_ROLE = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
+
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_UNSUPPORTED = 1003
+CLOSE_POLICY = 1008
+CLOSE_BAD_REQUEST = 4000
+CLOSE_UNKNOWN_SESSION = 4004
+CLOSE_TOO_SLOW = 4008
+CLOSE_INGEST_OVERFLOW = 4009
+CLOSE_SINCE_UNAVAILABLE = 4010
+CLOSE_LIMIT = 4013
+CLOSE_RATE = 4029
+
+
+class ProtocolError(RealtimeSerError):
+    """A client broke the protocol; ``code`` is the close code to send."""
+
+    def __init__(self, close_code: int, error_code: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.close_code = close_code
+        self.error_code = error_code
+        self.extra = extra
+
+
+def parse_start(text: str, default_asr: str, available_asr: set[str]) -> dict[str, Any]:
+    """Validate an ingest start message; raise ProtocolError saying what is allowed."""
+    try:
+        msg = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise ProtocolError(CLOSE_BAD_REQUEST, "bad_json", f"the start message is not valid JSON: {exc}") from None
+    if not isinstance(msg, dict):
+        raise ProtocolError(CLOSE_BAD_REQUEST, "bad_start", "the start message must be a JSON object")
+    unknown = sorted(set(msg) - START_FIELDS)
+    if unknown:
+        raise ProtocolError(CLOSE_BAD_REQUEST, "unknown_field", f"unknown field(s) {', '.join(map(repr, unknown))}; "
+                            f"allowed: {', '.join(sorted(START_FIELDS))}")
+    if msg.get("type") != "start":
+        raise ProtocolError(CLOSE_BAD_REQUEST, "bad_start", 'the first message must be {"type": "start", ...}')
+    rate = msg.get("sample_rate")
+    if isinstance(rate, bool) or rate not in INGEST_RATES:
+        raise ProtocolError(CLOSE_BAD_REQUEST, "unsupported_sample_rate",
+                            f"sample_rate {rate!r} is not supported; use one of {', '.join(map(str, INGEST_RATES))}")
+    channels = msg.get("channels", 1)
+    if isinstance(channels, bool) or channels not in (1, 2):
+        raise ProtocolError(CLOSE_BAD_REQUEST, "bad_channels", f"channels {channels!r} is not allowed; use 1 or 2")
+    session = msg.get("session")
+    if session is not None and (not isinstance(session, str) or not _NAME.match(session)):
+        raise ProtocolError(CLOSE_BAD_REQUEST, "bad_session",
+                            "session must be 1-64 characters of letters, digits, '_', '.', '-'")
+    roles = msg.get("roles")
+    if roles is not None:
+        if (not isinstance(roles, list) or len(roles) != channels
+                or not all(isinstance(r, str) and _ROLE.match(r) for r in roles) or len(set(roles)) != len(roles)):
+            raise ProtocolError(CLOSE_BAD_REQUEST, "bad_roles",
+                                f"roles must be a list of {channels} distinct names of 1-32 letters, digits, '_.-'")
+    asr = msg.get("asr", default_asr)
+    if asr not in available_asr:
+        raise ProtocolError(CLOSE_BAD_REQUEST, "unsupported_asr", f"asr {asr!r} is not available on this server; "
+                            f"use one of {', '.join(sorted(available_asr))}")
+    events = msg.get("events", True)
+    if not isinstance(events, bool):
+        raise ProtocolError(CLOSE_BAD_REQUEST, "bad_start", "events must be true or false")
+    return {"session": session, "sample_rate": rate, "channels": channels, "roles": roles, "asr": asr,
+            "events": events}
+
+
+class _RateLimit:
+    """Token bucket: ``rate`` messages per second with a burst of two seconds' worth."""
+
+    def __init__(self, rate: int) -> None:
+        self.rate = float(rate)
+        self.tokens = 2.0 * rate
+        self.last = time.monotonic()
+
+    def allow(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(2.0 * self.rate, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
+def _error_event(session: str, code: str, message: str, **extra: Any) -> str:
+    event = {"v": 1, "type": "error", "session": session or "-", "seq": 0, "t": 0.0, "code": code,
+             "message": message, "fatal": True, **extra}
+    return json.dumps(event, separators=(",", ":"))
+
+
+class Server:
+    """Owns the hub, the recognizer backends and the listening socket."""
+
+    def __init__(self, config: PipelineConfig, backends: dict[str, RecognizerBackend | None] | None = None) -> None:
+        self.config = config
+        self.srv = config.server
+        self.registry = Registry()
+        self.metrics = server_metrics(self.registry)
+        self.hub = Hub(self.srv.log_events, self.srv.retain_ended_s, self.srv.subscriber_queue,
+                       observe=self.metrics.observe_event)
+        self._backends: dict[str, RecognizerBackend | None] = dict(backends or {})
+        if not self._backends:
+            self._backends[config.asr.backend] = create_backend(config.asr)
+            if config.asr.backend != "none":
+                self._backends["none"] = None
+        self._pipelines: dict[str, tuple[Pipeline, PushSource, threading.Thread]] = {}
+        self._workers = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="ser-vosk")
+        self._server: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closing = False
+        self._vosk_count = 0
+        self._janitor: asyncio.Task[None] | None = None
+        self.port = self.srv.port
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    @property
+    def scheme(self) -> str:
+        return "wss" if self.srv.certfile else "ws"
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://{self.srv.host}:{self.port}"
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        ssl_context = None
+        if self.srv.certfile:
+            ssl_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            try:
+                ssl_context.load_cert_chain(self.srv.certfile, self.srv.keyfile)
+            except (OSError, ssl.SSLError) as exc:
+                raise RealtimeSerError(f"cannot load TLS certificate/key: {exc}") from None
+        self.hub.on_overflow = self._on_overflow
+        try:
+            self._server = await serve(
+                self._handle, self.srv.host, self.srv.port, process_request=self._process_request,
+                max_size=self.srv.max_frame_bytes, ssl=ssl_context, ping_interval=20, ping_timeout=20,
+                close_timeout=2, max_queue=16, write_limit=self.srv.write_limit_bytes,
+            )
+        except OSError as exc:
+            raise RealtimeSerError(f"cannot listen on {self.srv.host}:{self.srv.port}: {exc.strerror or exc}") from None
+        self.port = self._server.sockets[0].getsockname()[1]
+        self._janitor = asyncio.create_task(self._expire_loop())
+        log.info("listening on %s", self.url)
+
+    async def shutdown(self) -> None:
+        """End every session cleanly (flush, session.ended), then close clients with 1001."""
+        if self._closing:
+            return
+        self._closing = True
+        t0 = time.monotonic()
+        live = self.hub.live_sessions()
+        for rec in live:
+            if rec.stop is not None:
+                rec.stop()
+        if live:
+            await asyncio.wait([asyncio.create_task(r.done.wait()) for r in live],
+                               timeout=self.srv.shutdown_timeout_s)
+        for session, (pipeline, _source, _thread) in list(self._pipelines.items()):
+            log.warning("session %s did not end in time; aborting it", session)
+            pipeline.abort()
+        for sub in list(self.hub.all_subscribers):
+            sub.offer(None)
+        if self._janitor is not None:
+            self._janitor.cancel()
+        if self._server is not None:
+            self._server.close(close_connections=True)
+            try:
+                await asyncio.wait_for(self._server.wait_closed(), timeout=1.0)
+            except TimeoutError:
+                log.warning("some connections did not close in time")
+        self._workers.shutdown(wait=False, cancel_futures=True)
+        log.info("shut down in %.2f s", time.monotonic() - t0)
+
+    async def _expire_loop(self) -> None:
+        while True:
+            await asyncio.sleep(min(30.0, self.srv.retain_ended_s / 2))
+            self.hub.expire()
+
+    # -- HTTP and routing -----------------------------------------------------------------------
+
+    def _authorized(self, request: Request, query: dict[str, list[str]]) -> bool:
+        token = self.srv.token
+        if not token:
+            return True
+        given = ""
+        header = request.headers.get("Authorization", "")
+        if header.startswith("Bearer "):
+            given = header[len("Bearer "):].strip()
+        elif query.get("token"):
+            given = query["token"][0]
+        return hmac.compare_digest(given.encode(), token.encode())
+
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        parts = urlsplit(request.path)
+        path, query = parts.path, parse_qs(parts.query)
+        upgrade = "websocket" in request.headers.get("Upgrade", "").lower()
+        if path == "/healthz" and not upgrade:
+            return _response(200, "ok\n", "text/plain; charset=utf-8")
+        if not self._authorized(request, query):
+            self.metrics.errors_total.inc(code="unauthorized")
+            return _response(401, "missing or wrong bearer token\n", "text/plain; charset=utf-8",
+                             [("WWW-Authenticate", 'Bearer realm="realtime-ser"')])
+        if upgrade:
+            if path not in ("/", "/ingest", "/subscribe"):
+                return _response(404, f"no WebSocket endpoint at {path}; use /ingest, /subscribe or /\n")
+            return None
+        if path == "/metrics":
+            self._update_gauges()
+            return _response(200, self.registry.render(), "text/plain; version=0.0.4; charset=utf-8")
+        if path == "/sessions":
+            body = json.dumps({"sessions": [r.describe() for r in self.hub.sessions.values()]})
+            return _response(200, body, "application/json")
+        if path in ("/", "/index.html"):
+            page = resources.files("realtime_ser").joinpath("data/dashboard.html").read_text("utf-8")
+            return _response(200, page, "text/html; charset=utf-8")
+        return _response(404, f"not found: {path}\n")
+
+    def _update_gauges(self) -> None:
+        self.metrics.sessions_active.set(len(self.hub.live_sessions()))
+        self.metrics.subscribers_active.set(self.hub.subscriber_count)
+        buffered = sum(src.buffered_seconds for _p, src, _t in self._pipelines.values())
+        self.metrics.queue_depth.set(buffered, queue="ingest_buffer_seconds")
+        self.metrics.queue_depth.set(sum(r.subscribers.__len__() for r in self.hub.sessions.values()),
+                                     queue="session_subscribers")
+        pending = sum(sub.queue.qsize() for r in self.hub.sessions.values() for sub in r.subscribers)
+        pending += sum(sub.queue.qsize() for sub in self.hub.all_subscribers)
+        self.metrics.queue_depth.set(pending, queue="subscriber_events")
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        assert ws.request is not None
+        parts = urlsplit(ws.request.path)
+        try:
+            if parts.path == "/ingest":
+                await self._ingest(ws)
+            elif parts.path == "/subscribe":
+                await self._subscribe(ws, parse_qs(parts.query))
+            else:
+                await self._vosk(ws)
+        except ProtocolError as exc:
+            self.metrics.errors_total.inc(code=exc.error_code)
+            log.info("closing %s: %s (%d)", ws.remote_address, exc, exc.close_code)
+            await _fail(ws, exc)
+        except ConnectionClosed:
+            pass
+
+    # -- ingest -------------------------------------------------------------------------------
+
+    async def _recv_text(self, ws: ServerConnection, what: str) -> str:
+        try:
+            msg = await asyncio.wait_for(ws.recv(), timeout=10.0)
+        except TimeoutError:
+            raise ProtocolError(CLOSE_BAD_REQUEST, "timeout", f"no {what} within 10 s") from None
+        if not isinstance(msg, str):
+            raise ProtocolError(CLOSE_UNSUPPORTED, "expected_text", f"expected the JSON {what}, got binary data")
+        return msg
+
+    async def _ingest(self, ws: ServerConnection) -> None:
+        start = parse_start(await self._recv_text(ws, "start message"), self.config.asr.backend, set(self._backends))
+        if len(self.hub.live_sessions()) >= self.srv.max_sessions:
+            raise ProtocolError(CLOSE_LIMIT, "too_many_sessions",
+                                f"the server holds its maximum of {self.srv.max_sessions} live sessions; try later")
+        if self._closing:
+            raise ProtocolError(CLOSE_GOING_AWAY, "shutting_down", "the server is shutting down")
+        session = start["session"] or uuid.uuid4().hex[:12]
+        existing = self.hub.sessions.get(session)
+        if existing is not None and existing.live:
+            raise ProtocolError(CLOSE_BAD_REQUEST, "session_exists", f"session {session!r} is already live")
+        channels = start["channels"]
+        cfg = replace(self.config,
+                      asr=replace(self.config.asr, backend=start["asr"]),
+                      source=replace(self.config.source, split_channels=channels == 2, realtime=False))
+        source = PushSource(cfg.source, start["sample_rate"], channels, self.srv.ingest_buffer_s)
+        loop = asyncio.get_running_loop()
+        rec = self.hub.open(session)
+        rec.stop = source.end
+        sub = self.hub.subscribe(session, None) if start["events"] else None
+        sender = asyncio.create_task(self._pump(ws, sub)) if sub is not None else None
+        if sub is not None:
+            sub.on_overflow = lambda _s: asyncio.ensure_future(
+                self._close_slow(ws, session, "this ingest connection did not read its events fast enough"))
+        pipeline = Pipeline(cfg, source, [lambda e: loop.call_soon_threadsafe(self.hub.publish, e)],
+                            backend=self._backends[start["asr"]], session=session, input_name="websocket",
+                            speakers=start["roles"])
+        thread = threading.Thread(target=self._run_pipeline, args=(pipeline, session), name=f"ser-session-{session}",
+                                  daemon=True)
+        self._pipelines[session] = (pipeline, source, thread)
+        self.metrics.sessions_total.inc()
+        thread.start()
+        log.info("session %s started: %d Hz x %d, asr %s", session, start["sample_rate"], channels, start["asr"])
+        try:
+            await self._read_audio(ws, source, session)
+        finally:
+            source.end()  # also when the client vanished: flush what was heard
+        await rec.done.wait()
+        if sender is not None:
+            await sender
+        await ws.close(CLOSE_GOING_AWAY if self._closing else CLOSE_NORMAL,
+                       "server shutting down" if self._closing else "session ended")
+
+    def _run_pipeline(self, pipeline: Pipeline, session: str) -> None:
+        try:
+            pipeline.run()
+        except Exception:  # reported as a fatal error event by the pipeline
+            log.exception("session %s failed", session)
+        finally:
+            self._pipelines.pop(session, None)
+
+    async def _read_audio(self, ws: ServerConnection, source: PushSource, session: str) -> None:
+        limit = _RateLimit(self.srv.max_messages_per_s)
+        async for msg in ws:
+            if not limit.allow():
+                raise ProtocolError(CLOSE_RATE, "rate_limited",
+                                    f"more than {self.srv.max_messages_per_s} messages per second")
+            if isinstance(msg, str):
+                try:
+                    control = json.loads(msg)
+                except (json.JSONDecodeError, RecursionError):
+                    raise ProtocolError(CLOSE_UNSUPPORTED, "expected_audio",
+                                        'expected binary PCM16 audio or {"type": "eof"}, got text') from None
+                if isinstance(control, dict) and control.get("type") == "eof":
+                    return
+                raise ProtocolError(CLOSE_UNSUPPORTED, "expected_audio",
+                                    'expected binary PCM16 audio or {"type": "eof"}')
+            if len(msg) % (2 * source.channels):
+                raise ProtocolError(CLOSE_BAD_REQUEST, "bad_audio",
+                                    f"audio message of {len(msg)} bytes is not a whole number of {source.channels}-"
+                                    f"channel PCM16 samples")
+            self.metrics.ingest_bytes_total.inc(len(msg))
+            waited = 0.0
+            while not source.try_push(msg):
+                # The session is behind: stop reading (TCP paces the client) until room frees up.
+                if waited >= self.srv.ingest_stall_s:
+                    raise ProtocolError(CLOSE_INGEST_OVERFLOW, "ingest_overflow",
+                                        f"session {session} could not keep up: its buffer of "
+                                        f"{self.srv.ingest_buffer_s:g} s of audio stayed full for "
+                                        f"{self.srv.ingest_stall_s:g} s")
+                await asyncio.sleep(0.01)
+                waited += 0.01
+
+    # -- subscribe ------------------------------------------------------------------------------
+
+    async def _subscribe(self, ws: ServerConnection, query: dict[str, list[str]]) -> None:
+        unknown = sorted(set(query) - {"session", "since", "token"})
+        if unknown:
+            raise ProtocolError(CLOSE_BAD_REQUEST, "unknown_field",
+                                f"unknown query parameter(s) {', '.join(unknown)}; allowed: session, since")
+        session = query.get("session", [None])[0]
+        since_text = query.get("since", [None])[0]
+        since: int | None = None
+        if since_text is not None:
+            if session is None:
+                raise ProtocolError(CLOSE_BAD_REQUEST, "bad_since", "since needs a session")
+            if not since_text.isdigit() or len(since_text) > 18:
+                raise ProtocolError(CLOSE_BAD_REQUEST, "bad_since", f"since must be a non-negative integer, "
+                                    f"got {since_text!r}")
+            since = int(since_text)
+        try:
+            sub = self.hub.subscribe(session, since)
+        except KeyError:
+            raise ProtocolError(CLOSE_UNKNOWN_SESSION, "unknown_session", f"no session {session!r} is known "
+                                f"(live or ended within the last {self.srv.retain_ended_s:g} s)") from None
+        except SinceUnavailable as exc:
+            raise ProtocolError(CLOSE_SINCE_UNAVAILABLE, "since_unavailable", str(exc),
+                                oldest_seq=exc.oldest) from None
+        sub.on_overflow = lambda _s: asyncio.ensure_future(
+            self._close_slow(ws, session, "subscriber too slow: its queue overflowed; reconnect with since="))
+        reader = asyncio.create_task(self._read_subscriber(ws))
+        try:
+            await self._pump(ws, sub)
+        finally:
+            reader.cancel()
+            self.hub.unsubscribe(sub)
+        await ws.close(CLOSE_GOING_AWAY if self._closing else CLOSE_NORMAL,
+                       "server shutting down" if self._closing else "session ended")
+
+    async def _read_subscriber(self, ws: ServerConnection) -> None:
+        async for msg in ws:
+            if msg == "ping":
+                await ws.send("pong")
+
+    async def _pump(self, ws: ServerConnection, sub: Subscriber) -> None:
+        """Send a subscriber its backlog, then its queue, until the end marker."""
+        for text in sub.backlog:
+            await ws.send(text)
+        sub.backlog = []
+        while True:
+            text = await sub.queue.get()
+            if text is None:
+                return
+            await ws.send(text)
+
+    def _on_overflow(self, sub: Subscriber) -> None:  # replaced per connection
+        pass
+
+    async def _close_slow(self, ws: ServerConnection, session: str | None, reason: str) -> None:
+        self.metrics.subscribers_dropped_total.inc(reason="too_slow")
+        log.info("closing slow subscriber %s of %s", ws.remote_address, session or "all sessions")
+        try:
+            await asyncio.wait_for(ws.close(CLOSE_TOO_SLOW, "subscriber too slow"), timeout=2.0)
+        except TimeoutError:
+            ws.transport.abort()
+
+    # -- vosk-server protocol ----------------------------------------------------------------------
+
+    async def _vosk(self, ws: ServerConnection) -> None:
+        if len(self.hub.live_sessions()) >= self.srv.max_sessions:
+            raise ProtocolError(CLOSE_LIMIT, "too_many_sessions",
+                                f"the server holds its maximum of {self.srv.max_sessions} live sessions")
+        loop = asyncio.get_running_loop()
+        limit = _RateLimit(self.srv.max_messages_per_s)
+        backend_name = self.config.asr.backend
+        backend = self._backends.get(backend_name)
+        rate = 8000  # vosk-server's default when the client sends no config
+        proc: VoskCompatSession | None = None
+        self._vosk_count += 1
+        session = f"vosk-{self._vosk_count}"
+        rec = None
+
+        def publish(e: dict[str, Any]) -> None:
+            loop.call_soon_threadsafe(self.hub.publish, e)
+
+        try:
+            async for msg in ws:
+                if not limit.allow():
+                    raise ProtocolError(CLOSE_RATE, "rate_limited",
+                                        f"more than {self.srv.max_messages_per_s} messages per second")
+                if isinstance(msg, str):
+                    try:
+                        obj = json.loads(msg)
+                    except (json.JSONDecodeError, RecursionError):
+                        raise ProtocolError(CLOSE_BAD_REQUEST, "bad_json", "message is not valid JSON") from None
+                    if not isinstance(obj, dict):
+                        raise ProtocolError(CLOSE_BAD_REQUEST, "bad_json", "message must be a JSON object")
+                    if "config" in obj:
+                        cfg = obj["config"]
+                        if not isinstance(cfg, dict):
+                            raise ProtocolError(CLOSE_BAD_REQUEST, "bad_config", "config must be an object")
+                        if "sample_rate" in cfg:
+                            r = cfg["sample_rate"]
+                            if isinstance(r, bool) or not isinstance(r, int | float) or int(r) not in INGEST_RATES:
+                                raise ProtocolError(CLOSE_BAD_REQUEST, "unsupported_sample_rate",
+                                                    f"sample_rate {r!r} is not supported; use one of "
+                                                    f"{', '.join(map(str, INGEST_RATES))}")
+                            if proc is not None:
+                                raise ProtocolError(CLOSE_BAD_REQUEST, "bad_config",
+                                                    "config must come before the audio")
+                            rate = int(r)
+                        continue
+                    if "eof" in obj:
+                        if proc is None:
+                            await ws.send(json.dumps({"text": ""}))
+                        else:
+                            reply = await loop.run_in_executor(self._workers, proc.finish)
+                            proc = None
+                            await ws.send(json.dumps(reply))
+                        break
+                    raise ProtocolError(CLOSE_BAD_REQUEST, "bad_json", 'expected {"config": ...} or {"eof": 1}')
+                if proc is None:
+                    rec = self.hub.open(session, kind="vosk")
+                    self.metrics.sessions_total.inc()
+                    proc = await loop.run_in_executor(
+                        self._workers, VoskCompatSession, session, self.config, backend, publish, rate)
+                    rec.stop = lambda: None  # ends when the client sends eof or leaves
+                self.metrics.ingest_bytes_total.inc(len(msg))
+                reply = await loop.run_in_executor(self._workers, proc.feed, msg)
+                await ws.send(json.dumps(reply))
+        finally:
+            if proc is not None:  # the client left without eof: end the session anyway
+                await loop.run_in_executor(self._workers, proc.finish)
+        await ws.close(CLOSE_NORMAL, "")
+
+
+async def _fail(ws: ServerConnection, exc: ProtocolError) -> None:
+    try:
+        await ws.send(_error_event("", exc.error_code, str(exc), **exc.extra))
+        await ws.close(exc.close_code, str(exc)[:120])
+    except ConnectionClosed:
+        pass
+
+
+def _response(status: int, body: str, content_type: str = "text/plain; charset=utf-8",
+              extra: list[tuple[str, str]] | None = None) -> Response:
+    data = body.encode("utf-8")
+    headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(data))),
+                       ("Cache-Control", "no-store"), *(extra or [])])
+    return Response(status, http.HTTPStatus(status).phrase, headers, data)
+
+
+async def serve_forever(config: PipelineConfig, ready: Any = None) -> None:
+    """Run the server until SIGINT/SIGTERM, then shut down gracefully."""
+    import signal
+
+    server = Server(config)
+    await server.start()
+    if ready is not None:
+        ready(server)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.shutdown()

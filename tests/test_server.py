@@ -1,0 +1,358 @@
+"""The real server on loopback with real WebSocket clients (docs/protocol.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import validate_event, validate_stream
+from speech import espeak, have_tool, silence
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from realtime_ser.asr import create_backend
+from realtime_ser.config import PipelineConfig, apply_overrides
+from realtime_ser.server import Server
+
+needs_espeak = pytest.mark.skipif(not have_tool("espeak-ng"), reason="needs espeak-ng to make speech")
+
+
+@pytest.fixture(scope="module")
+def backends() -> dict[str, Any]:
+    cfg = PipelineConfig()
+    return {"pocketsphinx": create_backend(cfg.asr), "none": None}
+
+
+@pytest.fixture(scope="module")
+def speech() -> np.ndarray:
+    if not have_tool("espeak-ng"):
+        pytest.skip("needs espeak-ng to make speech")
+    return np.concatenate([silence(0.5), espeak("hello there, how are you today"), silence(1.0),
+                           espeak("I would like to check my order please"), silence(1.0)])
+
+
+def config(*overrides: str) -> PipelineConfig:
+    return apply_overrides(PipelineConfig(), ["server.port=0", *overrides])
+
+
+def run_with_server(cfg: PipelineConfig, backends: dict[str, Any],
+                    scenario: Callable[[Server], Awaitable[Any]]) -> Any:
+    async def main() -> Any:
+        server = Server(cfg, backends)
+        await server.start()
+        try:
+            return await scenario(server)
+        finally:
+            await server.shutdown()
+
+    return asyncio.run(main())
+
+
+async def ingest(url: str, pcm: np.ndarray, *, rate: int = 16000, channels: int = 1, chunk_ms: int = 100,
+                 realtime: bool = False, **start: Any) -> tuple[list[dict], int | None]:
+    """Stream PCM16 to /ingest; return the events received and the close code."""
+    events: list[dict] = []
+    async with connect(url + "/ingest") as ws:
+        await ws.send(json.dumps({"type": "start", "sample_rate": rate, "channels": channels, **start}))
+
+        async def receive() -> None:
+            async for msg in ws:
+                events.append(json.loads(msg))
+
+        receiver = asyncio.create_task(receive())
+        step = rate * chunk_ms // 1000
+        data = pcm.astype("<i2")
+        t0 = time.monotonic()
+        for i in range(0, len(data), step):
+            if realtime:
+                await asyncio.sleep(max(0.0, t0 + i / rate - time.monotonic()))
+            await ws.send(data[i : i + step].tobytes())
+        await ws.send(json.dumps({"type": "eof"}))
+        await receiver
+        return events, ws.close_code
+
+
+async def subscribe(url: str, query: str = "", until_end: bool = True) -> tuple[list[dict], int | None]:
+    events: list[dict] = []
+    async with connect(f"{url}/subscribe{query}") as ws:
+        try:
+            async for msg in ws:
+                events.append(json.loads(msg))
+        except ConnectionClosed:
+            pass
+        return events, ws.close_code
+
+
+async def expect_error(ws_url: str, first: str | bytes | None, *more: str | bytes) -> tuple[dict | None, int | None]:
+    """Send messages and return the error event (if any) and the close code."""
+    error = None
+    async with connect(ws_url) as ws:
+        try:
+            if first is not None:
+                await ws.send(first)
+            for m in more:
+                await ws.send(m)
+            async for msg in ws:
+                e = json.loads(msg)
+                if e.get("type") == "error":
+                    error = e
+        except ConnectionClosed:
+            pass
+        return error, ws.close_code
+
+
+def http_get(url: str, token: str | None = None) -> tuple[int, str, str]:
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status, r.headers.get("Content-Type", ""), r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers.get("Content-Type", ""), e.read().decode()
+
+
+def http_url(server: Server) -> str:
+    return f"http://127.0.0.1:{server.port}"
+
+
+# -- tests ------------------------------------------------------------------------------------------
+
+
+def test_http_endpoints(backends: dict[str, Any]) -> None:
+    async def scenario(server: Server) -> None:
+        base = http_url(server)
+        results = await asyncio.to_thread(lambda: [http_get(base + p) for p in
+                                                   ("/healthz", "/metrics", "/sessions", "/", "/nope")])
+        (hs, _, hb), (ms, mt, mb), (ss, _, sb), (ds, dt, db), (ns, _, _) = results
+        assert (hs, hb) == (200, "ok\n")
+        assert ms == 200 and "text/plain; version=0.0.4" in mt and "realtime_ser_sessions_active" in mb
+        assert ss == 200 and json.loads(sb) == {"sessions": []}
+        assert ds == 200 and "text/html" in dt and "/subscribe" in db
+        assert ns == 404
+
+    run_with_server(config(), backends, scenario)
+
+
+@needs_espeak
+def test_ingest_gets_its_events_on_the_same_connection(backends: dict[str, Any], speech: np.ndarray) -> None:
+    async def scenario(server: Server) -> tuple[list[dict], int | None]:
+        return await ingest(server.url, speech, session="call-1", roles=["agent"])
+
+    events, code = run_with_server(config(), backends, scenario)
+    assert code == 1000
+    validate_stream(events)
+    assert events[0]["session"] == "call-1" and events[0]["speakers"] == ["agent"]
+    utts = [e for e in events if e["type"] == "utterance"]
+    assert len(utts) == 2 and all(u["speaker"] == "agent" and u["text"] for u in utts)
+
+
+@needs_espeak
+def test_8khz_stereo_with_roles(backends: dict[str, Any], speech: np.ndarray) -> None:
+    import soxr
+
+    mono8k = (soxr.resample(speech.astype(np.float32) / 32768, 16000, 8000) * 32767).astype(np.int16)
+    stereo = np.stack([mono8k, np.zeros_like(mono8k)], axis=1)
+    stereo = np.concatenate([stereo, np.stack([np.zeros_like(mono8k), mono8k], axis=1)])
+
+    async def scenario(server: Server) -> tuple[list[dict], int | None]:
+        return await ingest(server.url, stereo, rate=8000, channels=2, roles=["agent", "customer"], asr="none")
+
+    events, code = run_with_server(config(), backends, scenario)
+    validate_stream(events)
+    assert [u["speaker"] for u in events if u["type"] == "utterance"] == ["agent", "agent", "customer", "customer"]
+
+
+def test_bad_input_gets_specific_errors_and_close_codes(backends: dict[str, Any]) -> None:
+    start = {"type": "start", "sample_rate": 16000}
+
+    async def scenario(server: Server) -> dict[str, tuple[dict | None, int | None]]:
+        url = server.url
+        out = {
+            "malformed_json": await expect_error(url + "/ingest", "{not json"),
+            "unknown_field": await expect_error(url + "/ingest", json.dumps({**start, "colour": "red"})),
+            "bad_rate": await expect_error(url + "/ingest", json.dumps({**start, "sample_rate": 44100})),
+            "binary_first": await expect_error(url + "/ingest", b"\x00\x01" * 100),
+            "text_as_audio": await expect_error(url + "/ingest", json.dumps(start), "hello"),
+            "odd_bytes": await expect_error(url + "/ingest", json.dumps(start), b"\x00\x01\x02"),
+            "oversized": await expect_error(url + "/ingest", json.dumps(start), b"\x00" * 70000),
+            "deep_json": await expect_error(url + "/ingest", "[" * 100000 + "]" * 100000),
+            "unknown_session": await expect_error(url + "/subscribe?session=nope", None),
+            "bad_since": await expect_error(url + "/subscribe?session=x&since=-3", None),
+            "vosk_bad_rate": await expect_error(url + "/", json.dumps({"config": {"sample_rate": 12345}})),
+        }
+        # The server is still fine: a good session works after all that.
+        events, code = await ingest(url, np.zeros(16000, dtype=np.int16), asr="none")
+        out["after"] = (events[-1], code)
+        return out
+
+    out = run_with_server(config(), backends, scenario)
+    expected = {
+        "malformed_json": ("bad_json", 4000), "unknown_field": ("unknown_field", 4000),
+        "bad_rate": ("unsupported_sample_rate", 4000), "binary_first": ("expected_text", 1003),
+        "text_as_audio": ("expected_audio", 1003), "odd_bytes": ("bad_audio", 4000),
+        "deep_json": (None, 1009), "oversized": (None, 1009),
+        "unknown_session": ("unknown_session", 4004), "bad_since": ("bad_since", 4000),
+        "vosk_bad_rate": ("unsupported_sample_rate", 4000),
+    }
+    for name, (code_name, close) in expected.items():
+        error, got_close = out[name]
+        assert got_close == close, (name, got_close, error)
+        if code_name is not None:
+            assert error is not None and error["code"] == code_name and error["fatal"], (name, error)
+            validate_event(error)
+            assert error["message"]
+    assert "allowed" in out["unknown_field"][0]["message"]
+    assert "8000, 16000, 32000, 48000" in out["bad_rate"][0]["message"]
+    ended, code = out["after"]
+    assert ended["type"] == "session.ended" and code == 1000
+
+
+def test_token_is_required_everywhere_but_healthz(backends: dict[str, Any]) -> None:
+    async def scenario(server: Server) -> None:
+        base = http_url(server)
+        assert (await asyncio.to_thread(http_get, base + "/healthz"))[0] == 200
+        for path in ("/metrics", "/sessions", "/"):
+            assert (await asyncio.to_thread(http_get, base + path))[0] == 401
+            assert (await asyncio.to_thread(http_get, base + path, "wrong"))[0] == 401
+            assert (await asyncio.to_thread(http_get, base + path, "s3cret"))[0] == 200
+        for path in ("/ingest", "/subscribe", "/"):
+            with pytest.raises(InvalidStatus) as info:
+                async with connect(server.url + path, additional_headers={"Authorization": "Bearer wrong"}):
+                    pass
+            assert info.value.response.status_code == 401
+        async with connect(server.url + "/subscribe", additional_headers={"Authorization": "Bearer s3cret"}):
+            pass
+
+    run_with_server(config("server.token=s3cret"), backends, scenario)
+
+
+def test_session_limit(backends: dict[str, Any]) -> None:
+    async def scenario(server: Server) -> tuple[dict | None, int | None]:
+        async with connect(server.url + "/ingest") as first:
+            await first.send(json.dumps({"type": "start", "sample_rate": 16000, "asr": "none"}))
+            await first.recv()
+            result = await expect_error(server.url + "/ingest",
+                                        json.dumps({"type": "start", "sample_rate": 16000}))
+            await first.send(json.dumps({"type": "eof"}))
+            return result
+
+    error, code = run_with_server(config("server.max_sessions=1"), backends, scenario)
+    assert code == 4013 and error is not None and error["code"] == "too_many_sessions"
+
+
+def test_message_rate_limit(backends: dict[str, Any]) -> None:
+    async def scenario(server: Server) -> tuple[dict | None, int | None]:
+        frames = [b"\x00\x00" * 16 for _ in range(200)]
+        return await expect_error(server.url + "/ingest", json.dumps({"type": "start", "sample_rate": 16000,
+                                                                     "asr": "none"}), *frames)
+
+    error, code = run_with_server(config("server.max_messages_per_s=20"), backends, scenario)
+    assert code == 4029 and error is not None and error["code"] == "rate_limited"
+
+
+@needs_espeak
+def test_subscribers_resume_with_since_and_get_identical_lists(backends: dict[str, Any], speech: np.ndarray) -> None:
+    async def scenario(server: Server) -> tuple[list[dict], list[dict], list[dict]]:
+        url = server.url
+        ingest_task = asyncio.create_task(ingest(url, speech, session="s1", realtime=True, events=False))
+        await asyncio.sleep(0.3)
+        steady = asyncio.create_task(subscribe(url, "?session=s1&since=0"))
+        # A subscriber that drops after its first utterance and comes back with since=.
+        first: list[dict] = []
+        async with connect(url + "/subscribe?session=s1&since=0") as ws:
+            async for msg in ws:
+                first.append(json.loads(msg))
+                if first[-1]["type"] == "utterance":
+                    break
+        await asyncio.sleep(1.0)  # events happen while it is away
+        rest, code = await subscribe(url, f"?session=s1&since={first[-1]['seq'] + 1}")
+        assert code == 1000
+        await ingest_task
+        steady_events, _ = await steady
+        late, _ = await subscribe(url, "?session=s1&since=0")  # ended sessions stay readable
+        return first + rest, steady_events, late
+
+    resumed, steady, late = run_with_server(config(), backends, scenario)
+    validate_stream(steady)
+    assert resumed == steady == late
+
+
+def test_since_older_than_the_log_is_a_clear_error(backends: dict[str, Any]) -> None:
+    async def scenario(server: Server) -> tuple[dict | None, int | None]:
+        await ingest(server.url, np.zeros(32000, dtype=np.int16), session="tiny", asr="none")
+        return await expect_error(server.url + "/subscribe?session=tiny&since=0", None)
+
+    error, code = run_with_server(config("server.log_events=1"), backends, scenario)
+    assert code == 4010 and error is not None and error["code"] == "since_unavailable"
+    assert error["oldest_seq"] >= 1
+
+
+@needs_espeak
+def test_vosk_server_protocol_client(backends: dict[str, Any], speech: np.ndarray) -> None:
+    """The shape of vosk-server's test.py: config, 0.2 s chunks each answered, eof."""
+    import soxr
+
+    pcm8k = (soxr.resample(speech.astype(np.float32) / 32768, 16000, 8000) * 32767).astype("<i2").tobytes()
+
+    async def scenario(server: Server) -> tuple[list[dict], list[dict]]:
+        replies = []
+        follower = None
+        async with connect(server.url) as websocket:
+            await websocket.send('{ "config" : { "sample_rate" : %d } }' % 8000)  # noqa: UP031 - as test.py
+            buffer_size = int(8000 * 0.2) * 2
+            for i in range(0, len(pcm8k), buffer_size):
+                await websocket.send(pcm8k[i : i + buffer_size])
+                replies.append(json.loads(await websocket.recv()))
+                if follower is None:
+                    follower = asyncio.create_task(subscribe(server.url, "?session=vosk-1&since=0"))
+            await websocket.send('{"eof" : 1}')
+            replies.append(json.loads(await websocket.recv()))
+        assert follower is not None
+        followed, _ = await follower
+        return replies, followed
+
+    replies, followed = run_with_server(config(), backends, scenario)
+    assert all(set(r) in ({"partial"}, {"result", "text", "emotion"}, {"text"}) for r in replies), replies
+    results = [r for r in replies if "result" in r]
+    assert len(results) == 2 and all(r["text"] for r in results)
+    assert any(r.get("partial") for r in replies)
+    for r in results:
+        assert all(set(w) == {"conf", "end", "start", "word"} for w in r["result"])
+    validate_stream(followed)
+    assert [u["text"] for u in followed if u["type"] == "utterance"] == [r["text"] for r in results]
+
+
+@needs_espeak
+def test_shutdown_ends_sessions_cleanly_and_says_going_away(backends: dict[str, Any], speech: np.ndarray) -> None:
+    async def scenario(server: Server) -> tuple[list[dict], int | None, list[dict], int | None, float]:
+        events: list[dict] = []
+        ws = await connect(server.url + "/ingest")
+        await ws.send(json.dumps({"type": "start", "sample_rate": 16000, "session": "live1"}))
+        sub_task = asyncio.create_task(subscribe(server.url, "?session=live1&since=0"))
+        data = speech.astype("<i2")
+        for i in range(0, 16000 * 3, 1600):  # 3 s of audio, mid-utterance
+            await ws.send(data[i : i + 1600].tobytes())
+        await asyncio.sleep(0.5)
+        t0 = time.monotonic()
+        await server.shutdown()
+        took = time.monotonic() - t0
+        try:
+            async for msg in ws:
+                events.append(json.loads(msg))
+        except ConnectionClosed:
+            pass
+        sub_events, sub_code = await sub_task
+        return events, ws.close_code, sub_events, sub_code, took
+
+    events, code, sub_events, sub_code, took = run_with_server(config(), backends, scenario)
+    assert took < 3.0
+    assert code == 1001 and sub_code == 1001
+    assert sub_events[-1]["type"] == "session.ended"
+    validate_stream(sub_events)
+    assert any(e["type"] == "utterance" for e in sub_events), "what was heard is flushed"
