@@ -152,12 +152,7 @@ class PocketsphinxBackend:
         self.model = model_dir.name if model_dir is not None else "en-us (bundled)"
         self._lock = threading.Lock()
         # Load one decoder now so a broken model fails at start-up, not mid-stream.
-        first = self._new_decoder()
-        # The cepstral mean adapts to what a decoder has heard; a pooled decoder
-        # starts each new stream from the initial estimate, so nothing of one
-        # stream's audio shapes another's results.
-        self._cmn0: str = first.get_cmn(False)  # type: ignore[attr-defined]
-        self._pool: list[object] = [first]
+        self._pool: list[object] = [self._new_decoder()]
 
     def _new_decoder(self) -> object:
         try:
@@ -171,7 +166,12 @@ class PocketsphinxBackend:
         if decoder is None:
             decoder = self._new_decoder()
         else:
-            decoder.set_cmn(self._cmn0)  # type: ignore[attr-defined]
+            # The feature front end (cepstral mean and more) adapts to what a decoder
+            # has heard; a pooled decoder starts each stream from scratch, so nothing
+            # of one stream's audio shapes another's results (checked: a reused decoder
+            # then gives exactly a fresh one's transcripts; resetting the mean alone
+            # does not).
+            decoder.reinit_feat()  # type: ignore[attr-defined]
         return PocketsphinxStream(decoder, self)
 
     def _release(self, decoder: object) -> None:
