@@ -70,6 +70,15 @@ def _build_parser() -> argparse.ArgumentParser:
                      help="override any configuration value (repeatable)")
     srv.add_argument("-v", "--verbose", action="count", default=1, help="log more (-vv for debug)")
 
+    from . import client
+
+    stream = sub.add_parser("stream", help="stream an audio file to a server and print its events",
+                            description="Send an audio file to a realtime-ser server's /ingest endpoint.")
+    client.add_stream_arguments(stream)
+    follow = sub.add_parser("follow", help="follow the events of a session (or all) on a server",
+                            description="Subscribe to a server's events; reconnects with since= after a drop.")
+    client.add_follow_arguments(follow)
+
     models = sub.add_parser("models", help="manage recognition models")
     msub = models.add_subparsers(dest="models_command", metavar="ACTION")
     msub.required = True
@@ -212,6 +221,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _devices()
         if args.command == "serve":
             return _serve(args)
+        if args.command in ("stream", "follow"):
+            from . import client
+
+            return client.run_stream(args) if args.command == "stream" else client.run_follow(args)
     except RealtimeSerError as exc:
         print(f"realtime-ser: error: {exc}", file=sys.stderr)
         return 1

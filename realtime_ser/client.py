@@ -111,9 +111,12 @@ def _headers(token: str | None) -> dict[str, str] | None:
 def _close_text(code: int | None, reason: str | None, error: Event | None) -> str:
     code = 1006 if code is None else code
     meaning = reason or _CLOSE_MEANINGS.get(code, "")
+    message = str(error.get("message") or "") if error is not None else ""
+    if message and meaning and message.startswith(meaning.rstrip(".")):
+        meaning = _CLOSE_MEANINGS.get(code, "")  # the reason is the (truncated) message: say it once
     text = f"the server closed the connection with code {code}" + (f" ({meaning})" if meaning else "")
-    if error is not None and error.get("message"):
-        text += f": {error.get('code', 'error')}: {error['message']}"
+    if message:
+        text += f": {error.get('code', 'error') if error is not None else 'error'}: {message}"
     return text
 
 
@@ -135,10 +138,12 @@ def _connect_error(url: str, exc: BaseException) -> ClientError:
     return ClientError(f"cannot connect to {url}: {exc}")
 
 
-def _connect(url: str, token: str | None) -> Any:
+def _connect(url: str, token: str | None, ssl_context: Any = None) -> Any:
     from websockets.asyncio.client import connect
 
-    return connect(url, additional_headers=_headers(token), open_timeout=10, close_timeout=5, max_size=2**24)
+    extra = {"ssl": ssl_context} if ssl_context is not None and url.startswith("wss://") else {}
+    return connect(url, additional_headers=_headers(token), open_timeout=10, close_timeout=5, max_size=2**24,
+                   **extra)
 
 
 def _parse_event(message: str | bytes) -> Event | None:
@@ -236,7 +241,8 @@ async def _pcm_blocks(audio: AudioInput, channels: int) -> Any:
 async def stream_audio(url: str, frames_or_pcm: AudioInput, *, sample_rate: int = 16000, channels: int = 1,
                        session: str | None = None, roles: list[str] | None = None, asr: str | None = None,
                        events: bool = True, token: str | None = None, realtime: bool = False, chunk_ms: int = 100,
-                       on_event: EventCallback | None = None, max_messages_per_s: float = 100.0) -> list[Event]:
+                       on_event: EventCallback | None = None, max_messages_per_s: float = 150.0,
+                       ssl: Any = None) -> list[Event]:
     """Send audio to ``URL/ingest`` as one session and return its events.
 
     ``frames_or_pcm``: an int16 array shaped (n,) or (n, channels), raw PCM16
@@ -340,7 +346,7 @@ async def stream_audio(url: str, frames_or_pcm: AudioInput, *, sample_rate: int 
     if isinstance(frames_or_pcm, np.ndarray | bytes | bytearray | memoryview):
         frames_or_pcm = _as_pcm(frames_or_pcm, channels)  # a wrong shape fails before connecting
     try:
-        ws = await _connect(ingest_url, token)
+        ws = await _connect(ingest_url, token, ssl)
     except Exception as exc:
         raise _connect_error(ingest_url, exc) from None
     async with ws:
@@ -411,7 +417,8 @@ async def stream_file(url: str, path: str | Path, **kw: Any) -> list[Event]:
 
 
 async def follow(url: str, session: str | None = None, *, since: int | None = None, token: str | None = None,
-                 on_event: EventCallback | None = None, reconnect: bool = True, max_retries: int = 10) -> list[Event]:
+                 on_event: EventCallback | None = None, reconnect: bool = True, max_retries: int = 10,
+                 ssl: Any = None) -> list[Event]:
     """Subscribe to ``URL/subscribe`` and return the events received.
 
     ``url`` may be ``ws://host:port`` or ``ws://host:port/subscribe?session=x&since=n``
@@ -464,7 +471,7 @@ async def follow(url: str, session: str | None = None, *, since: int | None = No
         retry_why = ""
         new_events = 0
         try:
-            ws = await _connect(target, token)
+            ws = await _connect(target, token, ssl)
         except InvalidStatus as exc:
             raise _connect_error(target, exc) from None
         except (OSError, TimeoutError, InvalidMessage) as exc:

@@ -68,3 +68,12 @@ def parse_jsonl(data: bytes) -> list[dict[str, Any]]:
 
 def utterances(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [e for e in events if e["type"] == "utterance"]
+
+
+@pytest.fixture(scope="session")
+def backends() -> dict[str, Any]:
+    """Recognizer backends loaded once and shared by the server tests."""
+    from realtime_ser.asr import create_backend
+    from realtime_ser.config import PipelineConfig
+
+    return {"pocketsphinx": create_backend(PipelineConfig().asr), "none": None}

@@ -17,17 +17,10 @@ from speech import espeak, have_tool, silence
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from realtime_ser.asr import create_backend
 from realtime_ser.config import PipelineConfig, apply_overrides
 from realtime_ser.server import Server
 
 needs_espeak = pytest.mark.skipif(not have_tool("espeak-ng"), reason="needs espeak-ng to make speech")
-
-
-@pytest.fixture(scope="module")
-def backends() -> dict[str, Any]:
-    cfg = PipelineConfig()
-    return {"pocketsphinx": create_backend(cfg.asr), "none": None}
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ import ssl
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import replace
 from importlib import resources
 from typing import Any
@@ -325,9 +326,12 @@ class Server:
         sub = self.hub.subscribe(session, None) if start["events"] else None
         sender = asyncio.create_task(self._pump(ws, sub)) if sub is not None else None
         if sub is not None:
-            sub.on_overflow = lambda _s: asyncio.ensure_future(
-                self._close_slow(ws, session, "this ingest connection did not read its events fast enough"))
-        pipeline = Pipeline(cfg, source, [lambda e: loop.call_soon_threadsafe(self.hub.publish, e)],
+            sub.on_overflow = self._closer(ws, session)
+
+        def publish(event: dict[str, Any]) -> None:
+            loop.call_soon_threadsafe(self.hub.publish, event)
+
+        pipeline = Pipeline(cfg, source, [publish],
                             backend=self._backends[start["asr"]], session=session, input_name="websocket",
                             speakers=start["roles"])
         thread = threading.Thread(target=self._run_pipeline, args=(pipeline, session), name=f"ser-session-{session}",
@@ -411,8 +415,7 @@ class Server:
         except SinceUnavailable as exc:
             raise ProtocolError(CLOSE_SINCE_UNAVAILABLE, "since_unavailable", str(exc),
                                 oldest_seq=exc.oldest) from None
-        sub.on_overflow = lambda _s: asyncio.ensure_future(
-            self._close_slow(ws, session, "subscriber too slow: its queue overflowed; reconnect with since="))
+        sub.on_overflow = self._closer(ws, session)
         reader = asyncio.create_task(self._read_subscriber(ws))
         try:
             await self._pump(ws, sub)
@@ -433,15 +436,21 @@ class Server:
             await ws.send(text)
         sub.backlog = []
         while True:
-            text = await sub.queue.get()
-            if text is None:
+            item = await sub.queue.get()
+            if item is None:
                 return
-            await ws.send(text)
+            await ws.send(item)
 
     def _on_overflow(self, sub: Subscriber) -> None:  # replaced per connection
         pass
 
-    async def _close_slow(self, ws: ServerConnection, session: str | None, reason: str) -> None:
+    def _closer(self, ws: ServerConnection, session: str | None) -> Callable[[Subscriber], None]:
+        def on_overflow(_sub: Subscriber) -> None:
+            asyncio.ensure_future(self._close_slow(ws, session))
+
+        return on_overflow
+
+    async def _close_slow(self, ws: ServerConnection, session: str | None) -> None:
         self.metrics.subscribers_dropped_total.inc(reason="too_slow")
         log.info("closing slow subscriber %s of %s", ws.remote_address, session or "all sessions")
         try:
