@@ -38,9 +38,10 @@ from typing import Any
 from . import __version__
 from .asr import RecognizerBackend, create_backend
 from .config import PipelineConfig, to_dict
-from .errors import RealtimeSerError
+from .errors import InputError, RealtimeSerError, RecognizerError
 from .events import Event, EventLog, Sink, round_t, speaker_name
 from .frames import AudioFrame, SpeechAudio
+from .output import OutputError
 from .recognition import RecognitionStage, finalize_latency
 from .sources import Source
 from .vad import Segmenter
@@ -69,6 +70,14 @@ class Stats:
     errors: int = 0
     stage_seconds: dict[str, float] = field(default_factory=lambda: {"vad": 0.0, "asr": 0.0})
     audio_seconds: float = 0.0
+
+
+def _error_code(exc: BaseException) -> str:
+    for cls, code in ((InputError, "input_failed"), (RecognizerError, "recognizer_failed"),
+                      (OutputError, "output_failed")):
+        if isinstance(exc, cls):
+            return code
+    return "internal"
 
 
 def new_session_id() -> str:
@@ -187,8 +196,8 @@ class Pipeline:
                     log.exception("%s failed", threading.current_thread().name)
                 self._end_reason = "error"
                 self.source.close()
-                self._put(self._q_events, ("error", 0.0, {"code": "internal" if not isinstance(
-                    exc, RealtimeSerError) else "input_failed", "message": str(exc), "fatal": True}), force=True)
+                self._put(self._q_events, ("error", 0.0, {"code": _error_code(exc), "message": str(exc),
+                                                          "fatal": True}), force=True)
                 self._put(self._q_events, _EndOfStream("error"), force=True)
 
         return run

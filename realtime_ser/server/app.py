@@ -179,7 +179,6 @@ class Server:
                 ssl_context.load_cert_chain(self.srv.certfile, self.srv.keyfile)
             except (OSError, ssl.SSLError) as exc:
                 raise RealtimeSerError(f"cannot load TLS certificate/key: {exc}") from None
-        self.hub.on_overflow = self._on_overflow
         try:
             self._server = await serve(
                 self._handle, self.srv.host, self.srv.port, process_request=self._process_request,
@@ -440,9 +439,6 @@ class Server:
             if item is None:
                 return
             await ws.send(item)
-
-    def _on_overflow(self, sub: Subscriber) -> None:  # replaced per connection
-        pass
 
     def _closer(self, ws: ServerConnection, session: str | None) -> Callable[[Subscriber], None]:
         def on_overflow(_sub: Subscriber) -> None:
