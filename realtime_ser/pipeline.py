@@ -11,9 +11,10 @@ Overload policy, queue by queue (everything is bounded):
   that finds it full drops the frame; drops are counted and reported in an
   ``error`` event with code ``audio_dropped`` and in ``session.ended``. A file
   or stdin source waits instead: it is read at the pace the pipeline keeps.
-- ``q_speech`` (``asr.queue_items``): for live input, speech frames that find it
-  full are dropped and counted the same way; utterance boundaries (start, end)
-  are never dropped: the segmenter waits for room.
+- ``q_speech`` (``asr.queue_items`` batches of segment events): for live input,
+  speech frames that find it full are dropped and counted the same way;
+  utterance boundaries (start, end) are never dropped: the segmenter waits for
+  room.
 - ``q_events`` (``output.queue_events``): final utterances are never dropped;
   the recognizer waits for room. ``transcript.partial`` events are dropped when
   it is full (a later partial or the final supersedes them).
@@ -42,13 +43,14 @@ from .errors import InputError, RealtimeSerError, RecognizerError
 from .events import Event, EventLog, Sink, round_t, speaker_name
 from .frames import AudioFrame, SpeechAudio
 from .output import OutputError
-from .recognition import RecognitionStage, finalize_latency
+from .recognition import RecognitionStage, finalize_latency, merge_audio
 from .sources import Source
 from .vad import Segmenter
 
 log = logging.getLogger(__name__)
 
 _POLL = 0.1  # seconds: how often a waiting thread checks the stop event
+_BATCH = 32  # frames the segmenter takes from its queue at once
 
 
 class _EndOfStream:
@@ -250,28 +252,50 @@ class Pipeline:
                         if seg.in_speech:
                             self._forward(seg.flush("input_timeout", self._clock()), live)
                 continue
-            if isinstance(item, _EndOfStream):
-                for seg in segmenters:
-                    self._forward(seg.flush("end_of_input", self._clock()), live)
-                self._put(self._q_speech, item, force=True)
-                break
-            last_input = time.monotonic()
+            # Take whatever else is waiting too: fewer hand-offs between threads. A
+            # recognizer that holds the GIL while decoding makes each hand-off costly.
+            batch = [item]
+            while len(batch) < _BATCH and not isinstance(batch[-1], _EndOfStream):
+                try:
+                    batch.append(self._q_frames.get_nowait())
+                except queue.Empty:
+                    break
+            events: list[Any] = []
+            end = None
             t0 = time.perf_counter()
-            events = segmenters[item.channel].feed(item, self._clock())
+            for frame in batch:
+                if isinstance(frame, _EndOfStream):
+                    end = frame
+                    break
+                events += segmenters[frame.channel].feed(frame, self._clock())
             busy += time.perf_counter() - t0
+            last_input = time.monotonic()
+            if end is not None:
+                for seg in segmenters:
+                    events += seg.flush("end_of_input", self._clock())
+                self._forward(events, live)
+                self._put(self._q_speech, end, force=True)
+                break
             self._forward(events, live)
         self.stats.stage_seconds["vad"] += busy
         self.stats.discarded_segments = sum(s.discarded for s in segmenters)
 
     def _forward(self, events: list[Any], live: bool) -> None:
-        for ev in events:
-            if live and isinstance(ev, SpeechAudio):
-                try:
-                    self._q_speech.put_nowait(ev)
-                except queue.Full:
-                    self.stats.dropped_speech_frames += 1
-                continue
-            self._put(self._q_speech, ev)
+        """Hand a batch of segment events to the recognizer thread (one queue item)."""
+        if not events:
+            return
+        if live:
+            try:
+                self._q_speech.put_nowait(events)
+                return
+            except queue.Full:
+                # Drop the audio, keep the utterance boundaries (they wait for room).
+                kept = [ev for ev in events if not isinstance(ev, SpeechAudio)]
+                self.stats.dropped_speech_frames += len(events) - len(kept)
+                events = kept
+                if not events:
+                    return
+        self._put(self._q_speech, events)
 
     def _asr_loop(self) -> None:
         stage = RecognitionStage(self._backend, self.config.asr, self.speakers, self._clock)
@@ -284,7 +308,8 @@ class Pipeline:
                 if isinstance(item, _EndOfStream):
                     self._put(self._q_events, item, force=True)
                     break
-                for out in stage.feed(item):
+                outs = [out for ev in merge_audio(item) for out in stage.feed(ev)]
+                for out in outs:
                     if out[0] == "transcript.partial":
                         try:
                             self._q_events.put_nowait(out)

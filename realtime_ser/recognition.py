@@ -16,11 +16,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from .asr import RecognizerBackend, StreamRecognizer
 from .config import AsrConfig
 from .errors import RecognizerError
 from .events import round_ms, round_t
-from .frames import SAMPLE_RATE, SegmentEvent, SpeechAudio, SpeechDiscarded, SpeechEnd, SpeechStart
+from .frames import SAMPLE_RATE, AudioFrame, SegmentEvent, SpeechAudio, SpeechDiscarded, SpeechEnd, SpeechStart
 
 Out = tuple[str, float, dict[str, Any]]
 
@@ -176,6 +178,40 @@ class RecognitionStage:
                 if close is not None:
                     close()
         self._channels.clear()
+
+
+def merge_audio(events: list[SegmentEvent]) -> list[SegmentEvent]:
+    """Join runs of consecutive audio frames of one utterance into one frame.
+
+    The recognizer then gets one call per run instead of one per frame: the
+    same audio, fewer calls (each of which may hold the GIL).
+    """
+    out: list[SegmentEvent] = []
+    run: list[SpeechAudio] = []
+
+    def flush() -> None:
+        if len(run) == 1:
+            out.append(run[0])
+        elif run:
+            first, last = run[0].frame, run[-1].frame
+            samples = np.concatenate([a.frame.samples for a in run])
+            frame = AudioFrame(first.seq, first.channel, first.offset, samples, last.capture_ns)
+            out.append(SpeechAudio(first.channel, run[0].utterance_index, frame))
+        run.clear()
+
+    for ev in events:
+        if isinstance(ev, SpeechAudio) and (not run or (
+                run[-1].channel == ev.channel and run[-1].utterance_index == ev.utterance_index
+                and run[-1].frame.end_offset == ev.frame.offset)):
+            run.append(ev)
+            continue
+        flush()
+        if isinstance(ev, SpeechAudio):
+            run.append(ev)
+        else:
+            out.append(ev)
+    flush()
+    return out
 
 
 def finalize_latency(fields: dict[str, Any], now_ns: int) -> None:

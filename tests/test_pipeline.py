@@ -189,3 +189,21 @@ def test_input_timeout_closes_an_utterance_when_audio_stops_arriving() -> None:
     assert utt["end_reason"] == "input_timeout"
     # Emitted during the stall, about one timeout after the audio stopped, not at the end.
     assert 0.3 <= when - src.stalled_at <= 1.5
+
+
+def test_merge_audio_joins_contiguous_frames_of_one_utterance_only() -> None:
+    from realtime_ser.frames import SpeechAudio, SpeechEnd
+    from realtime_ser.recognition import merge_audio
+
+    def audio(ch: int, utt: int, i: int) -> SpeechAudio:
+        return SpeechAudio(ch, utt, AudioFrame(i, ch, i * 480, np.full(480, i, dtype=np.int16), 1000 + i))
+
+    end = SpeechEnd(0, 0, 0.0, 0.09, 1002, 1003, "silence")
+    events = [audio(0, 0, 0), audio(0, 0, 1), audio(0, 0, 2), end, audio(0, 1, 3), audio(1, 0, 3), audio(0, 1, 5)]
+    merged = merge_audio(events)
+    assert [type(e).__name__ for e in merged] == ["SpeechAudio", "SpeechEnd", "SpeechAudio", "SpeechAudio",
+                                                  "SpeechAudio"]
+    first = merged[0]
+    assert isinstance(first, SpeechAudio)
+    assert first.frame.offset == 0 and len(first.frame.samples) == 1440 and first.frame.capture_ns == 1002
+    assert list(first.frame.samples[::480]) == [0, 1, 2]
