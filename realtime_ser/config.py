@@ -80,6 +80,11 @@ class AsrConfig:
     pocketsphinx_maxhmmpf: int = 3000
     """Search beam: most HMMs evaluated per frame (-1 = no limit). 3000 halves decoding
     time against no limit for +0.01 word error rate on emotional speech."""
+    worker_processes: bool = True
+    """Run pocketsphinx streams in worker processes: its decoder holds the GIL while
+    decoding, which would starve the segmenter and the server's event loop."""
+    worker_timeout_s: float = 30.0
+    """A recognizer worker that does not answer within this is stopped (utterance error)."""
     partial_interval_ms: int = 300
     """At most one ``transcript.partial`` per this much audio, and only when the text changed."""
     partials: bool = True
@@ -174,6 +179,8 @@ class PipelineConfig:
             raise ConfigError(f"asr.backend={a.backend!r} is not known; use one of pocketsphinx, vosk, none")
         if a.pocketsphinx_maxhmmpf < -1 or a.pocketsphinx_maxhmmpf == 0:
             raise ConfigError("asr.pocketsphinx_maxhmmpf must be -1 (no limit) or a positive number")
+        if a.worker_timeout_s <= 0:
+            raise ConfigError("asr.worker_timeout_s must be positive")
         if a.partial_interval_ms < 0:
             raise ConfigError("asr.partial_interval_ms must be >= 0")
         if a.queue_items < 10:
