@@ -29,6 +29,7 @@ from .base import Transcript, Word
 log = logging.getLogger(__name__)
 
 _FRAME_RATE = 100  # pocketsphinx's default -frate: frames per second
+_CHUNK_BYTES = 480 * 2  # 30 ms of 16 kHz PCM16 per decoder call
 _FILLERS = {"<s>", "</s>", "<sil>"}
 
 
@@ -57,12 +58,20 @@ class PocketsphinxStream:
             raise RecognizerError(f"pocketsphinx could not start an utterance: {exc}") from exc
         self._open = True
         self._fed = 0
+        self._carry = b""
 
     def accept(self, samples: np.ndarray) -> None:
         if not self._open:
             self.start()
+        # Results depend on how audio is chunked (the live cepstral mean is updated
+        # per call), so the decoder always gets fixed 30 ms chunks, whatever the
+        # caller's block size: fast and real-time runs give the same transcripts.
+        data = self._carry + samples.astype("<i2", copy=False).tobytes()
+        usable = len(data) - len(data) % _CHUNK_BYTES
+        self._carry = data[usable:]
         try:
-            self._decoder.process_raw(samples.astype(np.int16, copy=False).tobytes(), False, False)  # type: ignore[attr-defined]
+            for i in range(0, usable, _CHUNK_BYTES):
+                self._decoder.process_raw(data[i : i + _CHUNK_BYTES], False, False)  # type: ignore[attr-defined]
         except Exception as exc:
             raise RecognizerError(f"pocketsphinx failed to decode audio: {exc}") from exc
         self._fed += len(samples)
@@ -77,6 +86,9 @@ class PocketsphinxStream:
         if not self._open:
             return Transcript(text="", words=(), final=True)
         try:
+            if self._carry:
+                self._decoder.process_raw(self._carry, False, False)  # type: ignore[attr-defined]
+                self._carry = b""
             self._decoder.end_utt()  # type: ignore[attr-defined]
         except Exception as exc:
             self._open = False
