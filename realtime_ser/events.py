@@ -60,7 +60,6 @@ class EventLog:
         self._sinks: list[Sink] = list(sinks or [])
         self._seq = 0
         self._lock = threading.Lock()
-        self.counts: dict[str, int] = {}
 
     def add_sink(self, sink: Sink) -> None:
         with self._lock:
@@ -79,7 +78,6 @@ class EventLog:
                             "t": round_t(t)}
             event.update(fields)
             self._seq += 1
-            self.counts[type_] = self.counts.get(type_, 0) + 1
             for sink in self._sinks:
                 sink(event)
         return event

@@ -40,7 +40,7 @@ from . import __version__
 from .asr import RecognizerBackend, create_backend
 from .config import PipelineConfig, to_dict
 from .errors import InputError, RealtimeSerError, RecognizerError
-from .events import Event, EventLog, Sink, round_t, speaker_name
+from .events import EventLog, Sink, round_t, speaker_name
 from .frames import AudioFrame, SpeechAudio
 from .output import OutputError
 from .recognition import RecognitionStage, finalize_latency, merge_audio
@@ -149,7 +149,7 @@ class Pipeline:
 
     def run(self, flush_timeout: float = 1.5) -> Stats:
         """Run the session to its end; raise the first fatal error, if any."""
-        self._emit_direct(
+        self.log.emit(
             "session.started",
             0.0,
             input=self._input_name,
@@ -362,7 +362,7 @@ class Pipeline:
         self.log.emit(type_, t, **fields)
 
     def _finish(self, reason: str) -> None:
-        self._report_drops(force=True)
+        self._report_drops()
         self.stats.audio_seconds = self.stats.frames * self.config.source.frame_ms / 1000.0 / max(
             1, self.source.out_channels)
         s = self.stats
@@ -383,10 +383,7 @@ class Pipeline:
 
     # -- event helpers -------------------------------------------------------------------
 
-    def _emit_direct(self, type_: str, t: float, **fields: Any) -> Event:
-        return self.log.emit(type_, t, **fields)
-
-    def _report_drops(self, force: bool = False) -> None:
+    def _report_drops(self) -> None:
         dropped = self.stats.dropped_frames + self.stats.dropped_speech_frames + self.source.dropped_frames
         if dropped > self._reported_drops:
             new = dropped - self._reported_drops

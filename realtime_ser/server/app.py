@@ -120,14 +120,14 @@ class _RateLimit:
         self.tokens = 2.0 * rate
         self.last = time.monotonic()
 
-    def allow(self) -> bool:
+    def check(self) -> None:
+        """Take a token for one message; raise ProtocolError (4029) when there is none."""
         now = time.monotonic()
         self.tokens = min(2.0 * self.rate, self.tokens + (now - self.last) * self.rate)
         self.last = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False
+        if self.tokens < 1.0:
+            raise ProtocolError(CLOSE_RATE, "rate_limited", f"more than {self.rate:g} messages per second")
+        self.tokens -= 1.0
 
 
 def _error_event(session: str, code: str, message: str, **extra: Any) -> str:
@@ -360,9 +360,7 @@ class Server:
     async def _read_audio(self, ws: ServerConnection, source: PushSource, session: str) -> None:
         limit = _RateLimit(self.srv.max_messages_per_s)
         async for msg in ws:
-            if not limit.allow():
-                raise ProtocolError(CLOSE_RATE, "rate_limited",
-                                    f"more than {self.srv.max_messages_per_s} messages per second")
+            limit.check()
             if isinstance(msg, str):
                 try:
                     control = json.loads(msg)
@@ -475,9 +473,7 @@ class Server:
 
         try:
             async for msg in ws:
-                if not limit.allow():
-                    raise ProtocolError(CLOSE_RATE, "rate_limited",
-                                        f"more than {self.srv.max_messages_per_s} messages per second")
+                limit.check()
                 if isinstance(msg, str):
                     try:
                         obj = json.loads(msg)
