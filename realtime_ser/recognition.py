@@ -61,6 +61,10 @@ class RecognitionStage:
         self._channels: dict[int, _Channel] = {}
         self._interval = config.partial_interval_ms * SAMPLE_RATE // 1000
         self.busy_seconds = 0.0
+        # Open every channel's recognizer now, not at its first utterance: opening
+        # one may take a while (a worker process), and nobody is waiting yet.
+        for ch in range(len(self.speakers)):
+            self._channel(ch)
 
     def speaker(self, channel: int) -> str:
         return self.speakers[channel] if channel < len(self.speakers) else f"ch{channel}"

@@ -282,7 +282,8 @@ def test_realtime_pacing_takes_the_audio_duration() -> None:
     assert elapsed[1] < 0.5, elapsed
     times = [t for t, _n in fake.ingest_messages[:10]]
     assert 0.8 <= times[-1] - times[0] < 1.3  # the 10 chunks are spread over the second
-    assert min(b - a for a, b in zip(times, times[1:], strict=False)) > 0.05
+    gaps = sorted(b - a for a, b in zip(times, times[1:], strict=False))
+    assert 0.07 <= gaps[len(gaps) // 2] <= 0.13, gaps  # paced: a late chunk may be followed by a quicker one
 
 
 def test_stream_frames_from_a_source(tmp_path: Path) -> None:

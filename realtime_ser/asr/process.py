@@ -199,6 +199,7 @@ class ProcessBackend:
         first = _Worker(config, self._timeout)  # fails fast if the model cannot load
         self.model = first.model
         self._pool: list[_Worker] = [first]
+        self._refilling = False
 
     def _spawn(self) -> _Worker:
         return _Worker(self._config, self._timeout)
@@ -206,11 +207,28 @@ class ProcessBackend:
     def new_stream(self) -> ProcessStream:
         with self._lock:
             worker = self._pool.pop() if self._pool else None
+            refill = not self._pool and not self._refilling
+            self._refilling = self._refilling or refill
+        if refill:
+            # Starting a worker takes a second or two: keep one ready so the next
+            # stream (a second channel, the next session) never waits for it.
+            threading.Thread(target=self._refill, name="ser-asr-refill", daemon=True).start()
         if worker is None or not worker.alive:
             worker = self._spawn()
         else:
             worker.send(("renew",))
         return ProcessStream(worker, self)
+
+    def _refill(self) -> None:
+        try:
+            worker = self._spawn()
+        except Exception:  # the next new_stream() reports it
+            log.warning("could not start a spare recognizer worker", exc_info=True)
+            return
+        finally:
+            with self._lock:
+                self._refilling = False
+        self._release(worker)
 
     def _release(self, worker: _Worker) -> None:
         with self._lock:
