@@ -222,8 +222,8 @@ class ProcessBackend:
     def _refill(self) -> None:
         try:
             worker = self._spawn()
-        except Exception:  # the next new_stream() reports it
-            log.warning("could not start a spare recognizer worker", exc_info=True)
+        except Exception as exc:  # harmless (e.g. the process is exiting); new_stream() reports real faults
+            log.debug("could not start a spare recognizer worker: %s", exc)
             return
         finally:
             with self._lock:
