@@ -87,6 +87,9 @@ def _build_parser() -> argparse.ArgumentParser:
 
     download.add_arguments(dl)
     msub.add_parser("list", help="list the Vosk models that 'download' knows")
+    prep = msub.add_parser("prepare", help="build the local model cache (text encoder ONNX export, Whisper assembly)")
+    prep.add_argument("names", nargs="*", metavar="MODEL", help="what to prepare (default: everything available)")
+    prep.add_argument("--force", action="store_true", help="rebuild even when the cache is valid")
 
     sub.add_parser("devices", help="list audio input devices")
     return parser
@@ -210,6 +213,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _run(args)
+        if args.command == "models" and args.models_command == "prepare":
+            from . import prepare
+
+            for path in prepare.run(args.names, force=args.force).values():
+                if path is not None:
+                    print(path)
+            return 0
         if args.command == "models":
             from . import download
 
