@@ -1,0 +1,297 @@
+"""The conversational emotion model family (Wu, Lu, Dai, ICASSP 2023), in torch.
+
+Every model reads a dialogue: per-utterance feature vectors of one or two
+modalities, shape ``(batch, turns, dim)``, and a ``mask`` of the real turns
+(dialogues are right-padded to the longest in the batch). Each modality goes
+through the same branch:
+
+    projection (Linear, ReLU, dropout) -> GRU over the turns -> multi-head self-attention
+    (residual, LayerNorm) -> classifier (Linear)
+
+Two modalities are fused at one of four depths, by one of three methods:
+
+- ``early``: the projected utterance vectors, before the GRU (one shared GRU/attention/classifier);
+- ``middle``: the GRU outputs, before the attention;
+- ``late``: the attention outputs, before the classifier;
+- ``logits``: each branch's class logits.
+
+- ``add``: sum (vectors have the same size by construction);
+- ``concat``: concatenation, projected back to the branch size (or to the classes, at ``logits``);
+- ``attention``: a learned softmax weight per modality and turn, computed from both
+  (``w_m = softmax_m(v . tanh(W h_m))``), then the weighted sum.
+
+*Perspective loss* (Wu et al.) adds to the fused loss one loss per modality. Every
+fusion depth therefore also produces per-modality logits: at ``logits`` depth the
+branches' own, at the other depths an auxiliary linear head on the modality's
+representation at the fusion point. These per-modality scores are what the
+runtime reports as ``emotion.modalities``.
+
+``causal=True`` makes the model usable live: the GRU is unidirectional and the
+attention is masked so that turn *t* sees only turns ``<= t``. The offline model
+uses a bidirectional GRU (two unidirectional GRUs; the backward one reads each
+dialogue reversed *within its length*, so padding never leaks into real turns,
+and the graph exports to ONNX without packed sequences).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+DEPTHS = ("early", "middle", "late", "logits")
+METHODS = ("add", "concat", "attention")
+MODALITIES = ("audio", "text")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of one model; stored in the model card so the runtime can check inputs."""
+
+    modalities: tuple[str, ...] = ("audio", "text")
+    """Which inputs the model reads: a non-empty subset of ``audio``, ``text`` (in that order)."""
+    dims: dict[str, int] = field(default_factory=lambda: {"audio": 75, "text": 384})
+    """Input feature size per modality."""
+    labels: tuple[str, ...] = ("neutral", "happy", "sad", "angry")
+    hidden: int = 128
+    """Size of the projected utterance vectors, the GRU output and the attention."""
+    heads: int = 4
+    dropout: float = 0.3
+    input_dropout: float = 0.1
+    """Dropout on the raw features (the text vectors especially are easy to overfit)."""
+    causal: bool = False
+    fusion_depth: str = "late"
+    fusion_method: str = "concat"
+
+    def __post_init__(self) -> None:
+        mods = tuple(self.modalities)
+        if not mods or any(m not in MODALITIES for m in mods) or len(set(mods)) != len(mods):
+            raise ValueError(f"modalities must be a non-empty subset of {MODALITIES}, got {self.modalities!r}")
+        object.__setattr__(self, "modalities", tuple(m for m in MODALITIES if m in mods))
+        object.__setattr__(self, "labels", tuple(self.labels))
+        missing = [m for m in self.modalities if m not in self.dims]
+        if missing:
+            raise ValueError(f"dims gives no input size for {missing}")
+        if self.fusion_depth not in DEPTHS:
+            raise ValueError(f"fusion_depth must be one of {DEPTHS}, got {self.fusion_depth!r}")
+        if self.fusion_method not in METHODS:
+            raise ValueError(f"fusion_method must be one of {METHODS}, got {self.fusion_method!r}")
+        if self.hidden % self.heads or self.hidden % 2:
+            raise ValueError(f"hidden ({self.hidden}) must be even and divisible by heads ({self.heads})")
+        if len(self.labels) < 2:
+            raise ValueError("a classifier needs at least 2 labels")
+
+    @property
+    def fused(self) -> bool:
+        return len(self.modalities) > 1
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["modalities"] = list(self.modalities)
+        d["labels"] = list(self.labels)
+        d["dims"] = {m: int(self.dims[m]) for m in self.modalities}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown model setting(s) {unknown}; known: {sorted(known)}")
+        d = dict(d)
+        for key in ("modalities", "labels"):
+            if key in d:
+                d[key] = tuple(d[key])
+        return cls(**d)
+
+
+# --------------------------------------------------------------------------- pieces
+
+
+def reverse_within(x: Tensor, lengths: Tensor) -> Tensor:
+    """Reverse each sequence of ``x`` (B, T, D) within its length; padding stays where it is."""
+    t = torch.arange(x.shape[1], device=x.device).unsqueeze(0)  # (1, T)
+    last = (lengths - 1).unsqueeze(1)  # (B, 1)
+    idx = torch.where(t <= last, last - t, t)  # (B, T)
+    return torch.gather(x, 1, idx.unsqueeze(-1).expand(-1, -1, x.shape[2]))
+
+
+class DialogueGRU(nn.Module):
+    """GRU over the turns: unidirectional (causal) or two directions concatenated, output size ``hidden``."""
+
+    def __init__(self, hidden: int, causal: bool) -> None:
+        super().__init__()
+        self.causal = causal
+        if causal:
+            self.fwd = nn.GRU(hidden, hidden, batch_first=True)
+        else:
+            self.fwd = nn.GRU(hidden, hidden // 2, batch_first=True)
+            self.bwd = nn.GRU(hidden, hidden // 2, batch_first=True)
+
+    def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
+        out, _ = self.fwd(x)
+        if self.causal:
+            return out
+        back, _ = self.bwd(reverse_within(x, lengths))
+        return torch.cat([out, reverse_within(back, lengths)], dim=-1)
+
+
+class DialogueAttention(nn.Module):
+    """Multi-head self-attention over the turns with a residual connection and LayerNorm."""
+
+    def __init__(self, hidden: int, heads: int, dropout: float, causal: bool) -> None:
+        super().__init__()
+        self.causal = causal
+        self.attn = nn.MultiheadAttention(hidden, heads, dropout=dropout, batch_first=True)
+        self.norm = nn.LayerNorm(hidden)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        t = x.shape[1]
+        # One float mask (B*heads, T, T), -inf where a query may not look: padding keys always,
+        # future keys when causal. Padded queries still see turn 0, so no row is all -inf.
+        blocked = ~mask.unsqueeze(1).expand(-1, t, -1)  # (B, T, T): key is padding
+        if self.causal:
+            future = torch.ones(t, t, dtype=torch.bool, device=x.device).triu(1)
+            blocked = blocked | future.unsqueeze(0)
+        additive = torch.zeros(blocked.shape, dtype=x.dtype, device=x.device).masked_fill(blocked, float("-inf"))
+        additive = additive.repeat_interleave(self.attn.num_heads, dim=0)
+        y, _ = self.attn(x, x, x, attn_mask=additive, need_weights=False)
+        return self.norm(x + y)
+
+
+class Fusion(nn.Module):
+    """Fuse per-modality tensors of the same shape (B, T, size) into one of shape (B, T, out)."""
+
+    def __init__(self, method: str, size: int, n: int, out: int) -> None:
+        super().__init__()
+        self.method = method
+        if method == "concat":
+            self.proj = nn.Linear(size * n, out)
+        elif method == "attention":
+            self.score = nn.Sequential(nn.Linear(size, size), nn.Tanh(), nn.Linear(size, 1, bias=False))
+        if method != "concat" and size != out:
+            raise ValueError("add and attention fusion keep the size")
+
+    def forward(self, parts: list[Tensor]) -> Tensor:
+        if self.method == "add":
+            return torch.stack(parts, 0).sum(0)
+        if self.method == "concat":
+            return self.proj(torch.cat(parts, dim=-1))
+        stacked = torch.stack(parts, dim=-2)  # (B, T, M, size)
+        weights = torch.softmax(self.score(stacked), dim=-2)  # (B, T, M, 1)
+        return (weights * stacked).sum(-2)
+
+
+class Branch(nn.Module):
+    """The stages of one branch after the projection: GRU, attention, classifier (any may be absent)."""
+
+    def __init__(self, cfg: ModelConfig, gru: bool, attention: bool, classifier: bool) -> None:
+        super().__init__()
+        self.gru = DialogueGRU(cfg.hidden, cfg.causal) if gru else None
+        self.attention = DialogueAttention(cfg.hidden, cfg.heads, cfg.dropout, cfg.causal) if attention else None
+        self.drop = nn.Dropout(cfg.dropout)
+        self.classifier = nn.Linear(cfg.hidden, len(cfg.labels)) if classifier else None
+
+
+class EmotionModel(nn.Module):
+    """Unimodal or fused dialogue emotion classifier; see the module docstring.
+
+    ``forward(audio, text, mask)`` takes the modalities the config names (pass
+    ``None`` for the others) and returns ``{"logits": (B, T, C), "audio": ..., "text": ...}``
+    where the per-modality entries exist for fused models.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        c = len(cfg.labels)
+        h = cfg.hidden
+        self.input_drop = nn.Dropout(cfg.input_dropout)
+        # Feature standardization lives in the model (and so in the ONNX graph): the runtime
+        # feeds raw features and cannot get the training statistics wrong.
+        for m in cfg.modalities:
+            self.register_buffer(f"mean_{m}", torch.zeros(cfg.dims[m]))
+            self.register_buffer(f"std_{m}", torch.ones(cfg.dims[m]))
+        self.proj = nn.ModuleDict({
+            m: nn.Sequential(nn.Linear(cfg.dims[m], h), nn.ReLU(), nn.Dropout(cfg.dropout)) for m in cfg.modalities
+        })
+        depth = DEPTHS.index(cfg.fusion_depth) if cfg.fused else len(DEPTHS)
+        # Per-modality stages before the fusion point, shared stages after it.
+        self.branches = nn.ModuleDict({
+            m: Branch(cfg, gru=depth > 0, attention=depth > 1, classifier=depth > 2) for m in cfg.modalities
+        })
+        if cfg.fused:
+            out = c if cfg.fusion_depth == "logits" else h
+            self.fusion = Fusion(cfg.fusion_method, out, len(cfg.modalities), out)
+            self.shared = Branch(cfg, gru=depth < 1, attention=depth < 2, classifier=depth < 3)
+            if cfg.fusion_depth != "logits":
+                self.aux = nn.ModuleDict({m: nn.Linear(h, c) for m in cfg.modalities})
+
+    def forward(self, audio: Tensor | None, text: Tensor | None, mask: Tensor) -> dict[str, Tensor]:
+        inputs = {"audio": audio, "text": text}
+        mask = mask.bool()
+        lengths = mask.sum(1).clamp(min=1)
+        hs: dict[str, Tensor] = {}
+        for m in self.cfg.modalities:
+            x = inputs[m]
+            if x is None:
+                raise ValueError(f"this model needs the {m} input")
+            x = (x - getattr(self, f"mean_{m}")) / getattr(self, f"std_{m}")
+            h = self.proj[m](self.input_drop(x))
+            hs[m] = self._run(self.branches[m], h, mask, lengths)
+        if not self.cfg.fused:
+            return {"logits": hs[self.cfg.modalities[0]]}
+        parts = [hs[m] for m in self.cfg.modalities]
+        fused = self._run(self.shared, self.fusion(parts), mask, lengths)
+        out = {"logits": fused}
+        for m in self.cfg.modalities:
+            out[m] = hs[m] if self.cfg.fusion_depth == "logits" else self.aux[m](self.branches[m].drop(hs[m]))
+        return out
+
+    @staticmethod
+    def _run(branch: Branch, h: Tensor, mask: Tensor, lengths: Tensor) -> Tensor:
+        if branch.gru is not None:
+            h = branch.drop(branch.gru(h, lengths))
+        if branch.attention is not None:
+            h = branch.attention(h, mask)
+        if branch.classifier is not None:
+            h = branch.classifier(branch.drop(h))
+        return h
+
+    def set_normalization(self, modality: str, mean: Tensor, std: Tensor) -> None:
+        """Standardize ``modality`` inputs with these training-set statistics (std floored at 1e-6)."""
+        getattr(self, f"mean_{modality}").copy_(torch.as_tensor(mean, dtype=torch.float32))
+        getattr(self, f"std_{modality}").copy_(torch.as_tensor(std, dtype=torch.float32).clamp(min=1e-6))
+
+    def branch_parameters(self, modality: str) -> list[nn.Parameter]:
+        """The parameters that belong to one modality only (for frozen / warm-start fusion training)."""
+        params = list(self.proj[modality].parameters()) + list(self.branches[modality].parameters())
+        return params
+
+
+def load_unimodal_into(fused: EmotionModel, unimodal: EmotionModel, modality: str) -> int:
+    """Copy a trained unimodal model's projection and branch stages into a fused model's branch.
+
+    Stages that exist in both (projection, and GRU/attention/classifier before the fusion
+    point) are copied; returns how many tensors were copied. Used for the *frozen* and
+    *warm start* fusion strategies (Pepino et al.).
+    """
+    if unimodal.cfg.modalities != (modality,):
+        raise ValueError(f"expected a {modality}-only model, got {unimodal.cfg.modalities}")
+    copied = 0
+    src = unimodal.state_dict()
+    dst = fused.state_dict()
+    updates = {}
+    for key, value in src.items():
+        for target in (key,):
+            if target in dst and dst[target].shape == value.shape and (
+                key.startswith(f"proj.{modality}.") or key.startswith(f"branches.{modality}.")
+                or key in (f"mean_{modality}", f"std_{modality}")
+            ):
+                updates[target] = value
+    dst.update(updates)
+    fused.load_state_dict(dst)
+    copied = len(updates)
+    return copied

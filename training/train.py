@@ -1,0 +1,576 @@
+"""Training and cross-validated experiments, driven by a TOML config.
+
+A config (see ``configs/train/*.toml``) has the sections ``[data]``, ``[features]``,
+``[model]`` (:class:`~training.models.ModelConfig`), ``[train]`` (:class:`TrainConfig`),
+``[protocol]`` (:class:`ProtocolConfig`) and an optional ``[grid]`` whose keys are
+dotted settings (``"model.causal" = [false, true]``): every combination is one
+*variant*, run on every fold with every seed. Each run writes into
+``runs/<name>/``: ``config.resolved.json``, ``metrics.json`` (every fold and seed,
+and mean ± std per variant) and ``summary.md``.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import itertools
+import json
+import logging
+import random
+import subprocess
+import time
+import tomllib
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .data import REPO, Manifest, Utterance, convert, read_manifest
+from .features import FeatureExtractor, FeatureSettings
+from .folds import Fold, check_disjoint, session_folds, speaker_folds, speaker_script_folds, split_fold
+from .metrics import classification_report, format_pct, mean_std
+from .models import EmotionModel, ModelConfig, load_unimodal_into
+
+log = logging.getLogger(__name__)
+
+
+class ConfigError(ValueError):
+    """A training config that is not valid; the message says what is allowed."""
+
+
+# --------------------------------------------------------------------------- config
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 40
+    batch_size: int = 8
+    """Dialogues per batch."""
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    patience: int = 8
+    """Stop after this many epochs without a better validation UAR (0: no early stopping)."""
+    val_fraction: float = 0.1
+    """Share of the training dialogues held out to choose the epoch."""
+    class_weighted: bool = False
+    loss: str = "single"
+    """``single`` (fused loss only) or ``perspective`` (fused + one loss per modality)."""
+    perspective_weight: float = 1.0
+    strategy: str = "cold"
+    """Fusion training: ``cold`` (all from scratch), ``frozen`` (pre-trained unimodal branches,
+    frozen), ``warm`` (pre-trained unimodal branches, fine-tuned)."""
+    seeds: tuple[int, ...] = (0, 1, 2)
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "seeds", tuple(self.seeds))
+        if self.loss not in ("single", "perspective"):
+            raise ConfigError(f"train.loss must be 'single' or 'perspective', got {self.loss!r}")
+        if self.strategy not in ("cold", "frozen", "warm"):
+            raise ConfigError(f"train.strategy must be 'cold', 'frozen' or 'warm', got {self.strategy!r}")
+        if not 0 <= self.val_fraction < 1:
+            raise ConfigError("train.val_fraction must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class ProtocolConfig:
+    folds: str = "session"
+    """``session`` (leave one session out), ``speaker`` (leave one speaker group out, or ``k``
+    folds of groups), ``speaker_script`` (also script-disjoint), ``split`` (the corpus's own
+    ``split`` column: test = ``test_split``), ``all`` (train on everything, no test: for export)."""
+    k: int = 0
+    """For speaker folds: number of folds (0 = one per speaker group)."""
+    fold_seed: int = 0
+    test_split: str = "test"
+    split_test_by_script: bool = False
+    only_folds: tuple[str, ...] = ()
+    """Run only the folds with these names (empty: all)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "only_folds", tuple(self.only_folds))
+        allowed = ("session", "speaker", "speaker_script", "split", "all")
+        if self.folds not in allowed:
+            raise ConfigError(f"protocol.folds must be one of {allowed}, got {self.folds!r}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    manifests: tuple[str, ...] = ()
+    """Manifest CSV paths, or corpus names (converted on the fly from the shared data)."""
+    train_only: tuple[str, ...] = ()
+    """Manifests (same spelling as in ``manifests``) whose dialogues only ever go to training."""
+    labels: tuple[str, ...] = ("neutral", "happy", "sad", "angry")
+    label_mode: str = "4"
+    """Converters' label mode for corpus names: ``4`` or ``all``."""
+    calm: str = ""
+    """RAVDESS: map calm to this label ('' = drop)."""
+
+    def __post_init__(self) -> None:
+        for key in ("manifests", "train_only", "labels"):
+            object.__setattr__(self, key, tuple(getattr(self, key)))
+        if not self.manifests:
+            raise ConfigError("data.manifests is empty: name at least one manifest CSV or corpus")
+        unknown = [m for m in self.train_only if m not in self.manifests]
+        if unknown:
+            raise ConfigError(f"data.train_only names {unknown}, which are not in data.manifests")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    name: str
+    data: DataConfig
+    features: FeatureSettings = field(default_factory=FeatureSettings)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
+    grid: dict[str, list[Any]] = field(default_factory=dict)
+    description: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "data": asdict(self.data),
+            "features": asdict(self.features),
+            "model": self.model.to_dict(),
+            "train": asdict(self.train),
+            "protocol": asdict(self.protocol),
+            "grid": self.grid,
+        }
+
+
+_SECTIONS: dict[str, type] = {
+    "data": DataConfig, "features": FeatureSettings, "model": ModelConfig,
+    "train": TrainConfig, "protocol": ProtocolConfig,
+}
+
+
+def _section(cls: type, values: dict[str, Any], where: str) -> Any:
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"[{where}]: unknown key(s) {unknown}; known: {sorted(known)}")
+    if cls is ModelConfig:
+        return ModelConfig.from_dict(values)
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"[{where}]: {exc}") from None
+
+
+def config_from_dict(raw: dict[str, Any]) -> ExperimentConfig:
+    raw = copy.deepcopy(raw)
+    top = {"name", "description", "grid", *(_SECTIONS)}
+    unknown = sorted(set(raw) - top)
+    if unknown:
+        raise ConfigError(f"unknown top-level key(s) {unknown}; known: {sorted(top)}")
+    if "name" not in raw:
+        raise ConfigError("the config needs a 'name'")
+    grid = raw.get("grid", {})
+    for key, values in grid.items():
+        section, _, name = key.partition(".")
+        if section not in _SECTIONS or not name:
+            raise ConfigError(f"[grid] key {key!r} must be '<section>.<key>' with section in {sorted(_SECTIONS)}")
+        if name not in {f.name for f in fields(_SECTIONS[section])}:
+            raise ConfigError(f"[grid] key {key!r}: {section} has no setting {name!r}")
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"[grid] {key!r} must be a non-empty list")
+    try:
+        sections = {s: _section(cls, raw.get(s, {}), s) for s, cls in _SECTIONS.items()}
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return ExperimentConfig(name=raw["name"], description=raw.get("description", ""), grid=grid, **sections)
+
+
+def load_config(path: Path | str, overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """Read a TOML config and apply ``section.key=value`` overrides (values parsed as TOML)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config not found: {path}")
+    with open(path, "rb") as f:
+        raw = tomllib.load(f)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        section, _, name = key.strip().partition(".")
+        if not sep or not name:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        try:
+            parsed = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            parsed = value
+        if section == "grid":
+            raw.setdefault("grid", {})[name] = parsed
+        else:
+            raw.setdefault(section, {})[name] = parsed
+    return config_from_dict(raw)
+
+
+def variants(cfg: ExperimentConfig) -> list[tuple[str, ExperimentConfig]]:
+    """Every combination of the grid, as (readable name, config without grid)."""
+    if not cfg.grid:
+        return [("base", replace(cfg, grid={}))]
+    keys = list(cfg.grid)
+    out = []
+    for combo in itertools.product(*(cfg.grid[k] for k in keys)):
+        raw = cfg.to_dict()
+        raw["grid"] = {}
+        for key, value in zip(keys, combo, strict=True):
+            section, _, name = key.partition(".")
+            raw[section][name] = value
+        name = ", ".join(f"{k.split('.', 1)[1]}={v}" for k, v in zip(keys, combo, strict=True))
+        out.append((name, config_from_dict(raw)))
+    return out
+
+
+# --------------------------------------------------------------------------- data
+
+
+def runs_dir() -> Path:
+    return REPO / "runs"
+
+
+def resolve_manifest(spec: str, data: DataConfig) -> Manifest:
+    """A manifest path, or a corpus name converted into ``runs/manifests/`` (reused when present)."""
+    path = Path(spec)
+    if path.suffix == ".csv":
+        if not path.is_absolute():
+            path = REPO / path
+        return read_manifest(path, labels=data.labels)
+    suffix = f"-{data.label_mode}" + (f"-calm-{data.calm}" if data.calm else "")
+    out = runs_dir() / "manifests" / f"{spec}{suffix}.csv"
+    if out.is_file():
+        return read_manifest(out, labels=data.labels)
+    return convert(spec, None, out, labels=data.label_mode, calm=data.calm or None)
+
+
+@dataclass
+class Dialogue:
+    """Feature arrays of one dialogue, ready for batching."""
+
+    id: str
+    audio: np.ndarray | None  # (T, Da)
+    text: np.ndarray | None  # (T, Dt)
+    y: np.ndarray  # (T,) class index, -1 for context turns
+    utterances: list[Utterance]
+    train_only: bool = False
+
+
+class DialogueSet:
+    """All dialogues of the configured manifests with their features, addressable by id."""
+
+    def __init__(self, cfg: ExperimentConfig, extractor: FeatureExtractor | None = None) -> None:
+        self.cfg = cfg
+        self.labels = tuple(cfg.model.labels)
+        if tuple(cfg.data.labels) != self.labels:
+            raise ConfigError(f"model.labels {self.labels} must equal data.labels {cfg.data.labels}")
+        self.extractor = extractor or FeatureExtractor(cfg.features)
+        self.manifests: list[tuple[str, Manifest]] = [(s, resolve_manifest(s, cfg.data)) for s in cfg.data.manifests]
+        self.dialogues: dict[str, Dialogue] = {}
+        index = {lab: i for i, lab in enumerate(self.labels)}
+        mods = cfg.model.modalities
+        for spec, manifest in self.manifests:
+            uts = manifest.utterances
+            text = self.extractor.text([u.text for u in uts]) if "text" in mods else None
+            audio = self.extractor.audio(manifest, uts) if "audio" in mods else None
+            pos = 0
+            for d in manifest.dialogues():
+                n = len(d)
+                did = d[0].dialogue_id
+                if did in self.dialogues:
+                    raise ConfigError(f"dialogue id {did!r} occurs in two manifests; ids must be unique")
+                self.dialogues[did] = Dialogue(
+                    did,
+                    audio[pos : pos + n] if audio is not None else None,
+                    text[pos : pos + n] if text is not None else None,
+                    np.array([index[u.label] if u.label else -1 for u in d], dtype=np.int64),
+                    d,
+                    train_only=spec in cfg.data.train_only,
+                )
+                pos += n
+
+    def folds(self) -> list[Fold]:
+        p = self.cfg.protocol
+        evaluated = [(s, m) for s, m in self.manifests if s not in self.cfg.data.train_only]
+        extra_train = tuple(d for d in self.dialogues.values() if d.train_only)
+        if p.folds == "all":
+            return [Fold("all", tuple(self.dialogues), ())]
+        if len(evaluated) != 1:
+            raise ConfigError("folds are made on exactly one manifest; list the others in data.train_only")
+        manifest = evaluated[0][1]
+        if p.folds == "session":
+            folds = session_folds(manifest)
+            by: tuple[str, ...] = ("session",)
+        elif p.folds == "speaker":
+            folds = speaker_folds(manifest, k=p.k or None, seed=p.fold_seed)
+            by = ("speaker",)
+        elif p.folds == "speaker_script":
+            folds = speaker_script_folds(manifest, k=p.k or None, seed=p.fold_seed,
+                                         split_test_by_script=p.split_test_by_script)
+            by = ("speaker", "script_id")
+        else:
+            folds = [split_fold(manifest, test=p.test_split)]
+            by = ()
+        for f in folds:
+            check_disjoint(manifest, f, by=by)
+        if p.only_folds:
+            folds = [f for f in folds if f.name in p.only_folds]
+            if not folds:
+                raise ConfigError(f"protocol.only_folds {p.only_folds} matches no fold")
+        extra = tuple(d.id for d in extra_train)
+        return [Fold(f.name, f.train + extra, f.test) for f in folds]
+
+
+# --------------------------------------------------------------------------- batching
+
+
+def batch(dialogues: Sequence[Dialogue], modalities: Sequence[str]) -> dict[str, torch.Tensor]:
+    t = max(len(d.y) for d in dialogues)
+    b = len(dialogues)
+    out: dict[str, torch.Tensor] = {}
+    for m in modalities:
+        dim = getattr(dialogues[0], m).shape[1]
+        x = np.zeros((b, t, dim), dtype=np.float32)
+        for i, d in enumerate(dialogues):
+            x[i, : len(d.y)] = getattr(d, m)
+        out[m] = torch.from_numpy(x)
+    y = np.full((b, t), -1, dtype=np.int64)
+    mask = np.zeros((b, t), dtype=bool)
+    for i, d in enumerate(dialogues):
+        y[i, : len(d.y)] = d.y
+        mask[i, : len(d.y)] = True
+    out["y"] = torch.from_numpy(y)
+    out["mask"] = torch.from_numpy(mask)
+    return out
+
+
+def _forward(model: EmotionModel, b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return model(b.get("audio"), b.get("text"), b["mask"])
+
+
+def predict(model: EmotionModel, dialogues: Sequence[Dialogue], batch_size: int = 16) -> dict[str, np.ndarray]:
+    """Class probabilities of every labeled turn (concatenated in dialogue order), per output."""
+    model.eval()
+    outs: dict[str, list[np.ndarray]] = {}
+    ys = []
+    with torch.no_grad():
+        for i in range(0, len(dialogues), batch_size):
+            b = batch(dialogues[i : i + batch_size], model.cfg.modalities)
+            res = _forward(model, b)
+            keep = b["y"] >= 0
+            ys.append(b["y"][keep].numpy())
+            for k, logits in res.items():
+                outs.setdefault(k, []).append(torch.softmax(logits, -1)[keep].numpy())
+    result = {k: np.concatenate(v) for k, v in outs.items()}
+    result["y"] = np.concatenate(ys) if ys else np.zeros(0, np.int64)
+    return result
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _class_weights(dialogues: Sequence[Dialogue], n: int) -> torch.Tensor:
+    counts = np.bincount(np.concatenate([d.y[d.y >= 0] for d in dialogues]), minlength=n).astype(np.float64)
+    w = counts.sum() / np.maximum(counts, 1) / n
+    return torch.tensor(w, dtype=torch.float32)
+
+
+def _normalize(model: EmotionModel, dialogues: Sequence[Dialogue]) -> None:
+    for m in model.cfg.modalities:
+        x = np.concatenate([getattr(d, m) for d in dialogues])
+        model.set_normalization(m, torch.from_numpy(x.mean(0)), torch.from_numpy(x.std(0)))
+
+
+def train_model(
+    cfg: ExperimentConfig, train: Sequence[Dialogue], seed: int, pretrained: dict[str, EmotionModel] | None = None,
+    progress: str = "",
+) -> tuple[EmotionModel, dict[str, Any]]:
+    """Train one model on ``train`` (a share held out for early stopping); returns it and its history."""
+    tc = cfg.train
+    _seed_everything(seed)
+    torch.set_num_threads(tc.threads)
+    train = list(train)
+    rng = random.Random(seed)
+    order = list(range(len(train)))
+    rng.shuffle(order)
+    n_val = int(round(tc.val_fraction * len(train))) if tc.patience else 0
+    val = [train[i] for i in order[:n_val]]
+    fit = [train[i] for i in order[n_val:]]
+    model = EmotionModel(cfg.model)
+    _normalize(model, fit)
+    frozen: list[nn.Parameter] = []
+    if cfg.model.fused and tc.strategy != "cold":
+        if not pretrained:
+            raise ConfigError(f"train.strategy={tc.strategy!r} needs pre-trained unimodal models")
+        for m, uni in pretrained.items():
+            load_unimodal_into(model, uni, m)
+            if tc.strategy == "frozen":
+                frozen += model.branch_parameters(m)
+        for p in frozen:
+            p.requires_grad_(False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
+    weight = _class_weights(fit, len(cfg.model.labels)) if tc.class_weighted else None
+    ce = nn.CrossEntropyLoss(weight=weight, ignore_index=-1)
+    best: tuple[float, int, dict[str, torch.Tensor]] | None = None
+    history = []
+    stale = 0
+    for epoch in range(tc.epochs):
+        model.train()
+        for m in cfg.model.modalities:
+            if tc.strategy == "frozen" and cfg.model.fused:
+                # Frozen branches stay in eval mode: their dropout must not change under them.
+                model.proj[m].eval()
+                model.branches[m].eval()
+        rng.shuffle(fit)
+        total = 0.0
+        for i in range(0, len(fit), tc.batch_size):
+            b = batch(fit[i : i + tc.batch_size], cfg.model.modalities)
+            out = _forward(model, b)
+            c = out["logits"].shape[-1]
+            loss = ce(out["logits"].reshape(-1, c), b["y"].reshape(-1))
+            if tc.loss == "perspective" and cfg.model.fused:
+                for m in cfg.model.modalities:
+                    loss = loss + tc.perspective_weight * ce(out[m].reshape(-1, c), b["y"].reshape(-1))
+            if torch.isnan(loss):
+                continue  # a batch of context turns only
+            opt.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(params, 5.0)
+            opt.step()
+            total += float(loss)
+        entry: dict[str, Any] = {"epoch": epoch, "loss": total}
+        if val:
+            pv = predict(model, val)
+            score = classification_report(pv["y"], pv["logits"], cfg.model.labels)["uar"] if len(pv["y"]) else 0.0
+            entry["val_uar"] = score
+            if best is None or score > best[0]:
+                best = (score, epoch, copy.deepcopy(model.state_dict()))
+                stale = 0
+            else:
+                stale += 1
+        history.append(entry)
+        if val and tc.patience and stale >= tc.patience:
+            break
+    if best is not None:
+        model.load_state_dict(best[2])
+    model.eval()
+    info = {"epochs_run": len(history), "best_epoch": best[1] if best else len(history) - 1, "history": history}
+    return model, info
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def run_variant(cfg: ExperimentConfig, data: DialogueSet, folds: Sequence[Fold], name: str) -> dict[str, Any]:
+    """Every fold x seed of one variant; per-run reports and mean ± std over all runs."""
+    runs = []
+    pooled: dict[int, list[dict[str, Any]]] = {}
+    for fold in folds:
+        train = [data.dialogues[d] for d in fold.train]
+        test = [data.dialogues[d] for d in fold.test]
+        for seed in cfg.train.seeds:
+            t0 = time.perf_counter()
+            pretrained = None
+            if cfg.model.fused and cfg.train.strategy != "cold":
+                pretrained = {}
+                for m in cfg.model.modalities:
+                    uni_cfg = replace(cfg, model=replace(cfg.model, modalities=(m,)),
+                                      train=replace(cfg.train, strategy="cold", loss="single"))
+                    pretrained[m], _ = train_model(uni_cfg, train, seed)
+            model, info = train_model(cfg, train, seed, pretrained)
+            pred = predict(model, test)
+            report = classification_report(pred["y"], pred["logits"], cfg.model.labels)
+            per_mod = {m: classification_report(pred["y"], pred[m], cfg.model.labels)
+                       for m in cfg.model.modalities if m in pred and cfg.model.fused}
+            seconds = time.perf_counter() - t0
+            runs.append({"fold": fold.name, "seed": seed, "metrics": report, "modalities": per_mod,
+                         "epochs_run": info["epochs_run"], "best_epoch": info["best_epoch"],
+                         "train_dialogues": len(train), "test_dialogues": len(test), "seconds": round(seconds, 2)})
+            pooled.setdefault(seed, []).append(report)
+            log.info("%s | %s | %s | seed %d: WA %.3f UAR %.3f (%d epochs, %.1fs)", cfg.name, name, fold.name,
+                     seed, report["weighted_accuracy"], report["uar"], info["epochs_run"], seconds)
+    per_fold: dict[str, Any] = {}
+    for fold in folds:
+        per_fold[fold.name] = mean_std([r["metrics"] for r in runs if r["fold"] == fold.name])
+    # Mean over folds for each seed, then mean ± std over seeds (the spread between repetitions).
+    seed_means = []
+    for _seed, reports in pooled.items():
+        seed_means.append({k: float(np.mean([r[k] for r in reports])) for k in ("weighted_accuracy", "uar",
+                                                                               "macro_f1", "roc_auc")})
+    summary = mean_std(seed_means)
+    return {"variant": name, "config": cfg.to_dict(), "runs": runs, "per_fold": per_fold, "summary": summary}
+
+
+def run_experiment(cfg: ExperimentConfig, out_dir: Path | None = None) -> dict[str, Any]:
+    """Run every variant of ``cfg``; write ``config.resolved.json``, ``metrics.json``, ``summary.md``."""
+    out_dir = out_dir or runs_dir() / cfg.name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.resolved.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    t0 = time.perf_counter()
+    results = []
+    all_variants = variants(cfg)
+    # Features for the union of modalities across variants, computed once.
+    mods = sorted({m for _, v in all_variants for m in v.model.modalities})
+    base = replace(cfg, model=replace(cfg.model, modalities=tuple(mods)), grid={})
+    data_by_features: dict[str, DialogueSet] = {}
+    for i, (name, vcfg) in enumerate(all_variants, 1):
+        fkey = json.dumps(asdict(vcfg.features), sort_keys=True) + json.dumps(asdict(vcfg.data), sort_keys=True)
+        if fkey not in data_by_features:
+            data_by_features[fkey] = DialogueSet(replace(base, features=vcfg.features, data=vcfg.data))
+        data = data_by_features[fkey]
+        data.cfg = vcfg
+        folds = data.folds()
+        log.info("[%d/%d] %s: %d folds x %d seeds", i, len(all_variants), name, len(folds), len(vcfg.train.seeds))
+        results.append(run_variant(vcfg, data, folds, name))
+    doc = {
+        "name": cfg.name,
+        "description": cfg.description,
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "git_commit": _git_commit(),
+        "torch": torch.__version__,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "variants": results,
+    }
+    (out_dir / "metrics.json").write_text(json.dumps(doc, indent=1) + "\n")
+    (out_dir / "summary.md").write_text(summary_markdown(doc))
+    return doc
+
+
+def summary_markdown(doc: dict[str, Any]) -> str:
+    lines = [f"# {doc['name']}", "", doc.get("description", ""), "",
+             f"commit `{doc['git_commit'][:10]}`, {doc['seconds']:.0f} s", "",
+             "| variant | WA % | UAR % | macro-F1 % | ROC AUC % | per fold WA % |",
+             "|---|---|---|---|---|---|"]
+    for v in doc["variants"]:
+        s = v["summary"]
+        folds = ", ".join(f"{k}: {100 * f['weighted_accuracy']['mean']:.1f}" for k, f in v["per_fold"].items())
+        lines.append(f"| {v['variant']} | {format_pct(s['weighted_accuracy'])} | {format_pct(s['uar'])} | "
+                     f"{format_pct(s['macro_f1'])} | {format_pct(s['roc_auc'])} | {folds} |")
+    lines.append("")
+    lines.append("Mean ± standard deviation over seeds of the mean over folds.")
+    return "\n".join(lines) + "\n"
+
+
+def pooled_confusion(variant: dict[str, Any]) -> np.ndarray:
+    return np.sum([np.array(r["metrics"]["confusion"]) for r in variant["runs"]], axis=0)
+
+
+__all__ = [
+    "ConfigError", "DataConfig", "Dialogue", "DialogueSet", "ExperimentConfig", "ProtocolConfig", "TrainConfig",
+    "config_from_dict", "load_config", "predict", "run_experiment", "train_model", "variants",
+]
