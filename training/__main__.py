@@ -12,7 +12,9 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from training.data import CONVERTERS, ConversionError, ManifestError, convert, summarize
+from realtime_ser.errors import ModelError
+from training.data import CONVERTERS, ConfigError, ConversionError, ManifestError, convert, summarize
+from training.folds import FoldError
 
 
 def _convert(args: argparse.Namespace) -> int:
@@ -41,7 +43,68 @@ def add_convert_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_convert)
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_convert_parser]
+def _train(args: argparse.Namespace) -> int:
+    import logging
+
+    from training.train import export_final, load_config, run_experiment
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    cfg = load_config(args.config, args.set)
+    doc = None
+    if not args.no_eval:
+        doc = run_experiment(cfg, args.out)
+        out = args.out or Path("runs") / cfg.name
+        print((out / "summary.md").read_text())
+        print(f"wrote {out}/metrics.json, summary.md, config.resolved.json")
+    if args.export:
+        metrics = None
+        if doc is not None and len(doc["variants"]) == 1:
+            v = doc["variants"][0]
+            metrics = {"protocol": v["config"]["protocol"], "summary": v["summary"], "per_fold": v["per_fold"]}
+        export_final(cfg, args.export, version=args.version, metrics=metrics)
+        print(f"exported {args.export}/model.onnx and card.json")
+    return 0
+
+
+def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("train", help="run a cross-validated experiment from a TOML config (and export)",
+                              description="Train and evaluate every variant x fold x seed of a config; "
+                                          "results go to runs/<name>/.")
+    p.add_argument("--config", type=Path, required=True, help="TOML config (see configs/train/)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a setting (TOML value), e.g. --set model.causal=true; repeatable")
+    p.add_argument("--out", type=Path, default=None, help="run folder (default runs/<name>)")
+    p.add_argument("--export", type=Path, default=None, metavar="DIR",
+                   help="then train on all the data and export model.onnx + card.json into DIR")
+    p.add_argument("--version", default="", help="model version for the card (default: today's date)")
+    p.add_argument("--no-eval", action="store_true", help="skip the cross-validation (export only)")
+    p.set_defaults(func=_train)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from training.evaluate import evaluate, format_report, write_report
+
+    report = evaluate(args.model, args.manifest, args.predictions)
+    print(format_report(report))
+    out = args.out or Path("runs") / "evaluate" / f"{report['model']['name']}-{args.manifest.stem}.json"
+    write_report(report, out)
+    print(f"wrote {out}")
+    return 0
+
+
+def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("evaluate", help="score an exported model on a manifest",
+                              description="Evaluate an exported model (model.onnx + card.json) on any manifest; "
+                                          "prints the metrics and writes them as JSON.")
+    p.add_argument("--model", type=Path, required=True, metavar="DIR", help="exported model directory")
+    p.add_argument("--manifest", type=Path, required=True, metavar="CSV", help="manifest to evaluate on")
+    p.add_argument("--out", type=Path, default=None, help="metrics JSON (default runs/evaluate/<model>-<manifest>.json)")
+    p.add_argument("--predictions", type=Path, default=None, metavar="CSV", help="also write per-utterance scores")
+    p.set_defaults(func=_evaluate)
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_convert_parser, add_train_parser,
+                                                                add_evaluate_parser]
 """The ``add_<command>_parser`` functions, in the order ``--help`` lists them."""
 
 
@@ -59,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (ManifestError, ConversionError) as e:
+    except (ManifestError, ConversionError, FoldError, ConfigError, ModelError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -76,6 +76,10 @@ LabelSpec = str | Mapping[str, str]
 """``"4"`` (the :data:`LABEL_MAPS`), ``"all"`` (the corpus's own labels), or a dict."""
 
 
+class ConfigError(ValueError):
+    """A training config that is not valid; the message says what is allowed."""
+
+
 class ConversionError(ValueError):
     """A source corpus is not laid out or labeled as the converter expects."""
 

@@ -35,6 +35,7 @@ and the graph exports to ONNX without packed sequences).
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -139,26 +140,36 @@ class DialogueGRU(nn.Module):
 
 
 class DialogueAttention(nn.Module):
-    """Multi-head self-attention over the turns with a residual connection and LayerNorm."""
+    """Multi-head self-attention over the turns with a residual connection and LayerNorm.
+
+    Written out (rather than ``nn.MultiheadAttention``) so the ONNX graph keeps the batch
+    and turn dimensions dynamic.
+    """
 
     def __init__(self, hidden: int, heads: int, dropout: float, causal: bool) -> None:
         super().__init__()
         self.causal = causal
-        self.attn = nn.MultiheadAttention(hidden, heads, dropout=dropout, batch_first=True)
+        self.heads = heads
+        self.qkv = nn.Linear(hidden, 3 * hidden)
+        self.out = nn.Linear(hidden, hidden)
+        self.drop = nn.Dropout(dropout)
         self.norm = nn.LayerNorm(hidden)
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-        t = x.shape[1]
-        # One float mask (B*heads, T, T), -inf where a query may not look: padding keys always,
-        # future keys when causal. Padded queries still see turn 0, so no row is all -inf.
-        blocked = ~mask.unsqueeze(1).expand(-1, t, -1)  # (B, T, T): key is padding
+        b, t, d = x.shape[0], x.shape[1], x.shape[2]
+        dh = d // self.heads
+        q, k, v = self.qkv(x).reshape(b, t, 3, self.heads, dh).permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, T, dh)
+        scores = q @ k.transpose(-1, -2) / math.sqrt(dh)  # (B, H, T, T)
+        # A query may not look at padding keys, nor at future keys when causal. Padded
+        # queries still see turn 0, so no row is all blocked (no NaN).
+        blocked = ~mask[:, None, None, :]
         if self.causal:
-            future = torch.ones(t, t, dtype=torch.bool, device=x.device).triu(1)
-            blocked = blocked | future.unsqueeze(0)
-        additive = torch.zeros(blocked.shape, dtype=x.dtype, device=x.device).masked_fill(blocked, float("-inf"))
-        additive = additive.repeat_interleave(self.attn.num_heads, dim=0)
-        y, _ = self.attn(x, x, x, attn_mask=additive, need_weights=False)
-        return self.norm(x + y)
+            pos = torch.arange(t, device=x.device)
+            blocked = blocked | (pos[None, :] > pos[:, None])[None, None]
+        scores = scores.masked_fill(blocked, float("-inf"))
+        attn = self.drop(torch.softmax(scores, dim=-1))
+        y = (attn @ v).transpose(1, 2).reshape(b, t, d)
+        return self.norm(x + self.drop(self.out(y)))
 
 
 class Fusion(nn.Module):

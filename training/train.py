@@ -29,17 +29,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data import REPO, Manifest, Utterance, convert, read_manifest
+from .data import REPO, ConfigError, Manifest, Utterance, convert, read_manifest
 from .features import FeatureExtractor, FeatureSettings
 from .folds import Fold, check_disjoint, session_folds, speaker_folds, speaker_script_folds, split_fold
 from .metrics import classification_report, format_pct, mean_std
 from .models import EmotionModel, ModelConfig, load_unimodal_into
 
 log = logging.getLogger(__name__)
-
-
-class ConfigError(ValueError):
-    """A training config that is not valid; the message says what is allowed."""
 
 
 # --------------------------------------------------------------------------- config
@@ -65,6 +61,9 @@ class TrainConfig:
     frozen), ``warm`` (pre-trained unimodal branches, fine-tuned)."""
     seeds: tuple[int, ...] = (0, 1, 2)
     threads: int = 1
+    context_turns: int = 20
+    """Context window of an exported causal model (written to its card; the runtime and the
+    evaluator score turn n from the last ``context_turns`` turns up to n)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "seeds", tuple(self.seeds))
@@ -549,6 +548,50 @@ def run_experiment(cfg: ExperimentConfig, out_dir: Path | None = None) -> dict[s
     (out_dir / "metrics.json").write_text(json.dumps(doc, indent=1) + "\n")
     (out_dir / "summary.md").write_text(summary_markdown(doc))
     return doc
+
+
+LICENCES = {
+    "ravdess": "RAVDESS: CC BY-NC-SA 4.0",
+    "tess": "TESS: CC BY-NC-ND 4.0",
+    "iemocap": "IEMOCAP: USC SAIL research licence",
+    "meld": "MELD: GPL-3.0",
+    "emorynlp": "EmoryNLP: see its authors",
+}
+
+
+def export_final(cfg: ExperimentConfig, out_dir: Path, version: str = "", metrics: dict[str, Any] | None = None,
+                 name: str = "") -> Path:
+    """Train one model on every dialogue of the config (first seed) and export it with its card."""
+    from .export import export_model
+
+    if cfg.grid:
+        raise ConfigError("export needs a single variant: remove [grid] or override the grid keys")
+    all_cfg = replace(cfg, protocol=replace(cfg.protocol, folds="all"))
+    data = DialogueSet(all_cfg)
+    dialogues = list(data.dialogues.values())
+    seed = cfg.train.seeds[0]
+    pretrained = None
+    if cfg.model.fused and cfg.train.strategy != "cold":
+        pretrained = {m: train_model(replace(cfg, model=replace(cfg.model, modalities=(m,)),
+                                             train=replace(cfg.train, strategy="cold", loss="single")),
+                                     dialogues, seed)[0] for m in cfg.model.modalities}
+    model, info = train_model(cfg, dialogues, seed, pretrained)
+    features = data.extractor.settings_card()
+    features = {m: features[m] for m in cfg.model.modalities}
+    corpora = sorted({u.meta("corpus") or Path(s).stem for s, man in data.manifests for u in man.utterances[:1]})
+    training = {
+        "config": cfg.to_dict(),
+        "data": {s: {"utterances": len(m), "labels": m.label_counts()} for s, m in data.manifests},
+        "epochs_run": info["epochs_run"],
+        "best_epoch": info["best_epoch"],
+        "seed": seed,
+        "git_commit": _git_commit(),
+    }
+    licences = [LICENCES[c] for c in corpora if c in LICENCES]
+    export_model(model, out_dir, name=name or cfg.name, version=version or _dt.date.today().isoformat(),
+                 features=features, max_turns=cfg.train.context_turns, training=training, metrics=metrics or {},
+                 licences=[{"data": x} for x in licences])
+    return out_dir
 
 
 def summary_markdown(doc: dict[str, Any]) -> str:

@@ -1,0 +1,1 @@
+"""Live emotion: exported models (ONNX + card), dialogue context and the emotion stage."""

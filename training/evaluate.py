@@ -1,0 +1,108 @@
+"""``python -m training evaluate``: score an exported model on any manifest.
+
+Runs the exported ONNX model through the runtime's own loader and scoring
+(:meth:`realtime_ser.emotion.model.EmotionModel.score_dialogue`) on features from
+the runtime's own front ends, so the figures are those the live path gives for the
+same audio and transcripts. Needs no torch.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from realtime_ser.emotion.model import EmotionModel
+
+from .data import ManifestError, read_manifest
+from .features import FeatureExtractor, FeatureSettings
+from .metrics import classification_report
+
+
+def extractor_for(model: EmotionModel) -> FeatureExtractor:
+    """A feature extractor with the front ends the model's card names; refuses a mismatch."""
+    text = model.card.features.get("text", {})
+    settings = FeatureSettings(text_encoder=text.get("kind", "contextual"))
+    extractor = FeatureExtractor(settings)
+    audio_key = extractor.acoustic_config.key() if "audio" in model.card.modalities else None
+    text_key = extractor.text_encoder.key() if "text" in model.card.modalities else None
+    model.check_features(audio_key, text_key)
+    return extractor
+
+
+def evaluate(model_dir: Path, manifest_path: Path, predictions: Path | None = None) -> dict[str, Any]:
+    model = EmotionModel.load(model_dir)
+    needs_audio = "audio" in model.card.modalities
+    manifest = read_manifest(manifest_path, labels=model.labels, require_audio=needs_audio)
+    labeled = [u for u in manifest.utterances if u.labeled]
+    if not labeled:
+        raise ManifestError(f"{manifest_path}: no labeled utterance to evaluate (labels: {', '.join(model.labels)})")
+    extractor = extractor_for(model)
+    index = {lab: i for i, lab in enumerate(model.labels)}
+    uts = manifest.utterances
+    feats: dict[str, np.ndarray] = {}
+    if "text" in model.card.modalities:
+        feats["text"] = extractor.text([u.text for u in uts])
+    if needs_audio:
+        feats["audio"] = extractor.audio(manifest, uts)
+    ys: list[int] = []
+    probs: dict[str, list[np.ndarray]] = {}
+    rows = []
+    pos = 0
+    for d in manifest.dialogues():
+        n = len(d)
+        scores = model.score_dialogue({m: x[pos : pos + n] for m, x in feats.items()})
+        pos += n
+        for i, u in enumerate(d):
+            if u.labeled:
+                ys.append(index[u.label])
+                for k, v in scores.items():
+                    probs.setdefault(k, []).append(v[i])
+                p = scores["probs"][i]
+                rows.append({"dialogue_id": u.dialogue_id, "utt_index": u.utt_index, "label": u.label,
+                             "predicted": model.labels[int(p.argmax())],
+                             **{f"p_{lab}": f"{float(x):.6f}" for lab, x in zip(model.labels, p, strict=True)}})
+    report: dict[str, Any] = {
+        "model": {"name": model.name, "version": model.version, "dir": str(model_dir)},
+        "manifest": str(manifest_path),
+        "causal": model.card.causal,
+        "context_max_turns": model.card.max_turns,
+        "metrics": classification_report(np.array(ys), np.stack(probs["probs"]), model.labels),
+    }
+    for m in model.card.modalities:
+        if m in probs:
+            report.setdefault("modalities", {})[m] = classification_report(np.array(ys), np.stack(probs[m]),
+                                                                           model.labels)
+    if predictions is not None:
+        predictions.parent.mkdir(parents=True, exist_ok=True)
+        with open(predictions, "w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+    return report
+
+
+def format_report(report: dict[str, Any]) -> str:
+    m = report["metrics"]
+    lines = [
+        f"model {report['model']['name']} {report['model']['version']} on {report['manifest']} "
+        f"({m['n']} labeled utterances, {'causal' if report['causal'] else 'offline'} context)",
+        f"  weighted accuracy {100 * m['weighted_accuracy']:.1f}%  UAR {100 * m['uar']:.1f}%  "
+        f"macro-F1 {100 * m['macro_f1']:.1f}%  ROC AUC {100 * m['roc_auc']:.1f}%",
+        "  recall: " + ", ".join(f"{k} {'-' if v is None else f'{100 * v:.1f}%'}"
+                                 for k, v in m["per_class_recall"].items()),
+        "  confusion (rows true, columns predicted; " + ", ".join(m["labels"]) + "):",
+    ]
+    lines += ["    " + " ".join(f"{x:5d}" for x in row) for row in m["confusion"]]
+    for mod, r in report.get("modalities", {}).items():
+        lines.append(f"  {mod} branch alone: WA {100 * r['weighted_accuracy']:.1f}%  UAR {100 * r['uar']:.1f}%")
+    return "\n".join(lines)
+
+
+def write_report(report: dict[str, Any], out: Path) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    return out

@@ -1,0 +1,115 @@
+"""Export a trained model to ONNX with its model card, and check ONNX against torch."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import platform
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from realtime_ser.emotion.model import CARD_FORMAT, CARD_VERSION, EmotionModel, sha256_file
+
+from .models import EmotionModel as TorchModel
+
+OPSET = 17
+
+
+class _Wrapper(nn.Module):
+    """Softmax outputs with fixed names; one input per modality plus the mask."""
+
+    def __init__(self, model: TorchModel) -> None:
+        super().__init__()
+        self.model = model
+        self.mods = model.cfg.modalities
+
+    def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        inputs = dict(zip(self.mods, args[:-1], strict=True))
+        out = self.model(inputs.get("audio"), inputs.get("text"), args[-1])
+        probs = [torch.softmax(out["logits"], -1)]
+        if self.model.cfg.fused:
+            probs += [torch.softmax(out[m], -1) for m in self.mods]
+        return tuple(probs)
+
+
+def output_names(model: TorchModel) -> list[str]:
+    return ["probs"] + ([f"{m}_probs" for m in model.cfg.modalities] if model.cfg.fused else [])
+
+
+def export_onnx(model: TorchModel, path: Path) -> Path:
+    model = model.eval()
+    cfg = model.cfg
+    b, t = 2, 5
+    args = [torch.randn(b, t, cfg.dims[m]) for m in cfg.modalities]
+    mask = torch.ones(b, t, dtype=torch.bool)
+    mask[1, 3:] = False
+    names = list(cfg.modalities) + ["mask"]
+    outs = output_names(model)
+    axes = {n: {0: "batch", 1: "turns"} for n in names + outs}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.onnx.export(_Wrapper(model), tuple(args + [mask]), str(path), input_names=names, output_names=outs,
+                      dynamic_axes=axes, opset_version=OPSET, dynamo=False)
+    return path
+
+
+def max_difference(model: TorchModel, runtime: EmotionModel, seed: int = 0) -> float:
+    """Largest |torch - onnxruntime| over all outputs on random padded dialogue batches of several shapes."""
+    g = torch.Generator().manual_seed(seed)
+    worst = 0.0
+    model.eval()
+    for b, t in ((1, 1), (1, 7), (3, 12), (4, 30)):
+        inputs = {m: torch.randn(b, t, model.cfg.dims[m], generator=g) * 2 for m in model.cfg.modalities}
+        lengths = torch.randint(1, t + 1, (b,), generator=g)
+        lengths[0] = t
+        mask = torch.arange(t)[None] < lengths[:, None]
+        with torch.no_grad():
+            ref = _Wrapper(model)(*inputs.values(), mask)
+        got = runtime.score({m: x.numpy() for m, x in inputs.items()}, mask.numpy())
+        keys = ["probs"] + ([m for m in model.cfg.modalities] if model.cfg.fused else [])
+        for k, r in zip(keys, ref, strict=True):
+            valid = mask.numpy()
+            worst = max(worst, float(np.abs(got[k][valid] - r.numpy()[valid]).max()))
+    return worst
+
+
+def export_model(model: TorchModel, out_dir: Path | str, *, name: str, version: str, features: dict[str, Any],
+                 max_turns: int, training: dict[str, Any], metrics: dict[str, Any] | None = None,
+                 licences: list[dict[str, str]] | None = None, tolerance: float = 1e-4) -> EmotionModel:
+    """Write ``model.onnx`` and ``card.json`` into ``out_dir``, load them back and check parity with torch."""
+    out_dir = Path(out_dir)
+    onnx_path = export_onnx(model, out_dir / "model.onnx")
+    cfg = model.cfg
+    card = {
+        "format": CARD_FORMAT,
+        "format_version": CARD_VERSION,
+        "name": name,
+        "version": version,
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "labels": list(cfg.labels),
+        "modalities": list(cfg.modalities),
+        "inputs": {m: {"dim": int(cfg.dims[m])} for m in cfg.modalities},
+        "outputs": output_names(model),
+        "causal": cfg.causal,
+        "context": {"max_turns": int(max_turns),
+                    "note": "the runtime scores turn n from the last max_turns turns up to n" if cfg.causal
+                    else "offline model: scores a whole dialogue at once"},
+        "architecture": cfg.to_dict(),
+        "features": features,
+        "training": training,
+        "metrics": metrics or {},
+        "licences": licences or [],
+        "export": {"torch": torch.__version__, "opset": OPSET, "python": platform.python_version()},
+        "files": {"model.onnx": sha256_file(onnx_path)},
+    }
+    (out_dir / "card.json").write_text(json.dumps(card, indent=1) + "\n", encoding="utf-8")
+    runtime = EmotionModel.load(out_dir)
+    diff = max_difference(model, runtime)
+    if diff > tolerance:
+        raise RuntimeError(f"ONNX output differs from torch by {diff:.2e} (> {tolerance:.0e})")
+    card["export"]["max_abs_difference_vs_torch"] = diff
+    (out_dir / "card.json").write_text(json.dumps(card, indent=1) + "\n", encoding="utf-8")
+    return runtime
