@@ -98,7 +98,8 @@ def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:
                                           "prints the metrics and writes them as JSON.")
     p.add_argument("--model", type=Path, required=True, metavar="DIR", help="exported model directory")
     p.add_argument("--manifest", type=Path, required=True, metavar="CSV", help="manifest to evaluate on")
-    p.add_argument("--out", type=Path, default=None, help="metrics JSON (default runs/evaluate/<model>-<manifest>.json)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="metrics JSON (default runs/evaluate/<model>-<manifest>.json)")
     p.add_argument("--predictions", type=Path, default=None, metavar="CSV", help="also write per-utterance scores")
     p.set_defaults(func=_evaluate)
 

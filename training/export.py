@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import platform
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -51,8 +52,12 @@ def export_onnx(model: TorchModel, path: Path) -> Path:
     outs = output_names(model)
     axes = {n: {0: "batch", 1: "turns"} for n in names + outs}
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.onnx.export(_Wrapper(model), tuple(args + [mask]), str(path), input_names=names, output_names=outs,
-                      dynamic_axes=axes, opset_version=OPSET, dynamo=False)
+    with warnings.catch_warnings():
+        # The tracer's notes on shape arithmetic and on GRU batch sizes: the exported graph is
+        # checked against torch on several batch and dialogue sizes after export instead.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_Wrapper(model), tuple(args + [mask]), str(path), input_names=names, output_names=outs,
+                          dynamic_axes=axes, opset_version=OPSET, dynamo=False)
     return path
 
 

@@ -150,6 +150,8 @@ class DialogueAttention(nn.Module):
         super().__init__()
         self.causal = causal
         self.heads = heads
+        self.head_dim = hidden // heads
+        self.scale = 1.0 / math.sqrt(self.head_dim)
         self.qkv = nn.Linear(hidden, 3 * hidden)
         self.out = nn.Linear(hidden, hidden)
         self.drop = nn.Dropout(dropout)
@@ -157,9 +159,9 @@ class DialogueAttention(nn.Module):
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         b, t, d = x.shape[0], x.shape[1], x.shape[2]
-        dh = d // self.heads
-        q, k, v = self.qkv(x).reshape(b, t, 3, self.heads, dh).permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, T, dh)
-        scores = q @ k.transpose(-1, -2) / math.sqrt(dh)  # (B, H, T, T)
+        qkv = self.qkv(x).reshape(b, t, 3, self.heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, T, dh)
+        scores = (q @ k.transpose(-1, -2)) * self.scale  # (B, H, T, T)
         # A query may not look at padding keys, nor at future keys when causal. Padded
         # queries still see turn 0, so no row is all blocked (no NaN).
         blocked = ~mask[:, None, None, :]

@@ -80,7 +80,9 @@ class ProtocolConfig:
     folds: str = "session"
     """``session`` (leave one session out), ``speaker`` (leave one speaker group out, or ``k``
     folds of groups), ``speaker_script`` (also script-disjoint), ``split`` (the corpus's own
-    ``split`` column: test = ``test_split``), ``all`` (train on everything, no test: for export)."""
+    ``split`` column: test = ``test_split``), ``random`` (``k`` folds of shuffled dialogues: within
+    speaker, for single-speaker corpora), ``cross_corpus`` (train on the ``data.train_only``
+    manifests only, test on all of the other), ``all`` (train on everything, no test: for export)."""
     k: int = 0
     """For speaker folds: number of folds (0 = one per speaker group)."""
     fold_seed: int = 0
@@ -91,7 +93,7 @@ class ProtocolConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "only_folds", tuple(self.only_folds))
-        allowed = ("session", "speaker", "speaker_script", "split", "all")
+        allowed = ("session", "speaker", "speaker_script", "split", "random", "cross_corpus", "all")
         if self.folds not in allowed:
             raise ConfigError(f"protocol.folds must be one of {allowed}, got {self.folds!r}")
 
@@ -239,6 +241,14 @@ def resolve_manifest(spec: str, data: DataConfig) -> Manifest:
         if not path.is_absolute():
             path = REPO / path
         return read_manifest(path, labels=data.labels)
+    if spec == "paired":
+        from .pairing import build_paired
+
+        out = runs_dir() / "manifests" / "paired-iemocap-ravdess.csv"
+        if not out.is_file():
+            text = resolve_manifest("iemocap_text", replace(data, calm=""))
+            build_paired(text.path, out)
+        return read_manifest(out, labels=data.labels)
     suffix = f"-{data.label_mode}" + (f"-calm-{data.calm}" if data.calm else "")
     out = runs_dir() / "manifests" / f"{spec}{suffix}.csv"
     if out.is_file():
@@ -300,9 +310,21 @@ class DialogueSet:
         if len(evaluated) != 1:
             raise ConfigError("folds are made on exactly one manifest; list the others in data.train_only")
         manifest = evaluated[0][1]
-        if p.folds == "session":
+        if p.folds == "cross_corpus":
+            if not extra_train:
+                raise ConfigError("protocol.folds='cross_corpus' trains on data.train_only, which is empty")
+            return [Fold(f"train {'+'.join(self.cfg.data.train_only)}, test {evaluated[0][0]}",
+                         tuple(d.id for d in extra_train), tuple(manifest.dialogue_ids()))]
+        if p.folds == "random":
+            ids = manifest.dialogue_ids()
+            random.Random(p.fold_seed).shuffle(ids)
+            k = p.k or 5
+            folds = [Fold(f"random {i + 1}/{k}", tuple(d for j, d in enumerate(ids) if j % k != i),
+                          tuple(d for j, d in enumerate(ids) if j % k == i)) for i in range(k)]
+            by: tuple[str, ...] = ()
+        elif p.folds == "session":
             folds = session_folds(manifest)
-            by: tuple[str, ...] = ("session",)
+            by = ("session",)
         elif p.folds == "speaker":
             folds = speaker_folds(manifest, k=p.k or None, seed=p.fold_seed)
             by = ("speaker",)
