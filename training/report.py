@@ -19,8 +19,11 @@ OUT = REPO / "training" / "results"
 
 
 def _load(name: str) -> dict[str, Any] | None:
-    path = RUNS / name / "metrics.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    """A run's metrics: ``runs/<name>/metrics.json``, else the committed compact copy in training/results."""
+    for path in (RUNS / name / "metrics.json", OUT / f"{name}.json"):
+        if path.is_file():
+            return json.loads(path.read_text())
+    return None
 
 
 def _variant(doc: dict[str, Any], **settings: Any) -> dict[str, Any] | None:

@@ -468,7 +468,7 @@ def train_model(
             loss.backward()
             nn.utils.clip_grad_norm_(params, 5.0)
             opt.step()
-            total += float(loss)
+            total += loss.item()
         entry: dict[str, Any] = {"epoch": epoch, "loss": total}
         if val:
             pv = predict(model, val)

@@ -28,17 +28,29 @@ from .data import Utterance, read_manifest, write_manifest
 CHUNK = 480  # 30 ms, as the pipeline feeds pocketsphinx
 
 
-def transcribe(manifest_path: Path, out: Path, backend: str = "pocketsphinx") -> Path:
+def transcribe(manifest_path: Path, out: Path, backend: str = "pocketsphinx", speakers: set[str] | None = None,
+               sample: int = 0, seed: int = 0, exclude: set[str] | None = None) -> Path:
+    """Transcribe the manifest's clips (only ``speakers``' if given; a random ``sample`` of them if > 0)."""
     manifest = read_manifest(manifest_path)
+    chosen = [u for u in manifest.utterances
+              if (speakers is None or u.speaker in speakers) and u.speaker not in (exclude or set())]
+    if sample and sample < len(chosen):
+        import random
+
+        chosen = random.Random(seed).sample(chosen, sample)
+    keep = {(u.dialogue_id, u.utt_index) for u in chosen}
     asr = create_backend(AsrConfig(backend=backend, worker_processes=False), in_process=True)
     if asr is None:
         raise SystemExit("--backend none transcribes nothing")
-    stream = asr.new_stream()
     cache = FeatureCache()
-    key = f"{backend}-{asr.model or 'default'}".replace("/", "_")[:60]
+    # "session": each clip is recognized by a fresh stream, as each clip is its own live session
+    # (a recognizer's adaptation, e.g. pocketsphinx's cepstral mean, must not carry across clips).
+    key = f"{backend}-{asr.model or 'default'}-session".replace("/", "_")[:60]
     key = "".join(c if c.isalnum() or c in "._-" else "_" for c in key)
     rows: list[Utterance] = []
-    for i, u in enumerate(manifest.utterances):
+    for _i, u in enumerate(manifest.utterances):
+        if (u.dialogue_id, u.utt_index) not in keep:
+            continue
         path = manifest.audio_path(u)
         if path is None:
             rows.append(u)
@@ -46,11 +58,15 @@ def transcribe(manifest_path: Path, out: Path, backend: str = "pocketsphinx") ->
 
         def run(path: Path = path) -> np.ndarray:
             texts = []
-            for samples in utterance_audio(path):
-                stream.start()
-                for j in range(0, len(samples), CHUNK):
-                    stream.accept(samples[j : j + CHUNK])
-                texts.append(stream.finish().text)
+            stream = asr.new_stream()
+            try:
+                for samples in utterance_audio(path):
+                    stream.start()
+                    for j in range(0, len(samples), CHUNK):
+                        stream.accept(samples[j : j + CHUNK])
+                    texts.append(stream.finish().text)
+            finally:
+                stream.close()
             return np.frombuffer(json.dumps(" ".join(t for t in texts if t)).encode(), dtype=np.uint8)
 
         text = json.loads(bytes(cache.get_or_compute("transcript", path.read_bytes(), key, run)).decode())
@@ -58,8 +74,8 @@ def transcribe(manifest_path: Path, out: Path, backend: str = "pocketsphinx") ->
         extra["ref_text"] = u.text
         extra["asr"] = backend
         rows.append(replace(u, text=text, audio=str(path.resolve()), extra=extra))
-        if (i + 1) % 100 == 0:
-            print(f"{i + 1}/{len(manifest)}", file=sys.stderr)
+        if len(rows) % 25 == 0:
+            print(f"{len(rows)}/{len(keep)}", file=sys.stderr, flush=True)
     write_manifest(out, rows)
     return out
 
@@ -69,8 +85,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("manifest", type=Path)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--backend", default="pocketsphinx")
+    p.add_argument("--speakers", default="", help="comma-separated speaker ids to keep (default: all)")
+    p.add_argument("--exclude-speakers", default="", help="comma-separated speaker ids to leave out")
+    p.add_argument("--sample", type=int, default=0, help="transcribe a random sample of this many clips")
+    p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    transcribe(args.manifest, args.out, args.backend)
+    speakers = set(args.speakers.split(",")) if args.speakers else None
+    exclude = set(args.exclude_speakers.split(",")) if args.exclude_speakers else set()
+    transcribe(args.manifest, args.out, args.backend, speakers, args.sample, args.seed, exclude)
     print(f"wrote {args.out}")
     return 0
 
