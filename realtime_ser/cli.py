@@ -15,10 +15,16 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import __version__
-from .config import ALLOWED_INPUT_RATES, apply_overrides, load
+from .config import ALLOWED_INPUT_RATES, PipelineConfig, apply_overrides, load
 from .errors import ConfigError, RealtimeSerError
 
 log = logging.getLogger("realtime_ser")
+
+_ASR_CHOICES = ["auto", "whisper", "pocketsphinx", "vosk", "none"]
+_ASR_HELP = ("speech recognizer (default: auto = whisper when its model is prepared, else pocketsphinx; "
+             "a config file's asr.backend is used when it names one)")
+_WHISPER_MODEL_HELP = ("CTranslate2 Whisper model directory (default: the one "
+                       "'realtime-ser models prepare whisper-base' puts in the cache)")
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -35,9 +41,9 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--input", default="mic", metavar="mic|PATH|-|demo",
                      help="'mic' (default), an audio file (WAV, FLAC, ... any rate and channel count), "
                           "'-' for raw PCM16 on stdin, or 'demo' for the bundled sample recording")
-    run.add_argument("--asr", choices=["pocketsphinx", "vosk", "none"],
-                     help="speech recognizer (default: pocketsphinx)")
+    run.add_argument("--asr", choices=_ASR_CHOICES, help=_ASR_HELP)
     run.add_argument("--vosk-model", metavar="DIR", help="Vosk model directory (see 'realtime-ser models download')")
+    run.add_argument("--whisper-model", metavar="DIR", help=_WHISPER_MODEL_HELP)
     run.add_argument("--jsonl", metavar="PATH|-", help="write events as JSON lines to PATH, '-' for stdout")
     run.add_argument("--config", metavar="FILE", help="TOML configuration (see configs/default.toml)")
     pace = run.add_mutually_exclusive_group()
@@ -59,8 +65,9 @@ def _build_parser() -> argparse.ArgumentParser:
                                      "Protocol: docs/protocol.md.")
     srv.add_argument("--host", help="interface to listen on (default 127.0.0.1)")
     srv.add_argument("--port", type=int, help="TCP port (default 8765; 0 = any free port)")
-    srv.add_argument("--asr", choices=["pocketsphinx", "vosk", "none"], help="default speech recognizer")
+    srv.add_argument("--asr", choices=_ASR_CHOICES, help=_ASR_HELP)
     srv.add_argument("--vosk-model", metavar="DIR", help="Vosk model directory")
+    srv.add_argument("--whisper-model", metavar="DIR", help=_WHISPER_MODEL_HELP)
     srv.add_argument("--token", help="bearer token required on every endpoint but /healthz "
                                      "(or set REALTIME_SER_TOKEN)")
     srv.add_argument("--certfile", help="TLS certificate (PEM)")
@@ -104,17 +111,59 @@ def _setup_logging(verbosity: int) -> None:
     root.setLevel(level)
 
 
+def _file_names_backend(path: str | None) -> bool:
+    """True when the config file at ``path`` sets ``asr.backend`` (it was loaded already, so it parses)."""
+    if not path:
+        return False
+    import tomllib
+    from pathlib import Path
+
+    data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    asr = data.get("asr")
+    return isinstance(asr, dict) and "backend" in asr
+
+
+def _asr_overrides(args: argparse.Namespace) -> list[str]:
+    """``--asr`` and the model flags as ``--set`` strings. With no recognizer named on the
+    command line or in the config file, the command line's default is ``auto``."""
+    overrides: list[str] = []
+    if args.asr:
+        overrides.append(f"asr.backend={args.asr}")
+    elif not _file_names_backend(args.config) and not any(
+            s.partition("=")[0].strip() == "asr.backend" for s in args.set):
+        overrides.append("asr.backend=auto")
+    if args.vosk_model:
+        overrides.append(f"asr.vosk_model={args.vosk_model}")
+    if args.whisper_model:
+        overrides.append(f"asr.whisper_model={args.whisper_model}")
+    return overrides
+
+
+def _resolve_asr(config: PipelineConfig) -> tuple[PipelineConfig, str]:
+    """Settle ``asr.backend = auto`` before anything reports the backend's name; return
+    the config and the line that tells the user which recognizer runs ('' if not auto)."""
+    from dataclasses import replace
+
+    from .asr import resolve_auto
+
+    asr, notice = resolve_auto(config.asr)
+    return replace(config, asr=asr), notice
+
+
+def _notify(notice: str) -> None:
+    """Tell a person at a terminal which recognizer ``auto`` chose; programs reading stderr
+    keep getting nothing but errors (and the session.started event names the recognizer)."""
+    if notice and sys.stderr.isatty():
+        print(f"realtime-ser: {notice}", file=sys.stderr, flush=True)
+
+
 def _run(args: argparse.Namespace) -> int:
     from .output import JsonlSink, TerminalView
     from .pipeline import Pipeline
     from .sources import open_source
 
     config = load(args.config)
-    overrides: list[str] = []
-    if args.asr:
-        overrides.append(f"asr.backend={args.asr}")
-    if args.vosk_model:
-        overrides.append(f"asr.vosk_model={args.vosk_model}")
+    overrides: list[str] = _asr_overrides(args)
     if args.realtime:
         overrides.append("source.realtime=true")
     if args.fast:
@@ -134,12 +183,13 @@ def _run(args: argparse.Namespace) -> int:
         overrides.append(f"output.jsonl={args.jsonl}")
     if args.view:
         overrides.append(f"output.view={args.view}")
-    config = apply_overrides(config, overrides + list(args.set))
+    config, notice = _resolve_asr(apply_overrides(config, overrides + list(args.set)))
     if config.asr.backend == "vosk" and not config.asr.vosk_model:
         raise ConfigError("--asr vosk needs a model: pass --vosk-model DIR "
                           "(get one with 'realtime-ser models download vosk-model-small-en-us-0.15')")
 
     source = open_source(args.input, config.source)
+    _notify(notice)  # once the input is known to open
     sinks: list[Any] = []
     jsonl = None
     if config.output.jsonl:
@@ -171,9 +221,8 @@ def _serve(args: argparse.Namespace) -> int:
     from .server import serve_forever
 
     config = load(args.config)
-    overrides: list[str] = []
-    for flag, key in (("host", "server.host"), ("port", "server.port"), ("asr", "asr.backend"),
-                      ("vosk_model", "asr.vosk_model"), ("certfile", "server.certfile"),
+    overrides: list[str] = _asr_overrides(args)
+    for flag, key in (("host", "server.host"), ("port", "server.port"), ("certfile", "server.certfile"),
                       ("keyfile", "server.keyfile")):
         value = getattr(args, flag)
         if value is not None:
@@ -181,7 +230,8 @@ def _serve(args: argparse.Namespace) -> int:
     token = args.token or os.environ.get("REALTIME_SER_TOKEN")
     if token:
         overrides.append(f"server.token={token}")
-    config = apply_overrides(config, overrides + list(args.set))
+    config, notice = _resolve_asr(apply_overrides(config, overrides + list(args.set)))
+    _notify(notice)
 
     def ready(server: Any) -> None:
         scheme = "https" if server.scheme == "wss" else "http"

@@ -22,7 +22,7 @@ import sys
 import time
 from collections.abc import AsyncIterable, Callable, Iterable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 import numpy as np
@@ -592,41 +592,28 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 
 class _Printer:
-    """JSON lines to a file or stdout, and a readable line per utterance on a terminal."""
+    """JSON lines to a file or stdout, and the live terminal view (realtime_ser.output.TerminalView)
+    when stdout is a terminal that the JSON lines do not go to."""
 
-    def __init__(self, jsonl: str | None, latency: bool) -> None:
-        from .output import JsonlSink
+    def __init__(self, jsonl: str | None, latency: bool, show_session: bool = False) -> None:
+        from .output import JsonlSink, TerminalView
 
         tty = sys.stdout.isatty()
         target = jsonl if jsonl else (None if tty else "-")
         self._sink = JsonlSink(target) if target else None
-        self._view = tty and target != "-"
-        self._latency = latency
+        self._view = None
+        if tty and target != "-":
+            self._view = TerminalView(sys.stdout, latency=latency, show_session=show_session)
 
     def __call__(self, event: Event) -> None:
         if self._sink is not None:
             self._sink(event)
-        if self._view:
-            self._show(event, sys.stdout)
-
-    def _show(self, event: Event, out: IO[str]) -> None:
-        from .output import format_utterance
-
-        kind = event.get("type")
-        if kind == "utterance":
+        if self._view is not None:
             try:
-                out.write(format_utterance(event, latency=self._latency) + "\n")
-            except (KeyError, TypeError, ValueError):
-                out.write(f"{event.get('speaker', '?')}: {event.get('text', '')}\n")
-        elif kind == "session.started":
-            out.write(f"session {event.get('session')} started\n")
-        elif kind == "error":
-            out.write(f"! {event.get('code')}: {event.get('message')}\n")
-        elif kind == "session.ended":
-            out.write(f"session {event.get('session')} ended ({event.get('reason')})\n")
-        else:
-            return
-        out.flush()
+                self._view(event)
+            except (KeyError, TypeError, ValueError, AttributeError):  # a malformed event: show what it has
+                sys.stdout.write(f"{event.get('type', '?')}: {json.dumps(event, ensure_ascii=False)[:200]}\n")
+                sys.stdout.flush()
 
     def close(self) -> None:
         if self._sink is not None:
@@ -652,7 +639,8 @@ def run_stream(args: argparse.Namespace) -> int:
 
 def run_follow(args: argparse.Namespace) -> int:
     """``realtime-ser follow``: 0 when the session ended or the server closed; raises :class:`ClientError`."""
-    printer = _Printer(getattr(args, "jsonl", None), latency=True)
+    one_session = getattr(args, "session", None) is not None or "session=" in args.url
+    printer = _Printer(getattr(args, "jsonl", None), latency=True, show_session=not one_session)
     try:
         follow_sync(args.url, getattr(args, "session", None), since=getattr(args, "since", None), token=_token(args),
                     on_event=printer, reconnect=not getattr(args, "no_reconnect", False))

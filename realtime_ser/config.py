@@ -19,6 +19,8 @@ from .errors import ConfigError
 from .frames import ALLOWED_FRAME_MS
 
 ALLOWED_INPUT_RATES = (8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000)
+ASR_BACKENDS = ("pocketsphinx", "vosk", "none", "whisper", "auto")
+WHISPER_COMPUTE_TYPES = ("int8", "int8_float32", "int16", "float32", "default")
 
 
 @dataclass(frozen=True)
@@ -70,7 +72,9 @@ class AsrConfig:
     """Speech recognition."""
 
     backend: str = "pocketsphinx"
-    """One of ``pocketsphinx``, ``vosk``, ``none``."""
+    """One of ``pocketsphinx``, ``vosk``, ``whisper``, ``none``, or ``auto``: whisper when
+    faster-whisper and its model are installed, else pocketsphinx (what the command line
+    uses unless ``--asr``, ``--set asr.backend=...`` or a config file names one)."""
     vosk_model: str = ""
     """Directory of a Vosk model (required for ``vosk``)."""
     pocketsphinx_model: str = ""
@@ -85,6 +89,20 @@ class AsrConfig:
     decoding, which would starve the segmenter and the server's event loop."""
     worker_timeout_s: float = 30.0
     """A recognizer worker that does not answer within this is stopped (utterance error)."""
+    whisper_model: str = ""
+    """Directory of a CTranslate2 Whisper model ('' = the one ``realtime-ser models prepare
+    whisper-base`` puts in the cache)."""
+    whisper_language: str = "en"
+    """Language code of the speech ('' = detect it per utterance)."""
+    whisper_threads: int = 0
+    """CPU threads for one decode (0 = the available cores, at most 8)."""
+    whisper_beam_size: int = 1
+    """Beam width (1 = greedy, the fastest)."""
+    whisper_compute_type: str = "int8"
+    """CTranslate2 weight type: int8 (fastest on a CPU), int8_float32, int16, float32."""
+    whisper_partial_s: float = 0.0
+    """Partial pass on a long open utterance every this many seconds of audio, when the
+    decoder is idle (0 = none: Whisper then gives only final transcripts)."""
     partial_interval_ms: int = 300
     """At most one ``transcript.partial`` per this much audio, and only when the text changed."""
     partials: bool = True
@@ -141,12 +159,91 @@ class ServerConfig:
 
 
 @dataclass(frozen=True)
+class EmotionConfig:
+    """The emotion stage: which model scores each utterance, and its dialogue context."""
+
+    enabled: bool = True
+    model: str = ""
+    """Exported model directory (model.onnx + card.json); '' = the packaged model: ``default``
+    (audio + text), or ``audio`` when recognition is off (``asr.backend = "none"``)."""
+    text_encoder: str = ""
+    """Prepared text encoder directory; '' = the cache (``realtime-ser models prepare``)."""
+    max_turns: int = 0
+    """Context window in turns, the current one included (0 = what the model card says)."""
+    reset_after_s: float = 60.0
+    """Forget the context after this much silence between turns (0 = never)."""
+    threads: int = 1
+    """onnxruntime threads of the shared emotion worker."""
+    timeout_s: float = 10.0
+    """An utterance whose emotion takes longer is sent without it (``emotion: null``, an ``error``)."""
+    revise: bool = False
+    """After each turn, re-score the window's earlier turns with an offline (bidirectional) model
+    and send ``emotion.revised`` for a turn whose label changes with the later context."""
+    revise_model: str = ""
+    """Offline model directory for revisions ('' = the packaged ``offline`` model)."""
+
+
+@dataclass(frozen=True)
+class AlertConfig:
+    """Escalation alerts (``alert`` events): a speaker's negative emotion that persists
+    or rises over recent turns. The level of a speaker at a turn is the mean, over
+    their last ``window_turns`` turns that carry an emotion, of the probability mass
+    the model puts on the ``negative`` labels. See realtime_ser/alerts.py."""
+
+    enabled: bool = True
+    negative: str = "angry,sad,frustrated"
+    """Comma-separated labels that count as negative (labels a model does not have are ignored)."""
+    window_turns: int = 4
+    """Turns of one speaker that the level averages over."""
+    raise_level: float = 0.5
+    """A turn counts towards raising when both the level and its own negative score reach this."""
+    raise_turns: int = 2
+    """Consecutive such turns needed to raise (so one negative turn never does)."""
+    raise_seconds: float = 0.0
+    """Stream seconds the level must also stay at or above ``raise_level`` (0 = no minimum)."""
+    clear_level: float = 0.3
+    """A turn counts towards clearing when both are at most this; below ``raise_level`` (hysteresis)."""
+    clear_turns: int = 2
+    """Consecutive such turns needed to clear a raised alert."""
+    clear_seconds: float = 0.0
+    """Stream seconds the level must also stay at or below ``clear_level`` (0 = no minimum)."""
+
+    @property
+    def negative_labels(self) -> frozenset[str]:
+        return frozenset(label.strip() for label in self.negative.split(",") if label.strip())
+
+    def validate(self) -> AlertConfig:
+        """Check value ranges; raise :class:`ConfigError` naming what is allowed."""
+        labels = self.negative_labels
+        if not labels:
+            raise ConfigError("alerts.negative must name at least one label, e.g. \"angry,sad\"")
+        bad = sorted(label for label in labels if not label.replace("_", "").replace("-", "").isalnum())
+        if bad:
+            raise ConfigError(f"alerts.negative: {', '.join(map(repr, bad))} is not a label; "
+                              "use comma-separated names of letters, digits, '_' or '-'")
+        for name in ("window_turns", "raise_turns", "clear_turns"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"alerts.{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("raise_seconds", "clear_seconds"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"alerts.{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 < self.raise_level <= 1.0:
+            raise ConfigError(f"alerts.raise_level must be in (0, 1], got {self.raise_level}")
+        if not 0.0 <= self.clear_level < self.raise_level:
+            raise ConfigError(f"alerts.clear_level must be in [0, alerts.raise_level) for hysteresis, "
+                              f"got {self.clear_level} with raise_level {self.raise_level}")
+        return self
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     source: SourceConfig = field(default_factory=SourceConfig)
     vad: VadConfig = field(default_factory=VadConfig)
     asr: AsrConfig = field(default_factory=AsrConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
+    alerts: AlertConfig = field(default_factory=AlertConfig)
+    emotion: EmotionConfig = field(default_factory=EmotionConfig)
 
     def validate(self) -> PipelineConfig:
         """Check value ranges; raise :class:`ConfigError` naming what is allowed."""
@@ -175,8 +272,21 @@ class PipelineConfig:
             raise ConfigError("vad.end_padding_ms must not exceed vad.hangover_ms")
         if v.max_utterance_ms < max(v.min_utterance_ms, 1000):
             raise ConfigError("vad.max_utterance_ms must be at least 1000 and at least vad.min_utterance_ms")
-        if a.backend not in ("pocketsphinx", "vosk", "none"):
-            raise ConfigError(f"asr.backend={a.backend!r} is not known; use one of pocketsphinx, vosk, none")
+        if a.backend not in ASR_BACKENDS:
+            raise ConfigError(f"asr.backend={a.backend!r} is not known; use one of {', '.join(ASR_BACKENDS)}")
+        if a.whisper_threads < 0:
+            raise ConfigError("asr.whisper_threads must be >= 0 (0 = the available cores)")
+        if a.whisper_beam_size < 1:
+            raise ConfigError("asr.whisper_beam_size must be at least 1")
+        if a.whisper_compute_type not in WHISPER_COMPUTE_TYPES:
+            raise ConfigError(f"asr.whisper_compute_type={a.whisper_compute_type!r} is not allowed; "
+                              f"use one of {', '.join(WHISPER_COMPUTE_TYPES)}")
+        if a.whisper_partial_s < 0:
+            raise ConfigError("asr.whisper_partial_s must be >= 0 (0 = no partial passes)")
+        if a.whisper_language and not (a.whisper_language.isascii() and a.whisper_language.isalpha()
+                                       and 2 <= len(a.whisper_language) <= 3):
+            raise ConfigError(f"asr.whisper_language={a.whisper_language!r} is not a language code; "
+                              "use e.g. en, de, fr, or '' to detect it")
         if a.pocketsphinx_maxhmmpf < -1 or a.pocketsphinx_maxhmmpf == 0:
             raise ConfigError("asr.pocketsphinx_maxhmmpf must be -1 (no limit) or a positive number")
         if a.worker_timeout_s <= 0:
@@ -201,6 +311,16 @@ class PipelineConfig:
         for name in ("ingest_buffer_s", "ingest_stall_s", "retain_ended_s", "shutdown_timeout_s"):
             if getattr(srv, name) <= 0:
                 raise ConfigError(f"server.{name} must be positive")
+        self.alerts.validate()
+        e = self.emotion
+        if e.max_turns < 0:
+            raise ConfigError("emotion.max_turns must be >= 0 (0 = the model's own window)")
+        if e.reset_after_s < 0:
+            raise ConfigError("emotion.reset_after_s must be >= 0 (0 = never)")
+        if e.threads < 1:
+            raise ConfigError("emotion.threads must be at least 1")
+        if e.timeout_s <= 0:
+            raise ConfigError("emotion.timeout_s must be positive")
         return self
 
 
@@ -210,6 +330,8 @@ _SECTIONS: dict[str, type] = {
     "asr": AsrConfig,
     "output": OutputConfig,
     "server": ServerConfig,
+    "alerts": AlertConfig,
+    "emotion": EmotionConfig,
 }
 
 

@@ -22,6 +22,8 @@ EVENT_TYPES = (
     "speech.started",
     "transcript.partial",
     "utterance",
+    "emotion.revised",
+    "alert",
     "error",
     "session.ended",
 )

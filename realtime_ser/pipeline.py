@@ -37,8 +37,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import __version__
+from .alerts import AlertTracker
 from .asr import RecognizerBackend, create_backend
 from .config import PipelineConfig, to_dict
+from .emotion.stage import EmotionStage
 from .errors import InputError, RealtimeSerError, RecognizerError
 from .events import EventLog, Sink, round_t, speaker_name
 from .frames import AudioFrame, SpeechAudio
@@ -110,10 +112,15 @@ class Pipeline:
         self.session = session or new_session_id()
         self.log = EventLog(self.session, sinks)
         self.stats = Stats()
+        self.alerts = AlertTracker(config.alerts)
         self._clock = clock
         self._backend: RecognizerBackend | None = (
             create_backend(config.asr) if isinstance(backend, str) else backend
         )
+        self._emotion: EmotionStage | None = None
+        if config.emotion.enabled:
+            # Loaded now: a missing or mismatched model is a startup error, not a silent null.
+            self._emotion = EmotionStage(config.emotion, audio_only=self._backend is None)
         self._input_name = input_name or source.name
         self._speakers = speakers
         self._stop = threading.Event()
@@ -298,7 +305,8 @@ class Pipeline:
         self._put(self._q_speech, events)
 
     def _asr_loop(self) -> None:
-        stage = RecognitionStage(self._backend, self.config.asr, self.speakers, self._clock)
+        stage = RecognitionStage(self._backend, self.config.asr, self.speakers, self._clock,
+                                 keep_audio=self._emotion is not None)
         try:
             while not self._stop.is_set():
                 try:
@@ -316,10 +324,30 @@ class Pipeline:
                         except queue.Full:  # superseded by a later partial or the final
                             self.stats.dropped_partials += 1
                     else:
+                        after = self._annotate(out)
                         self._put(self._q_events, out, force=True)
+                        for extra in after:
+                            self._put(self._q_events, extra, force=True)
         finally:
             self.stats.stage_seconds["asr"] += stage.busy_seconds
             stage.close()
+            if self._emotion is not None:
+                self._emotion.close()
+
+    def _annotate(self, out: tuple[str, float, dict[str, Any]]) -> list[tuple[str, float, dict[str, Any]]]:
+        """Add the emotion to an utterance; the events to send after it (``emotion.revised``
+        for earlier turns, or an ``error`` when scoring failed)."""
+        if out[0] != "utterance" or self._emotion is None:
+            return []
+        t0 = time.perf_counter()
+        message = self._emotion.annotate(out[2])
+        seconds = time.perf_counter() - t0
+        self.stats.stage_seconds["emotion"] = self.stats.stage_seconds.get("emotion", 0.0) + seconds
+        if message is None:
+            return [("emotion.revised", out[1], fields) for fields in self._emotion.revisions]
+        log.warning("%s", message)
+        return [("error", out[1], {"code": "emotion_failed", "message": message, "fatal": False,
+                                   "speaker": out[2].get("speaker")})]
 
     def _output_loop(self) -> None:
         """Runs on the caller's thread: numbers events and hands them to the sinks."""
@@ -359,7 +387,9 @@ class Pipeline:
             self.stats.partials += 1
         elif type_ == "error":
             self.stats.errors += 1
-        self.log.emit(type_, t, **fields)
+        event = self.log.emit(type_, t, **fields)
+        for alert in self.alerts.observe(event):  # same log: every sink and subscriber gets them
+            self.log.emit("alert", **alert)
 
     def _finish(self, reason: str) -> None:
         self._report_drops()

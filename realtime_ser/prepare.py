@@ -21,7 +21,8 @@ from .errors import ModelError
 
 
 def cache_dir() -> Path:
-    """The model cache: ``$REALTIME_SER_CACHE``, else ``$XDG_CACHE_HOME/realtime-ser``, else ``~/.cache/realtime-ser``."""
+    """The model cache: ``$REALTIME_SER_CACHE``, else ``$XDG_CACHE_HOME/realtime-ser``,
+    else ``~/.cache/realtime-ser``."""
     env = os.environ.get("REALTIME_SER_CACHE")
     if env:
         return Path(env).expanduser()

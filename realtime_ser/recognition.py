@@ -30,6 +30,8 @@ Out = tuple[str, float, dict[str, Any]]
 # latency figures and removes before the event is published.
 END_CAPTURE_NS = "_end_capture_ns"
 QUEUED_NS = "_queued_ns"
+AUDIO = "_audio"
+"""Private utterance field: the utterance's int16 samples, for the emotion stage (never emitted)."""
 
 
 @dataclass
@@ -42,6 +44,7 @@ class _Channel:
     partial_at: int = 0
     partial_text: str = ""
     failed: str | None = None
+    audio: list[np.ndarray] | None = None
 
 
 class RecognitionStage:
@@ -53,8 +56,10 @@ class RecognitionStage:
         config: AsrConfig,
         speakers: Sequence[str],
         clock: Callable[[], int] = time.monotonic_ns,
+        keep_audio: bool = False,
     ) -> None:
         self.backend = backend
+        self.keep_audio = keep_audio
         self.config = config
         self.speakers = list(speakers)
         self._clock = clock
@@ -87,6 +92,7 @@ class RecognitionStage:
             state.fed = state.partial_at = 0
             state.partial_text = ""
             state.failed = None
+            state.audio = [] if self.keep_audio else None
             if rec is not None:
                 try:
                     rec.start()
@@ -98,6 +104,8 @@ class RecognitionStage:
                 "start": round_t(item.start)}))
         elif isinstance(item, SpeechAudio):
             state.fed += len(item.frame.samples)
+            if state.audio is not None:
+                state.audio.append(item.frame.samples)
             if rec is None or state.failed is not None:
                 return out
             t0 = time.perf_counter()
@@ -167,6 +175,9 @@ class RecognitionStage:
             END_CAPTURE_NS: item.end_capture_ns,
             QUEUED_NS: done_ns,
         }))
+        if state.audio is not None:
+            out[-1][2][AUDIO] = np.concatenate(state.audio) if state.audio else np.zeros(0, np.int16)
+            state.audio = None
         return out
 
     def _error(self, message: str, t: float, ch: int) -> Out:

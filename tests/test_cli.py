@@ -95,12 +95,15 @@ def test_terminal_view_prints_one_line_per_utterance() -> None:
     assert proc.returncode == 0
     lines = proc.stdout.decode().splitlines()
     assert lines[0].startswith("session ") and lines[-1].startswith("session ended")
-    assert len([line for line in lines if line.startswith("[")]) == 6
+    assert len([line for line in lines if line.startswith("[") and "ALERT" not in line]) == 6
 
 
 def test_ctrl_c_flushes_and_exits_within_two_seconds() -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "realtime_ser", "run", "--input", "demo", "--realtime", "--jsonl", "-"],
+        # pocketsphinx finalizes in tens of ms; with whisper the open utterance's decode
+        # (about 1 s on 2 cores) comes on top of the flush.
+        [sys.executable, "-m", "realtime_ser", "run", "--input", "demo", "--realtime", "--jsonl", "-",
+         "--asr", "pocketsphinx"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO,
     )
     assert proc.stdout is not None

