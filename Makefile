@@ -73,7 +73,7 @@ default-model: $(STAMP) models
 	$(BIN)/python -m training.default_report
 
 lint: $(STAMP)
-	$(BIN)/ruff check realtime_ser tests bench
+	$(BIN)/ruff check realtime_ser tests bench training
 	$(BIN)/mypy realtime_ser
 
 clean:

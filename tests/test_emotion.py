@@ -12,14 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REPO, SHARED_DATA, validate_event
 
 from realtime_ser.config import EmotionConfig
 from realtime_ser.emotion.model import EmotionModel
 from realtime_ser.emotion.service import DialogueContext, EmotionService, Turn, packaged_model
 from realtime_ser.errors import ModelError
-from realtime_ser.features.acoustic import AcousticFeatures
-
-from conftest import REPO, SHARED_DATA, validate_event
 
 DEFAULT = packaged_model("default")
 AUDIO = packaged_model("audio")
