@@ -434,3 +434,15 @@ def apply_overrides(config: PipelineConfig, overrides: list[str]) -> PipelineCon
 def to_dict(config: PipelineConfig) -> dict[str, Any]:
     """The resolved configuration as plain data (written next to results)."""
     return dataclasses.asdict(config)
+
+
+SECRET_FIELDS = (("server", "token"),)
+
+
+def public_dict(config: PipelineConfig) -> dict[str, Any]:
+    """:func:`to_dict` with secrets replaced by ``"<set>"``: what events and logs may show."""
+    data = to_dict(config)
+    for section, key in SECRET_FIELDS:
+        if data.get(section, {}).get(key):
+            data[section][key] = "<set>"
+    return data

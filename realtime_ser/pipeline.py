@@ -39,7 +39,7 @@ from typing import Any
 from . import __version__
 from .alerts import AlertTracker
 from .asr import RecognizerBackend, create_backend
-from .config import PipelineConfig, to_dict
+from .config import PipelineConfig, public_dict
 from .emotion.stage import EmotionStage
 from .errors import InputError, RealtimeSerError, RecognizerError
 from .events import EventLog, Sink, round_t, speaker_name
@@ -165,7 +165,7 @@ class Pipeline:
             channels=self.source.channels,
             speakers=self.speakers,
             realtime=bool(self.config.source.realtime or self.source.live),
-            config=to_dict(self.config),
+            config=public_dict(self.config),
             version=__version__,
         )
         self._threads = [

@@ -225,6 +225,36 @@ def test_token_is_required_everywhere_but_healthz(backends: dict[str, Any]) -> N
     run_with_server(config("server.token=s3cret"), backends, scenario)
 
 
+def test_ingest_without_events_gets_session_started_and_events_never_carry_the_token(
+        backends: dict[str, Any]) -> None:
+    auth = {"Authorization": "Bearer s3cret"}
+
+    async def scenario(server: Server) -> tuple[list[str], list[str], int | None]:
+        got: list[str] = []
+        async with connect(server.url + "/ingest", additional_headers=auth) as ws:
+            await ws.send(json.dumps({"type": "start", "session": "quiet", "sample_rate": 16000, "asr": "none",
+                                      "events": False}))
+            got.append(await asyncio.wait_for(ws.recv(), 10))  # the session id, even without events
+            await ws.send(np.zeros(16000, dtype="<i2").tobytes())
+            await ws.send(json.dumps({"type": "eof"}))
+            async for msg in ws:
+                got.append(msg)
+        log: list[str] = []
+        async with connect(server.url + "/subscribe?session=quiet&since=0", additional_headers=auth) as sub:
+            async for msg in sub:
+                log.append(msg)
+        return got, log, ws.close_code
+
+    got, log, code = run_with_server(config("server.token=s3cret"), backends, scenario)
+    assert code == 1000
+    assert [json.loads(m)["type"] for m in got] == ["session.started"]
+    started = json.loads(got[0])
+    validate_event(started)
+    assert started["session"] == "quiet" and started["config"]["server"]["token"] == "<set>"
+    assert [json.loads(m)["type"] for m in log] == ["session.started", "session.ended"]
+    assert not any("s3cret" in m for m in got + log)
+
+
 def test_session_limit(backends: dict[str, Any]) -> None:
     async def scenario(server: Server) -> tuple[dict | None, int | None]:
         async with connect(server.url + "/ingest") as first:

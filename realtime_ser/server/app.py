@@ -324,10 +324,10 @@ class Server:
         loop = asyncio.get_running_loop()
         rec = self.hub.open(session)
         rec.stop = source.end
-        sub = self.hub.subscribe(session, None) if start["events"] else None
-        sender = asyncio.create_task(self._pump(ws, sub)) if sub is not None else None
-        if sub is not None:
-            sub.on_overflow = self._closer(ws, session)
+        sub = self.hub.subscribe(session, None)
+        # Without events the client still gets session.started, so it learns the session id.
+        sender = asyncio.create_task(self._pump(ws, sub) if start["events"] else self._pump_started(ws, sub))
+        sub.on_overflow = self._closer(ws, session)
 
         def publish(event: dict[str, Any]) -> None:
             loop.call_soon_threadsafe(self.hub.publish, event)
@@ -346,8 +346,7 @@ class Server:
         finally:
             source.end()  # also when the client vanished: flush what was heard
         await rec.done.wait()
-        if sender is not None:
-            await sender
+        await sender
         await ws.close(CLOSE_GOING_AWAY if self._closing else CLOSE_NORMAL,
                        "server shutting down" if self._closing else "session ended")
 
@@ -439,6 +438,24 @@ class Server:
             if item is None:
                 return
             await ws.send(item)
+
+    async def _pump_started(self, ws: ServerConnection, sub: Subscriber) -> None:
+        """Send only the session's ``session.started`` event, then stop following it."""
+        try:
+            for text in sub.backlog:
+                if '"session.started"' in text and json.loads(text).get("type") == "session.started":
+                    await ws.send(text)
+                    return
+            sub.backlog = []
+            while True:
+                item = await sub.queue.get()
+                if item is None:
+                    return
+                if '"session.started"' in item and json.loads(item).get("type") == "session.started":
+                    await ws.send(item)
+                    return
+        finally:
+            self.hub.unsubscribe(sub)
 
     def _closer(self, ws: ServerConnection, session: str | None) -> Callable[[Subscriber], None]:
         def on_overflow(_sub: Subscriber) -> None:

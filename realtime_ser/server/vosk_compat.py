@@ -17,7 +17,7 @@ import numpy as np
 
 from .. import __version__
 from ..asr import RecognizerBackend
-from ..config import PipelineConfig, to_dict
+from ..config import PipelineConfig, public_dict
 from ..events import EventLog, Sink
 from ..frames import SAMPLE_RATE, AudioFrame
 from ..recognition import RecognitionStage, finalize_latency
@@ -42,7 +42,7 @@ class VoskCompatSession:
         self.log.emit("session.started", 0.0, input="websocket (vosk-server protocol)",
                       asr={"backend": config.asr.backend, "model": backend.model if backend else None},
                       sample_rate=sample_rate, channels=1, speakers=["ch0"], realtime=True,
-                      config=to_dict(config), version=__version__)
+                      config=public_dict(config), version=__version__)
 
     def feed(self, data: bytes) -> dict[str, Any]:
         """Process one chunk of PCM16 mono; return vosk-server's reply to it."""
