@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test bench lint sysdeps clean models train default-model
+.PHONY: demo test bench bench-asr lint sysdeps clean models train default-model
 
 # Python environment: the runtime, the vosk and whisper extras, the trainer (torch, CPU
 # build, installed first and pinned so nothing pulls a CUDA build), test tools, the Korean
@@ -46,8 +46,19 @@ demo: $(STAMP) models
 test: $(STAMP) sysdeps models
 	$(BIN)/python -m pytest -q -ra
 
-bench: $(STAMP)
-	$(BIN)/python -m bench.latency
+# The standard benchmark set (about 20 minutes on 2 cores; results and plots in bench/results/,
+# summary in bench/results/README.md). The recognizer comparison is its own target (10 minutes).
+bench: $(STAMP) models
+	$(BIN)/python -m bench.latency --clips 20
+	$(BIN)/python -m bench.emotion
+	$(BIN)/python -m bench.text_encoder
+	$(BIN)/python -m bench.frontend
+	$(BIN)/python -m bench.capacity
+	$(BIN)/python -m bench.summary
+
+bench-asr: $(STAMP) models
+	$(BIN)/python -m bench.asr_compare
+	$(BIN)/python -m bench.summary
 
 # Every experiment of training/RESULTS.md (each under an hour on 2 cores), then the tables.
 TRAIN_CONFIGS := text_iemocap text_encoders audio_ravdess audio_ravdess8 audio_tess audio_combined fusion strategies
