@@ -589,8 +589,8 @@ def markdown(result: dict[str, Any]) -> str:
             f"{_f(at['client_ms']['p95'] if at else None)} |")
     lines += ["", "## Every probe", "",
               "| recognizer | run | sessions | holds | p50 / p95 / p99 / max latency (ms) | utterances / clips | "
-              "max lag (s) | CPU / audio s | why not |",
-              "|---|---|---:|---|---|---:|---:|---:|---|"]
+              "max lag (s) | server CPU / audio s | client CPU % | why not |",
+              "|---|---|---:|---|---|---:|---:|---:|---:|---|"]
     for name, r in result["backends"].items():
         for p in r.get("pipeline", {}).get("probes", []):
             c = p["client_ms"]
@@ -598,12 +598,13 @@ def markdown(result: dict[str, Any]) -> str:
                          f"{_f(c['p50'])} / {_f(c['p95'])} / {_f(c['p99'])} / {_f(c['max'])} | "
                          f"{p['utterances']} / {p['clips']} | "
                          f"{p['max_lag_s']:.2f} | {p['server_cpu_per_audio_second']:.3f} | "
+                         f"{100 * p['client_cpu_seconds'] / max(p['wall_seconds'], 1e-9):.0f} | "
                          f"{'; '.join(p['why_not'])} |")
         for p in r.get("floor", {}).get("probes", []):
             c = p["final_ms"]
             lines.append(f"| {name} | floor | {p['sessions']} | {'yes' if p['holds'] else 'no'} | "
                          f"{_f(c['p50'])} / {_f(c['p95'])} / {_f(c['p99'])} / {_f(c['max'])} | {p['utterances']} / "
-                         f"{p['utterances']} | {p['max_lag_s']:.2f} | {p['cpu_per_audio_second']:.3f} | "
+                         f"{p['utterances']} | {p['max_lag_s']:.2f} | {p['cpu_per_audio_second']:.3f} | – | "
                          f"{'; '.join(p['why_not'])} |")
     lines += ["", "## Where the time goes (one session)", "",
               f"Floor: the VAD hangover, {hang:.0f} ms, is the end-of-speech decision; no system emits an utterance "
@@ -630,7 +631,8 @@ def markdown(result: dict[str, Any]) -> str:
     lines += ["![latency against sessions](capacity_latency.png)", "", "![stages](capacity_stages.png)", ""]
     m, g = result["machine"], result["git"]
     lines += [f"Machine: {m.get('cpu_model')}, {m.get('cpu_affinity')} CPUs, Python {m.get('python')}; the "
-              "clients run on the same machine as the server (their CPU time is in the JSON). "
+              "clients (one process, asyncio) run on the same cores as the server and take the CPU share the "
+              "probe table gives: at high session counts part of a miss is theirs. "
               f"Commit {g.get('commit')}{' (dirty working tree)' if g.get('dirty') else ''}. "
               f"Whole benchmark: {result['wall_seconds']:.0f} s.", ""]
     return "\n".join(lines)
