@@ -90,5 +90,7 @@ def mean_std(reports: Sequence[dict[str, Any]], keys: Sequence[str] = SUMMARY_KE
 
 
 def format_pct(stat: dict[str, float]) -> str:
-    """``82.4 ± 1.3`` (percent)."""
+    """``82.4 ± 1.3`` (percent); ``82.4`` alone when it is one run (no spread to give)."""
+    if stat.get("n", 2) == 1:
+        return f"{100 * stat['mean']:.1f}"
     return f"{100 * stat['mean']:.1f} ± {100 * stat['std']:.1f}"

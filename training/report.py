@@ -127,6 +127,8 @@ def main() -> int:
         ("audio_combined", "Combining corpora: RAVDESS folds, trained with TESS added", generic_table),
         ("fusion", "Fusion table (constructed IEMOCAP-text x RAVDESS-audio pairing, leave-one-session-out, "
                    "offline)", fusion_table),
+        ("fusion_unimodal", "Unimodal references on the constructed pairing (leave-one-session-out, offline, "
+                            "one seed)", generic_table),
         ("strategies", "Fusion training strategies (constructed pairing, causal, late concat, perspective loss)",
          generic_table),
     ]
