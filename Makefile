@@ -61,7 +61,7 @@ bench-asr: $(STAMP) models
 	$(BIN)/python -m bench.summary
 
 # Every experiment of training/RESULTS.md (each under an hour on 2 cores), then the tables.
-TRAIN_CONFIGS := text_iemocap text_encoders audio_ravdess audio_ravdess8 audio_tess audio_combined fusion strategies
+TRAIN_CONFIGS := text_iemocap text_encoders audio_ravdess audio_ravdess8 audio_tess audio_combined fusion fusion_unimodal strategies
 train: $(STAMP) models
 	for c in $(TRAIN_CONFIGS); do $(BIN)/python -m training train --config configs/train/$$c.toml || exit 1; done
 	$(BIN)/python -m training.report
