@@ -429,15 +429,19 @@ class Server:
                 await ws.send("pong")
 
     async def _pump(self, ws: ServerConnection, sub: Subscriber) -> None:
-        """Send a subscriber its backlog, then its queue, until the end marker."""
-        for text in sub.backlog:
-            await ws.send(text)
-        sub.backlog = []
-        while True:
-            item = await sub.queue.get()
-            if item is None:
-                return
-            await ws.send(item)
+        """Send a subscriber its backlog, then its queue, until the end marker or until the
+        connection closes (then the reader side reports why)."""
+        try:
+            for text in sub.backlog:
+                await ws.send(text)
+            sub.backlog = []
+            while True:
+                item = await sub.queue.get()
+                if item is None:
+                    return
+                await ws.send(item)
+        except ConnectionClosed:
+            return
 
     async def _pump_started(self, ws: ServerConnection, sub: Subscriber) -> None:
         """Send only the session's ``session.started`` event, then stop following it."""
@@ -454,6 +458,8 @@ class Server:
                 if '"session.started"' in item and json.loads(item).get("type") == "session.started":
                     await ws.send(item)
                     return
+        except ConnectionClosed:
+            return
         finally:
             self.hub.unsubscribe(sub)
 
@@ -539,10 +545,19 @@ class Server:
         await ws.close(CLOSE_NORMAL, "")
 
 
+def close_reason(text: str, limit: int = 123) -> str:
+    """``text`` cut to the 123 bytes of UTF-8 a close frame's reason may hold (whole characters;
+    the full message is in the ``error`` event sent before the close)."""
+    data = text.encode("utf-8")
+    if len(data) <= limit:
+        return text
+    return data[:limit - 3].decode("utf-8", errors="ignore") + "..."
+
+
 async def _fail(ws: ServerConnection, exc: ProtocolError) -> None:
     try:
         await ws.send(_error_event("", exc.error_code, str(exc), **exc.extra))
-        await ws.close(exc.close_code, str(exc)[:120])
+        await ws.close(exc.close_code, close_reason(str(exc)))
     except ConnectionClosed:
         pass
 
