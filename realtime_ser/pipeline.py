@@ -149,6 +149,12 @@ class Pipeline:
             self._end_reason = "stopped"
         self.source.close()
 
+    def input_lost(self) -> None:
+        """The input ended without its end marker (a client went away): everything it delivered
+        is still processed, and ``session.ended`` says ``stopped``. Safe from any thread."""
+        if self._end_reason == "end_of_input":
+            self._end_reason = "stopped"
+
     def abort(self) -> None:
         """Stop everything now, without flushing."""
         self._stop.set()

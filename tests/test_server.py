@@ -379,3 +379,26 @@ def test_shutdown_ends_sessions_cleanly_and_says_going_away(backends: dict[str, 
     assert sub_events[-1]["type"] == "session.ended"
     validate_stream(sub_events)
     assert any(e["type"] == "utterance" for e in sub_events), "what was heard is flushed"
+
+
+@needs_espeak
+def test_a_client_that_vanishes_mid_stream_loses_nothing_already_sent(backends: dict[str, Any],
+                                                                       speech: np.ndarray) -> None:
+    async def scenario(server: Server) -> list[dict]:
+        ws = await connect(server.url + "/ingest")
+        await ws.send(json.dumps({"type": "start", "session": "gone", "sample_rate": 16000,
+                                  "asr": "pocketsphinx", "events": False}))
+        await ws.recv()  # session.started
+        data = speech.astype("<i2")
+        for i in range(0, len(data), 1600):
+            await ws.send(data[i:i + 1600].tobytes())
+        ws.transport.abort()  # no eof, no close frame
+        events, code = await subscribe(server.url, "?session=gone&since=0")
+        assert code == 1000
+        return events
+
+    events = run_with_server(config("emotion.enabled=false"), backends, scenario)
+    validate_stream(events)
+    texts = [e["text"] for e in events if e["type"] == "utterance"]
+    assert len(texts) == 2 and all(texts), texts
+    assert events[-1]["type"] == "session.ended" and events[-1]["reason"] == "stopped", events[-1]

@@ -341,10 +341,13 @@ class Server:
         self.metrics.sessions_total.inc()
         thread.start()
         log.info("session %s started: %d Hz x %d, asr %s", session, start["sample_rate"], channels, start["asr"])
+        eof = False
         try:
-            await self._read_audio(ws, source, session)
+            eof = await self._read_audio(ws, source, session)
         finally:
-            source.end()  # also when the client vanished: flush what was heard
+            if not eof:
+                pipeline.input_lost()  # no eof: session.ended says "stopped"
+            source.end()  # also when the client vanished: everything it sent is still processed
         await rec.done.wait()
         await sender
         await ws.close(CLOSE_GOING_AWAY if self._closing else CLOSE_NORMAL,
@@ -358,7 +361,8 @@ class Server:
         finally:
             self._pipelines.pop(session, None)
 
-    async def _read_audio(self, ws: ServerConnection, source: PushSource, session: str) -> None:
+    async def _read_audio(self, ws: ServerConnection, source: PushSource, session: str) -> bool:
+        """Feed the session until eof (True) or until the connection ends without it (False)."""
         limit = _RateLimit(self.srv.max_messages_per_s)
         async for msg in ws:
             limit.check()
@@ -369,7 +373,7 @@ class Server:
                     raise ProtocolError(CLOSE_UNSUPPORTED, "expected_audio",
                                         'expected binary PCM16 audio or {"type": "eof"}, got text') from None
                 if isinstance(control, dict) and control.get("type") == "eof":
-                    return
+                    return True
                 raise ProtocolError(CLOSE_UNSUPPORTED, "expected_audio",
                                     'expected binary PCM16 audio or {"type": "eof"}')
             if len(msg) % (2 * source.channels):
@@ -387,6 +391,7 @@ class Server:
                                         f"{self.srv.ingest_stall_s:g} s")
                 await asyncio.sleep(0.01)
                 waited += 0.01
+        return False
 
     # -- subscribe ------------------------------------------------------------------------------
 
