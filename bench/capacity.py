@@ -694,8 +694,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--data", type=Path, default=None, help="shared data folder (default: ../shared/data)")
     p.add_argument("--backends", default=",".join(BACKENDS), help=f"comma-separated (default {','.join(BACKENDS)})")
     p.add_argument("--seconds", type=float, default=20.0, help="audio per session and probe, s (default 20)")
-    p.add_argument("--seconds-one", type=float, default=45.0,
-                   help="audio of the single-session probe, s (more utterances for the stage figures; default 45)")
+    p.add_argument("--seconds-one", type=float, default=30.0,
+                   help="audio of the single-session probe, s (more utterances for the stage figures; default 30)")
     p.add_argument("--gap", type=float, default=1.0, help="pause between clips, s (default 1.0)")
     p.add_argument("--max-sessions", type=int, default=48, help="largest session count tried (default 48)")
     p.add_argument("--max-probes", type=int, default=5, help="probes per recognizer and run (default 5)")
