@@ -362,7 +362,7 @@ def git_info() -> dict[str, Any]:
         return res.stdout if res.returncode == 0 else None
 
     head = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain")
+    status = git("status", "--porcelain", "--", ".", ":!bench/results")  # results written by this run don't count
     return {"commit": head.strip() if head else None,
             "dirty": bool(status.strip()) if status is not None else None}
 
