@@ -156,6 +156,10 @@ class ServerConfig:
     """Outgoing bytes buffered per connection before sending waits (then the subscriber queue fills)."""
     shutdown_timeout_s: float = 2.5
     """On shutdown, how long sessions get to flush before connections are closed."""
+    origins: str = ""
+    """Browser pages allowed to open WebSockets, comma-separated (``https://dash.example.com``);
+    '' = only pages served by this server; '*' = any. Clients that send no Origin header
+    (not browsers) are not affected."""
 
 
 @dataclass(frozen=True)

@@ -402,3 +402,25 @@ def test_a_client_that_vanishes_mid_stream_loses_nothing_already_sent(backends: 
     texts = [e["text"] for e in events if e["type"] == "utterance"]
     assert len(texts) == 2 and all(texts), texts
     assert events[-1]["type"] == "session.ended" and events[-1]["reason"] == "stopped", events[-1]
+
+
+def test_browser_origins_other_than_the_servers_own_are_refused(backends: dict[str, Any]) -> None:
+    async def scenario(server: Server) -> dict[str, int]:
+        host = server.url.removeprefix("ws://")
+        out: dict[str, int] = {}
+        for name, origin in {"own": f"http://{host}", "listed": "https://dash.example.com",
+                             "evil": "https://evil.example", "lookalike": f"http://{host}.evil.example",
+                             "none": None}.items():
+            headers = {"Origin": origin} if origin else None
+            try:
+                async with connect(server.url + "/subscribe", additional_headers=headers,
+                                   origin=None) as ws:
+                    await ws.send("ping")
+                    assert await ws.recv() == "pong"
+                out[name] = 101
+            except InvalidStatus as exc:
+                out[name] = exc.response.status_code
+        return out
+
+    got = run_with_server(config("server.origins=https://dash.example.com"), backends, scenario)
+    assert got == {"own": 101, "listed": 101, "evil": 403, "lookalike": 403, "none": 101}, got

@@ -239,6 +239,14 @@ class Server:
             given = query["token"][0]
         return hmac.compare_digest(given.encode(), token.encode())
 
+    def _origin_allowed(self, origin: str, host: str) -> bool:
+        """A browser's Origin: this server's own pages, or one listed in ``server.origins``."""
+        allowed = {o.strip().rstrip("/").lower() for o in self.srv.origins.split(",") if o.strip()}
+        if "*" in allowed or origin.rstrip("/").lower() in allowed:
+            return True
+        parts = urlsplit(origin)
+        return bool(host) and parts.scheme in ("http", "https") and parts.netloc.lower() == host.lower()
+
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         parts = urlsplit(request.path)
         path, query = parts.path, parse_qs(parts.query)
@@ -252,6 +260,12 @@ class Server:
             return _response(401, "missing or wrong bearer token\n", "text/plain; charset=utf-8",
                              [("WWW-Authenticate", 'Bearer realm="realtime-ser"')])
         if upgrade:
+            origin = request.headers.get("Origin")
+            if origin is not None and not self._origin_allowed(origin, request.headers.get("Host", "")):
+                self.metrics.errors_total.inc(code="origin")
+                log.info("refused a WebSocket from origin %r", origin[:100])
+                return _response(403, f"origin {origin[:100]!r} may not open WebSockets here; allowed: this "
+                                      f"server's own pages and server.origins\n", "text/plain; charset=utf-8")
             if path not in ("/", "/ingest", "/subscribe"):
                 return _response(404, f"no WebSocket endpoint at {path}; use /ingest, /subscribe or /\n")
             return None
