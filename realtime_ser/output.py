@@ -44,7 +44,10 @@ class JsonlSink:
 
     def close(self) -> None:
         if self._owned:
-            self._f.close()
+            try:
+                self._f.close()
+            except OSError:  # e.g. the disk is full: the failed write was already reported
+                pass
 
 
 class TerminalView:

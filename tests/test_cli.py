@@ -90,6 +90,15 @@ def test_jsonl_to_a_file_and_the_demo_recording(tmp_path: Path) -> None:
     assert [u["speaker"] for u in utts] == ["ch0", "ch1"] * 3
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full to simulate a full disk")
+def test_a_full_disk_for_jsonl_is_a_clear_error_not_a_traceback() -> None:
+    proc = run_cli(["run", "--input", "demo", "--asr", "none", "--jsonl", "/dev/full", "--view", "off"])
+    err = proc.stderr.decode()
+    assert proc.returncode != 0
+    assert "/dev/full" in err and "No space left on device" in err, err
+    assert "Traceback" not in err, err
+
+
 def test_terminal_view_prints_one_line_per_utterance() -> None:
     proc = run_cli(["run", "--input", "demo", "--asr", "none", "--view", "on"])
     assert proc.returncode == 0
