@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test bench bench-asr lint sysdeps clean models train default-model
+.PHONY: demo test bench bench-asr soak lint sysdeps clean models train default-model
 
 # Python environment: the runtime, the vosk and whisper extras, the trainer (torch, CPU
 # build, installed first and pinned so nothing pulls a CUDA build), test tools, the Korean
@@ -55,6 +55,11 @@ bench: $(STAMP) models
 	$(BIN)/python -m bench.frontend
 	$(BIN)/python -m bench.capacity
 	$(BIN)/python -m bench.summary
+
+# Nine sessions (the pocketsphinx capacity) for 30 minutes of speech each, through the real
+# server, subscribers coming and going (about 35 minutes); result in bench/results/soak.md.
+soak: $(STAMP) models
+	$(BIN)/python -m bench.soak
 
 bench-asr: $(STAMP) models
 	$(BIN)/python -m bench.asr_compare
