@@ -292,3 +292,23 @@ def test_revisions_need_an_offline_model() -> None:
         from realtime_ser.emotion.stage import EmotionStage
 
         EmotionStage(EmotionConfig(revise=True, revise_model=str(DEFAULT)), audio_only=False)
+
+
+def test_scoring_slower_than_the_timeout_sends_the_utterance_without_emotion(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import concurrent.futures
+
+    from realtime_ser.emotion.stage import EmotionStage
+    from realtime_ser.recognition import AUDIO
+
+    stage = EmotionStage(EmotionConfig(timeout_s=0.2), audio_only=True)
+    try:
+        stuck: concurrent.futures.Future[dict] = concurrent.futures.Future()  # never completes
+        monkeypatch.setattr(stage.service, "submit", lambda *a, **k: stuck)
+        fields = {AUDIO: np.zeros(16000, dtype=np.int16), "start": 0.0, "end": 1.0, "text": "", "speaker": "ch0"}
+        message = stage.annotate(fields)
+        assert message is not None and "emotion.timeout_s=0.2" in message
+        assert "emotion" not in fields and AUDIO not in fields
+        assert len(stage.context.window(2.0)) == 0  # the unscored turn does not enter the context
+    finally:
+        stage.close()
