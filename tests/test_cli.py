@@ -161,3 +161,16 @@ def test_vosk_korean_streams_partials_and_times_words(tmp_path: Path) -> None:
         for w in u["words"]:
             assert u["start"] - pad <= w["start"] <= w["end"] <= u["end"] + 0.21, (w, u["start"], u["end"])
         print(f"vosk-ko CER {cer(ref, u['text']):.2f}: {ref!r} -> {u['text']!r}")
+
+
+def test_info_logs_carry_no_transcript_text(tmp_path: Path) -> None:
+    out = tmp_path / "events.jsonl"
+    proc = run_cli(["run", "--input", "demo", "--split-channels", "--asr", "pocketsphinx", "--jsonl", str(out),
+                    "--view", "off", "-v"])
+    assert proc.returncode == 0, proc.stderr.decode()
+    log = proc.stderr.decode()
+    assert "INFO" in log  # -v logs at INFO
+    texts = [u["text"] for u in utterances(parse_jsonl(out.read_bytes())) if len(u["text"].split()) >= 3]
+    assert texts
+    leaked = [t for t in texts if t in log or " ".join(t.split()[:3]) in log]
+    assert not leaked, leaked
