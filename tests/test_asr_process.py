@@ -61,3 +61,22 @@ def test_a_dead_worker_is_an_utterance_error_and_the_stream_recovers(audio: np.n
 def test_a_model_that_cannot_load_fails_at_start() -> None:
     with pytest.raises(ModelError, match="not found"):
         ProcessBackend(AsrConfig(pocketsphinx_model="/nonexistent/model"))
+
+
+def test_a_hung_worker_times_out_into_an_error_and_the_stream_recovers(audio: np.ndarray) -> None:
+    import os
+    import signal
+    import time
+
+    backend = ProcessBackend(AsrConfig(worker_timeout_s=1.0))
+    stream = backend.new_stream()
+    stream.start()
+    stream.accept(audio[:8000])
+    os.kill(stream._worker.proc.pid, signal.SIGSTOP)  # type: ignore[union-attr]  # hangs, does not die
+    t0 = time.monotonic()
+    with pytest.raises(RecognizerError, match="did not answer within 1 s"):
+        stream.finish()
+    assert time.monotonic() - t0 < 5.0
+    assert decode(stream, audio), "a new worker takes over"
+    stream.close()
+    backend.close()

@@ -46,6 +46,9 @@ class SessionRecord:
     kind: str = "ingest"
     started: float = field(default_factory=time.time)
     ended: float | None = None
+    """Wall-clock time it ended (shown in /sessions)."""
+    ended_monotonic: float | None = None
+    """Monotonic time it ended: retention runs on this, so a clock jump does not expire sessions."""
     next_seq: int = 0
     subscribers: set[Subscriber] = field(default_factory=set)
     stop: Callable[[], None] | None = None
@@ -105,15 +108,17 @@ class Hub:
             self._observe(event)
         if event["type"] == "session.ended":
             rec.ended = time.time()
+            rec.ended_monotonic = time.monotonic()
             rec.done.set()
             for sub in list(rec.subscribers):
                 sub.offer(None)
             rec.subscribers.clear()
 
     def expire(self, now: float | None = None) -> int:
-        """Forget sessions that ended more than ``retain_ended_s`` ago."""
-        now = time.time() if now is None else now
-        old = [k for k, r in self.sessions.items() if r.ended is not None and now - r.ended > self._retain]
+        """Forget sessions that ended more than ``retain_ended_s`` ago (``now``: ``time.monotonic()``)."""
+        now = time.monotonic() if now is None else now
+        old = [k for k, r in self.sessions.items()
+               if r.ended_monotonic is not None and now - r.ended_monotonic > self._retain]
         for k in old:
             del self.sessions[k]
         return len(old)
