@@ -132,12 +132,15 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8765
     token: str = ""
-    """Bearer token required on every endpoint but /healthz ('' = none)."""
+    """Bearer token required on every endpoint but /healthz ('' = none); several, one per client,
+    separated by commas."""
     certfile: str = ""
     """TLS certificate (PEM); with ``keyfile``, the server speaks wss:// and https://."""
     keyfile: str = ""
     max_sessions: int = 32
     """Live sessions at once; more are refused with close code 4013."""
+    max_sessions_per_token: int = 0
+    """Live sessions one token may hold at once (0 = only ``max_sessions``); more: 4013."""
     max_frame_bytes: int = 65536
     """Largest message a client may send; larger ones close with 1009."""
     max_messages_per_s: int = 200
@@ -312,6 +315,8 @@ class PipelineConfig:
                      "write_limit_bytes"):
             if getattr(srv, name) < 1:
                 raise ConfigError(f"server.{name} must be at least 1")
+        if srv.max_sessions_per_token < 0:
+            raise ConfigError("server.max_sessions_per_token must be 0 (no own limit) or more")
         for name in ("ingest_buffer_s", "ingest_stall_s", "retain_ended_s", "shutdown_timeout_s"):
             if getattr(srv, name) <= 0:
                 raise ConfigError(f"server.{name} must be positive")

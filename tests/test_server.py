@@ -424,3 +424,31 @@ def test_browser_origins_other_than_the_servers_own_are_refused(backends: dict[s
 
     got = run_with_server(config("server.origins=https://dash.example.com"), backends, scenario)
     assert got == {"own": 101, "listed": 101, "evil": 403, "lookalike": 403, "none": 101}, got
+
+
+def test_several_tokens_each_with_its_own_session_limit(backends: dict[str, Any]) -> None:
+    async def scenario(server: Server) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+
+        async def start(token: str) -> Any:
+            ws = await connect(server.url + "/ingest", additional_headers={"Authorization": f"Bearer {token}"})
+            await ws.send(json.dumps({"type": "start", "sample_rate": 16000, "asr": "none", "events": False}))
+            return ws, json.loads(await ws.recv())
+
+        a1, first = await start("alpha")
+        out["first"] = first["type"]
+        a2, refused = await start("alpha")  # alpha's second session: over its limit of 1
+        out["refused"] = refused
+        await a2.wait_closed()
+        out["refused_close"] = a2.close_code
+        b1, other = await start("beta")  # another token still gets its session
+        out["other"] = other["type"]
+        for ws in (a1, b1):
+            await ws.send(json.dumps({"type": "eof"}))
+            await ws.wait_closed()
+        return out
+
+    got = run_with_server(config("server.token=alpha,beta", "server.max_sessions_per_token=1"), backends, scenario)
+    assert got["first"] == "session.started" and got["other"] == "session.started"
+    assert got["refused"]["type"] == "error" and got["refused"]["code"] == "too_many_sessions"
+    assert "max_sessions_per_token" in got["refused"]["message"] and got["refused_close"] == 4013

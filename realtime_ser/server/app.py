@@ -227,17 +227,29 @@ class Server:
 
     # -- HTTP and routing -----------------------------------------------------------------------
 
-    def _authorized(self, request: Request, query: dict[str, list[str]]) -> bool:
-        token = self.srv.token
-        if not token:
-            return True
+    def _tokens(self) -> list[str]:
+        return [t.strip() for t in self.srv.token.split(",") if t.strip()]
+
+    def _client_token(self, request: Request, query: dict[str, list[str]]) -> int | None:
+        """Which configured token the request carries (its index; 0 when no token is configured),
+        or None. Every token is compared, each in constant time."""
+        tokens = self._tokens()
+        if not tokens:
+            return 0
         given = ""
         header = request.headers.get("Authorization", "")
         if header.startswith("Bearer "):
             given = header[len("Bearer "):].strip()
         elif query.get("token"):
             given = query["token"][0]
-        return hmac.compare_digest(given.encode(), token.encode())
+        found = None
+        for i, token in enumerate(tokens):
+            if hmac.compare_digest(given.encode(), token.encode()) and found is None:
+                found = i
+        return found
+
+    def _authorized(self, request: Request, query: dict[str, list[str]]) -> bool:
+        return self._client_token(request, query) is not None
 
     def _origin_allowed(self, origin: str, host: str) -> bool:
         """A browser's Origin: this server's own pages, or one listed in ``server.origins``."""
@@ -326,6 +338,13 @@ class Server:
                                 f"the server holds its maximum of {self.srv.max_sessions} live sessions; try later")
         if self._closing:
             raise ProtocolError(CLOSE_GOING_AWAY, "shutting_down", "the server is shutting down")
+        assert ws.request is not None
+        owner = self._client_token(ws.request, parse_qs(urlsplit(ws.request.path).query)) or 0
+        per_token = self.srv.max_sessions_per_token
+        if per_token and sum(1 for r in self.hub.live_sessions() if r.owner == owner) >= per_token:
+            raise ProtocolError(CLOSE_LIMIT, "too_many_sessions",
+                                f"this token already has its maximum of {per_token} live sessions "
+                                f"(server.max_sessions_per_token); try later")
         session = start["session"] or uuid.uuid4().hex[:12]
         existing = self.hub.sessions.get(session)
         if existing is not None and existing.live:
@@ -337,6 +356,7 @@ class Server:
         source = PushSource(cfg.source, start["sample_rate"], channels, self.srv.ingest_buffer_s)
         loop = asyncio.get_running_loop()
         rec = self.hub.open(session)
+        rec.owner = owner
         rec.stop = source.end
         sub = self.hub.subscribe(session, None)
         # Without events the client still gets session.started, so it learns the session id.

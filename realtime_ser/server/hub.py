@@ -51,6 +51,8 @@ class SessionRecord:
     """Monotonic time it ended: retention runs on this, so a clock jump does not expire sessions."""
     next_seq: int = 0
     subscribers: set[Subscriber] = field(default_factory=set)
+    owner: int = 0
+    """Which configured token opened it (its index), for ``server.max_sessions_per_token``."""
     stop: Callable[[], None] | None = None
     """Ends the session's input; the flush and session.ended follow."""
     done: asyncio.Event = field(default_factory=asyncio.Event)
