@@ -77,3 +77,21 @@ def backends() -> dict[str, Any]:
     from realtime_ser.config import PipelineConfig
 
     return {"pocketsphinx": create_backend(PipelineConfig().asr), "none": None}
+
+
+def run_with_server(cfg: Any, backends: dict[str, Any], scenario: Any) -> Any:
+    """Start the real server on loopback with ``cfg`` and ``backends``, run the async
+    ``scenario(server)``, shut the server down, and return what the scenario returned."""
+    import asyncio
+
+    from realtime_ser.server import Server
+
+    async def main() -> Any:
+        server = Server(cfg, backends)
+        await server.start()
+        try:
+            return await scenario(server)
+        finally:
+            await server.shutdown()
+
+    return asyncio.run(main())

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import run_with_server
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from speech import espeak, have_tool, silence
@@ -198,7 +199,7 @@ def test_fuzzing_the_server_never_crashes_it_or_disturbs_a_live_session(backends
         status = await asyncio.to_thread(_healthz, server)
         return live_events, outcomes, status
 
-    live_events, outcomes, status = asyncio.run(_run(cfg, backends, scenario))
+    live_events, outcomes, status = run_with_server(cfg, backends, scenario)
     print(f"\nfuzz: {len(outcomes)} hostile connections against the real server, "
           f"close codes {sorted({c for _, _, c in outcomes if c is not None})}")
     assert status == 200
@@ -228,15 +229,6 @@ async def _collect(ws: Any, events: list[dict]) -> None:
 def _healthz(server: Server) -> int:
     with urllib.request.urlopen(server.url.replace("ws://", "http://") + "/healthz", timeout=5) as r:
         return int(r.status)
-
-
-async def _run(cfg: PipelineConfig, backends: dict[str, Any], scenario: Any) -> Any:
-    server = Server(cfg, backends)
-    await server.start()
-    try:
-        return await scenario(server)
-    finally:
-        await server.shutdown()
 
 
 @settings(max_examples=300, deadline=None)

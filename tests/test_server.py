@@ -7,12 +7,11 @@ import json
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
 import pytest
-from conftest import validate_event, validate_stream
+from conftest import run_with_server, validate_event, validate_stream
 from speech import espeak, have_tool, silence
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -33,19 +32,6 @@ def speech() -> np.ndarray:
 
 def config(*overrides: str) -> PipelineConfig:
     return apply_overrides(PipelineConfig(), ["server.port=0", *overrides])
-
-
-def run_with_server(cfg: PipelineConfig, backends: dict[str, Any],
-                    scenario: Callable[[Server], Awaitable[Any]]) -> Any:
-    async def main() -> Any:
-        server = Server(cfg, backends)
-        await server.start()
-        try:
-            return await scenario(server)
-        finally:
-            await server.shutdown()
-
-    return asyncio.run(main())
 
 
 async def ingest(url: str, pcm: np.ndarray, *, rate: int = 16000, channels: int = 1, chunk_ms: int = 100,
