@@ -221,7 +221,7 @@ class Server:
 # -- one probe through the server -----------------------------------------------------------------
 
 
-async def _session(url: str, name: str, pcm: np.ndarray, start_at: float, max_lag: float) -> dict[str, Any]:
+async def _session(url: str, name: str, pcm: np.ndarray, start_at: float) -> dict[str, Any]:
     import websockets
 
     chunk = RATE * CHUNK_MS // 1000
@@ -299,10 +299,10 @@ async def _session(url: str, name: str, pcm: np.ndarray, start_at: float, max_la
             "audio_seconds": len(pcm) / RATE}
 
 
-async def _probe(url: str, streams: list[np.ndarray], max_lag: float) -> list[dict[str, Any]]:
+async def _probe(url: str, streams: list[np.ndarray]) -> list[dict[str, Any]]:
     start_at = time.monotonic() + 0.5 + 0.02 * len(streams)
     return await asyncio.gather(*(_session(url, f"cap{i:03d}-{os.getpid()}-{int(start_at * 1000) % 100000}",
-                                           s, start_at, max_lag) for i, s in enumerate(streams)))
+                                           s, start_at) for i, s in enumerate(streams)))
 
 
 def probe_server(server: Server, streams: list[np.ndarray], hangover_ms: float, max_lag: float) -> dict[str, Any]:
@@ -311,7 +311,7 @@ def probe_server(server: Server, streams: list[np.ndarray], hangover_ms: float, 
     client_cpu0, wall0 = time.process_time(), time.monotonic()
     with ServerMeter(server.proc.pid) as meter:
         load0 = os.getloadavg()[0]
-        sessions = asyncio.run(_probe(server.url, streams, max_lag))
+        sessions = asyncio.run(_probe(server.url, streams))
         cpu1, _ = meter.snapshot()
     wall = time.monotonic() - wall0
     utts = [u for s in sessions for u in s.get("utterances", [])]

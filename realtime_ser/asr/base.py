@@ -35,6 +35,19 @@ class Transcript:
     final: bool = False
 
 
+def mono_int16(samples: np.ndarray, who: str) -> np.ndarray:
+    """``samples`` as a 1-D int16 array (a single column is accepted); TypeError or
+    ValueError naming ``who`` (e.g. ``"VoskStream.accept"``) for anything else."""
+    data = np.asarray(samples)
+    if data.dtype != np.int16:
+        raise TypeError(f"{who} needs int16 samples, got {data.dtype}")
+    if data.ndim == 2 and data.shape[1] == 1:
+        data = data[:, 0]
+    if data.ndim != 1:
+        raise ValueError(f"{who} needs mono samples, got shape {data.shape}")
+    return data
+
+
 class StreamRecognizer(Protocol):
     """Decoding state of one audio stream (one channel of one session)."""
 

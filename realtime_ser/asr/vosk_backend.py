@@ -58,7 +58,7 @@ import numpy as np
 
 from ..config import AsrConfig
 from ..errors import ModelError, RecognizerError
-from .base import Transcript, Word
+from .base import Transcript, Word, mono_int16
 
 __all__ = ["SAMPLE_RATE", "VoskBackend", "VoskStream"]
 
@@ -199,13 +199,7 @@ class VoskStream:
 
     def accept(self, samples: np.ndarray) -> None:
         """Feed 16 kHz mono int16 samples of the open utterance."""
-        data = np.asarray(samples)
-        if data.dtype != np.int16:
-            raise TypeError(f"VoskStream.accept needs int16 samples, got {data.dtype}")
-        if data.ndim == 2 and data.shape[1] == 1:
-            data = data[:, 0]
-        if data.ndim != 1:
-            raise ValueError(f"VoskStream.accept needs mono samples, got shape {data.shape}")
+        data = mono_int16(samples, "VoskStream.accept")
         if data.size == 0:
             return
         if self._recognizer is None:

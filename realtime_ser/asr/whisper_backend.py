@@ -66,7 +66,7 @@ import numpy as np
 from .. import prepare
 from ..config import AsrConfig
 from ..errors import ModelError, RecognizerError
-from .base import Transcript, Word
+from .base import Transcript, Word, mono_int16
 
 __all__ = [
     "MAX_UTTERANCE_S",
@@ -438,13 +438,7 @@ class WhisperStream:
 
     def accept(self, samples: np.ndarray) -> None:
         """Keep 16 kHz mono int16 samples of the open utterance."""
-        data = np.asarray(samples)
-        if data.dtype != np.int16:
-            raise TypeError(f"WhisperStream.accept needs int16 samples, got {data.dtype}")
-        if data.ndim == 2 and data.shape[1] == 1:
-            data = data[:, 0]
-        if data.ndim != 1:
-            raise ValueError(f"WhisperStream.accept needs mono samples, got shape {data.shape}")
+        data = mono_int16(samples, "WhisperStream.accept")
         if not self._open:
             self.start()
         room = MAX_UTTERANCE_S * SAMPLE_RATE - self._samples
