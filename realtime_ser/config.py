@@ -88,7 +88,9 @@ class AsrConfig:
     """Run pocketsphinx streams in worker processes: its decoder holds the GIL while
     decoding, which would starve the segmenter and the server's event loop."""
     worker_timeout_s: float = 30.0
-    """A recognizer worker that does not answer within this is stopped (utterance error)."""
+    """A recognizer call that does not return within this fails: a worker process is stopped
+    (utterance error), whisper's shared decoder fails the utterances waiting for it, and a
+    recognizer in this process (vosk) ends its session with a ``recognizer_hung`` error."""
     whisper_model: str = ""
     """Directory of a CTranslate2 Whisper model ('' = the one ``realtime-ser models prepare
     whisper-base`` puts in the cache)."""

@@ -133,6 +133,12 @@ class Pipeline:
         self._threads: list[threading.Thread] = []
         self._end_reason = "end_of_input"
         self._reported_drops = 0
+        # Watchdog for recognizers that cannot time their own calls out (run in this process):
+        # when the recognizer thread has been inside one call longer than asr.worker_timeout_s,
+        # the session ends with a fatal error instead of hanging.
+        self._asr_since: float | None = None
+        self._watch_asr = self._backend is not None and not getattr(self._backend, "bounds_its_calls", False)
+        self._last_t = 0.0
 
     # -- public ---------------------------------------------------------------------
 
@@ -322,7 +328,9 @@ class Pipeline:
                 if isinstance(item, _EndOfStream):
                     self._put(self._q_events, item, force=True)
                     break
+                self._asr_since = time.monotonic()
                 outs = [out for ev in merge_audio(item) for out in stage.feed(ev)]
+                self._asr_since = None
                 for out in outs:
                     if out[0] == "transcript.partial":
                         try:
@@ -364,11 +372,40 @@ class Pipeline:
             except queue.Empty:
                 if self._stop.is_set():
                     return
+                if self._recognizer_hung():
+                    return
                 continue
             if isinstance(item, _EndOfStream):
                 self._finish(item.reason)
                 return
             self._deliver(item)
+
+    def _recognizer_hung(self) -> bool:
+        """End the session if the in-process recognizer has stopped returning.
+
+        Everything it produced before is delivered first; the stuck call is left behind
+        (a thread cannot be interrupted), its stream is not reused, and other sessions,
+        which have streams of their own, go on."""
+        since, limit = self._asr_since, self.config.asr.worker_timeout_s
+        if not self._watch_asr or since is None or time.monotonic() - since <= limit:
+            return False
+        message = (f"the {self.config.asr.backend} recognizer has not returned for {limit:g} s "
+                   f"(asr.worker_timeout_s); the session ends, and what was recognized before was delivered")
+        log.error("session %s: %s", self.session, message)
+        self._end_reason = "error"
+        self._failed = RecognizerError(message)
+        self._stop.set()
+        self.source.close()
+        while True:
+            try:
+                item = self._q_events.get_nowait()
+            except queue.Empty:
+                break
+            if not isinstance(item, _EndOfStream):
+                self._deliver(item)
+        self._deliver(("error", self._last_t, {"code": "recognizer_hung", "message": message, "fatal": True}))
+        self._finish("error")
+        return True
 
     def _drain_after_stop(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -386,6 +423,7 @@ class Pipeline:
 
     def _deliver(self, item: tuple[str, float, dict[str, Any]]) -> None:
         type_, t, fields = item
+        self._last_t = max(self._last_t, t)
         if type_ == "utterance":
             finalize_latency(fields, self._clock())
             self.stats.utterances += 1

@@ -52,6 +52,8 @@ class FakeStream:
 
     def finish(self) -> Transcript:
         n = self.utterance
+        if n in self.backend.hang_on:
+            self.backend.release.wait()  # a recognizer that never returns (until the test ends)
         self.utterance += 1
         dur = self.fed / SAMPLE_RATE
         return Transcript(f"utterance {n}", (Word("utterance", 0.1, dur / 2, 0.9), Word(str(n), dur / 2, dur, 0.8)),
@@ -66,9 +68,11 @@ class FakeBackend:
     name = "fake"
     model = "fake-model"
 
-    def __init__(self, delay: float = 0.0, fail_on: tuple[int, ...] = ()) -> None:
+    def __init__(self, delay: float = 0.0, fail_on: tuple[int, ...] = (), hang_on: tuple[int, ...] = ()) -> None:
         self.delay = delay
         self.fail_on = fail_on
+        self.hang_on = hang_on
+        self.release = threading.Event()
         self.streams: list[FakeStream] = []
 
     def new_stream(self) -> FakeStream:
@@ -107,6 +111,39 @@ def test_events_for_three_utterances_are_valid_and_ordered() -> None:
         mine = [e["seq"] for e in events if e.get("utterance_id") == u["utterance_id"]]
         assert mine == sorted(mine) and events[mine[0]]["type"] == "speech.started"
     assert events[-1]["counts"]["utterances"] == 3
+
+
+def test_a_recognizer_that_stops_returning_ends_the_session_with_what_was_recognized() -> None:
+    x = np.concatenate([quiet(0.3), voice(0.8), quiet(1.0), voice(0.8), quiet(1.0), voice(0.8), quiet(1.0)])
+    backend = FakeBackend(hang_on=(1,))
+    cfg = apply_overrides(PipelineConfig(), [*VAD0, "emotion.enabled=false", "asr.worker_timeout_s=1"])
+    events: list[dict] = []
+    p = Pipeline(cfg, ArraySource(x, SAMPLE_RATE, cfg.source), [events.append], backend=backend)
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(RecognizerError, match="has not returned for 1 s"):
+            p.run()
+        took = time.monotonic() - t0
+    finally:
+        backend.release.set()
+    assert took < 6.0, took
+    validate_stream(events)
+    utts = [e for e in events if e["type"] == "utterance"]
+    assert [u["text"] for u in utts] == ["utterance 0"]  # recognized before the hang: delivered
+    fatal = [e for e in events if e["type"] == "error"]
+    assert len(fatal) == 1 and fatal[0]["code"] == "recognizer_hung" and fatal[0]["fatal"], fatal
+    assert events[-1]["type"] == "session.ended" and events[-1]["reason"] == "error"
+    assert events[-2] is fatal[0]
+
+
+def test_a_backend_that_times_its_own_calls_out_is_not_watched() -> None:
+    # Worker processes and whisper bound every call themselves; a slow call there is theirs to judge.
+    backend = FakeBackend(delay=0.3)
+    backend.bounds_its_calls = True
+    events, _ = run_pipeline(np.concatenate([quiet(0.3), voice(1.0), quiet(1.0)]), ["asr.worker_timeout_s=0.1"],
+                             backend=backend)
+    assert [e["text"] for e in events if e["type"] == "utterance"] == ["utterance 0"]
+    assert not [e for e in events if e["type"] == "error"]
 
 
 def test_partials_are_rate_limited_by_audio_time() -> None:

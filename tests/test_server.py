@@ -438,3 +438,70 @@ def test_several_tokens_each_with_its_own_session_limit(backends: dict[str, Any]
     assert got["first"] == "session.started" and got["other"] == "session.started"
     assert got["refused"]["type"] == "error" and got["refused"]["code"] == "too_many_sessions"
     assert "max_sessions_per_token" in got["refused"]["message"] and got["refused_close"] == 4013
+
+
+class _HangingStream:
+    """Recognizes its first utterance, then never returns from the second."""
+
+    def __init__(self, release: Any) -> None:
+        self.release, self.done = release, 0
+
+    def start(self) -> None:
+        pass
+
+    def accept(self, samples: np.ndarray) -> None:
+        pass
+
+    def partial(self) -> str:
+        return ""
+
+    def finish(self) -> Any:
+        from realtime_ser.asr import Transcript
+
+        self.done += 1
+        if self.done > 1:
+            self.release.wait()
+        return Transcript("first words", (), True)
+
+    def reset(self) -> None:
+        pass
+
+
+class _HangingBackend:
+    name, model = "vosk", "hangs-on-the-second-utterance"
+
+    def __init__(self) -> None:
+        import threading
+
+        self.release = threading.Event()
+
+    def new_stream(self) -> _HangingStream:
+        return _HangingStream(self.release)
+
+
+def test_a_recognizer_that_hangs_ends_its_session_and_the_others_go_on(backends: dict[str, Any],
+                                                                        speech: np.ndarray) -> None:
+    hanging = _HangingBackend()
+
+    async def scenario(server: Server) -> tuple[Any, Any, float]:
+        t0 = time.monotonic()
+        stuck, fine = await asyncio.gather(ingest(server.url, speech, asr="vosk", session="stuck"),
+                                           ingest(server.url, speech, asr="pocketsphinx", session="fine",
+                                                  realtime=True))
+        return stuck, fine, time.monotonic() - t0
+
+    try:
+        (stuck, stuck_code), (fine, fine_code), took = run_with_server(
+            config("asr.worker_timeout_s=2", "emotion.enabled=false"), {**backends, "vosk": hanging}, scenario)
+    finally:
+        hanging.release.set()
+    validate_stream(stuck)
+    validate_stream(fine)
+    assert [e["text"] for e in stuck if e["type"] == "utterance"] == ["first words"]
+    assert stuck[-2]["type"] == "error" and stuck[-2]["code"] == "recognizer_hung" and stuck[-2]["fatal"]
+    assert stuck[-1]["type"] == "session.ended" and stuck[-1]["reason"] == "error" and stuck_code == 1000
+    # The session beside it, streaming in real time through the hang, loses nothing.
+    texts = [e["text"] for e in fine if e["type"] == "utterance"]
+    assert len(texts) == 2 and all(texts) and not [e for e in fine if e["type"] == "error"], fine
+    assert fine[-1]["reason"] == "end_of_input" and fine_code == 1000
+    assert took < 30, took

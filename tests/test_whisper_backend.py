@@ -206,6 +206,65 @@ def test_partial_passes_on_an_idle_decoder(backend: Any) -> None:
     s.close()
 
 
+class _StuckModel:
+    """Stands in for faster-whisper's model: decodes instantly, except while ``stuck`` is set."""
+
+    def __init__(self) -> None:
+        self.stuck = threading.Event()
+        self.release = threading.Event()
+
+    def transcribe(self, audio: np.ndarray, **options: Any) -> tuple[list[Any], None]:
+        if self.stuck.is_set():
+            self.release.wait()
+        word = type("W", (), {"word": "fine", "start": 0.0, "end": 0.2, "probability": 0.9})
+        return [type("S", (), {"words": [word]})], None
+
+
+def test_a_stuck_decoder_fails_every_waiting_utterance_instead_of_hanging_them(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    model = _StuckModel()
+    monkeypatch.setattr(wb, "_import_faster_whisper", lambda: None)
+    monkeypatch.setattr(wb, "check_model_dir", lambda path, default=False: None)
+    monkeypatch.setattr(wb, "_load", lambda fw, path, config: model)
+    backend = wb.WhisperBackend(AsrConfig(backend="whisper", whisper_model=str(tmp_path), worker_timeout_s=1.0))
+    try:
+        one, two = backend.new_stream(), backend.new_stream()
+        voice = (np.sin(np.arange(RATE) / 5) * 8000).astype(np.int16)
+        one.accept(voice)
+        assert one.finish().text == "fine"
+        model.stuck.set()
+        one.accept(voice)
+        t0 = time.monotonic()
+        with pytest.raises(wb.RecognizerError, match="within 1 s"):
+            one.finish()
+        assert 0.9 < time.monotonic() - t0 < 3.0
+        # Another stream's utterance does not queue behind the stuck decode forever.
+        two.accept(voice)
+        outcome: list[BaseException | str] = []
+
+        def finish_two() -> None:
+            try:
+                outcome.append(two.finish().text)
+            except BaseException as exc:  # noqa: BLE001 - the test looks at what it was
+                outcome.append(exc)
+
+        t0 = time.monotonic()
+        waiter = threading.Thread(target=finish_two, daemon=True)
+        waiter.start()
+        waiter.join(5.0)
+        assert not waiter.is_alive(), "an utterance queued behind the stuck decode forever"
+        assert isinstance(outcome[0], wb.RecognizerError) and "stuck on one utterance" in str(outcome[0])
+        assert time.monotonic() - t0 < 0.5
+        model.stuck.clear()
+        model.release.set()  # it returns after all: decoding resumes for everyone
+        time.sleep(0.3)
+        two.accept(voice)
+        assert two.finish().text == "fine"
+    finally:
+        model.release.set()
+        backend.close()
+
+
 @needs_whisper
 def test_stream_protocol_details(backend: Any) -> None:
     s = backend.new_stream()

@@ -75,6 +75,10 @@ class RecognizerBackend(Protocol):
 
     name: str
     model: str
+    bounds_its_calls: bool
+    """True where no call of a stream can block longer than ``asr.worker_timeout_s`` (the
+    backend times its own calls out). Otherwise the pipeline watches the calls and ends a
+    session whose recognizer stops returning."""
 
     def new_stream(self) -> StreamRecognizer:
         """A fresh recognizer with its own state, sharing the loaded model."""

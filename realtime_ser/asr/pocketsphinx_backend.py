@@ -141,6 +141,7 @@ class PocketsphinxBackend:
     pool_size = 8
 
     name = "pocketsphinx"
+    bounds_its_calls = False  # in this process; the pipeline's watchdog ends a session it hangs
 
     def __init__(self, config: AsrConfig) -> None:
         try:

@@ -190,6 +190,7 @@ class ProcessBackend:
     """Runs another backend's streams in worker processes (one per live stream)."""
 
     pool_size = 8
+    bounds_its_calls = True  # a worker that does not answer in asr.worker_timeout_s is killed
 
     def __init__(self, config: AsrConfig) -> None:
         self.name = config.backend

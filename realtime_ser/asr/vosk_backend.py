@@ -127,6 +127,7 @@ class VoskBackend:
     """
 
     name = "vosk"
+    bounds_its_calls = False  # in this process; the pipeline's watchdog ends a session it hangs
     pool_size = 8
 
     def __init__(self, config: AsrConfig) -> None:

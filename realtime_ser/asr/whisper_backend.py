@@ -255,6 +255,8 @@ class _Decoder:
         self._order = itertools.count()
         self._stop = threading.Event()
         self._busy = False
+        self._busy_since_ns = 0
+        self._timeout_ns = config.worker_timeout_s * 1e9
         self._thread = threading.Thread(target=self._run, name="ser-whisper", daemon=True)
         self._thread.start()
 
@@ -269,6 +271,12 @@ class _Decoder:
     def depth(self) -> int:
         return self._queue.qsize()
 
+    @property
+    def stuck(self) -> bool:
+        """The request being decoded has run past ``asr.worker_timeout_s``."""
+        since = self._busy_since_ns
+        return bool(since) and time.monotonic_ns() - since > self._timeout_ns
+
     def submit(self, audio: np.ndarray, final: bool) -> _Request | None:
         """Queue ``audio``; ``None`` when a partial pass finds the queue full (it is skipped)."""
         request = _Request(audio, final, concurrent.futures.Future(), time.monotonic_ns())
@@ -282,11 +290,17 @@ class _Decoder:
         while True:
             if not self.alive:
                 raise RecognizerError("the Whisper decoder has stopped")
+            if self.stuck:
+                raise self.stuck_error()
             try:
                 self._queue.put(item, timeout=_POLL)
                 return request
             except queue.Full:
                 continue
+
+    def stuck_error(self) -> RecognizerError:
+        return RecognizerError(f"the whisper decoder has been stuck on one utterance for over "
+                               f"{self._timeout_ns / 1e9:g} s (asr.worker_timeout_s); no transcripts until it returns")
 
     def close(self, timeout: float = 2.0) -> None:
         self._stop.set()
@@ -303,10 +317,13 @@ class _Decoder:
                 request.future.set_exception(RecognizerError(message))
 
     def _run(self) -> None:
+        self._busy_since_ns = time.monotonic_ns()
         try:
             self._decode(np.zeros(SAMPLE_RATE, dtype=np.float32))  # warm-up: the first decode is slow
         except Exception:
             log.debug("whisper warm-up decode failed", exc_info=True)
+        finally:
+            self._busy_since_ns = 0
         while not self._stop.is_set():
             try:
                 _, _, request = self._queue.get(timeout=_POLL)
@@ -315,7 +332,7 @@ class _Decoder:
             if not request.future.set_running_or_notify_cancel():
                 continue  # the stream moved on (reset, or a newer partial pass)
             self._busy = True
-            request.started_ns = time.monotonic_ns()
+            request.started_ns = self._busy_since_ns = time.monotonic_ns()
             try:
                 request.future.set_result(self._decode(request.audio))
             except Exception as exc:
@@ -323,6 +340,7 @@ class _Decoder:
                 request.future.set_exception(RecognizerError(f"whisper failed while decoding: {exc}"))
             finally:
                 self._busy = False
+                self._busy_since_ns = 0
         self._fail_pending("the Whisper decoder has stopped")
 
     def _decode(self, audio: np.ndarray) -> Transcript:
@@ -369,6 +387,7 @@ class WhisperBackend:
     """
 
     name = "whisper"
+    bounds_its_calls = True  # finish() gives up after asr.worker_timeout_s of decoding
 
     def __init__(self, config: AsrConfig) -> None:
         fw = _import_faster_whisper()
@@ -400,7 +419,10 @@ class WhisperBackend:
 
     def _wait(self, request: _Request) -> Transcript:
         """The result of ``request``: as long as it waits its turn, then at most
-        ``asr.worker_timeout_s`` of decoding."""
+        ``asr.worker_timeout_s`` of decoding. One shared thread decodes for every stream, so
+        when any decode runs past that limit the decoder is stuck (a thread cannot be
+        interrupted): every waiting utterance then fails at once with a RecognizerError
+        instead of queueing behind it, and the sessions go on without transcripts."""
         while True:
             try:
                 return request.future.result(timeout=_POLL)
@@ -411,6 +433,8 @@ class WhisperBackend:
             started = request.started_ns
             if started and time.monotonic_ns() - started > self._timeout * 1e9:
                 raise RecognizerError(f"whisper did not finish an utterance within {self._timeout:g} s")
+            if self._decoder.stuck:
+                raise self._decoder.stuck_error()
 
 
 class WhisperStream:

@@ -390,7 +390,9 @@ class Server:
     def _run_pipeline(self, pipeline: Pipeline, session: str) -> None:
         try:
             pipeline.run()
-        except Exception:  # reported as a fatal error event by the pipeline
+        except RealtimeSerError as exc:  # reported as a fatal error event by the pipeline
+            log.error("session %s ended with an error: %s", session, exc)
+        except Exception:  # a bug: reported as a fatal error event too, logged with its traceback
             log.exception("session %s failed", session)
         finally:
             self._pipelines.pop(session, None)
