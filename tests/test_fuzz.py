@@ -237,3 +237,15 @@ def test_close_reasons_fit_a_close_frame(text: str) -> None:
     reason = close_reason(text)
     assert len(reason.encode("utf-8")) <= 123
     assert reason == text or reason.endswith("...")
+
+
+def test_a_short_coverage_guided_fuzz_run_finds_nothing(tmp_path: Path) -> None:
+    # The long run is `make fuzz` (bench/results/fuzz.md); this one keeps the harness working.
+    pytest.importorskip("atheris", reason="needs atheris: pip install 'realtime-ser[fuzz]' (Linux x86_64)")
+    from bench.fuzz_server import decode, encode, run, seeds
+
+    assert decode(encode(1, ["session=a&since=2", b"\x00\x01", "ping"])) == ("/subscribe?session=a&since=2",
+                                                                             [b"\x00\x01", "ping"])
+    result = run(20, tmp_path / "work")
+    assert result["passed"], result.get("log_tail")
+    assert result["inputs"] > len(seeds()) and result["coverage_edges"] > 100, result

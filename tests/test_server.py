@@ -505,3 +505,25 @@ def test_a_recognizer_that_hangs_ends_its_session_and_the_others_go_on(backends:
     assert len(texts) == 2 and all(texts) and not [e for e in fine if e["type"] == "error"], fine
     assert fine[-1]["reason"] == "end_of_input" and fine_code == 1000
     assert took < 30, took
+
+
+def test_a_subscriber_that_leaves_a_quiet_server_is_let_go_at_once(backends: dict[str, Any]) -> None:
+    # Found by the coverage-guided fuzz run: the handler waited for the next event to notice that
+    # a subscriber had gone, so one that left while nothing happened stayed forever.
+    async def scenario(server: Server) -> list[int]:
+        counts = []
+        for query in ("", "?session=quiet"):
+            if query:
+                server.hub.open("quiet")  # a live session that says nothing
+            async with connect(server.url + "/subscribe" + query) as ws:
+                await ws.send("ping")
+                assert await ws.recv() == "pong"
+                counts.append(server.hub.subscriber_count)
+            for _ in range(50):
+                if server.hub.subscriber_count == 0:
+                    break
+                await asyncio.sleep(0.02)
+            counts.append(server.hub.subscriber_count)
+        return counts
+
+    assert run_with_server(config(), backends, scenario) == [1, 0, 1, 0]

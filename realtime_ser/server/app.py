@@ -456,10 +456,15 @@ class Server:
                                 oldest_seq=exc.oldest) from None
         sub.on_overflow = self._closer(ws, session)
         reader = asyncio.create_task(self._read_subscriber(ws))
+        pump = asyncio.create_task(self._pump(ws, sub))
         try:
-            await self._pump(ws, sub)
+            # Until the events end (the session ended, the server is closing) or the client
+            # leaves: a subscriber that went away does not linger until the next event.
+            await asyncio.wait({reader, pump}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            reader.cancel()
+            for task in (reader, pump):
+                task.cancel()
+            await asyncio.gather(reader, pump, return_exceptions=True)
             self.hub.unsubscribe(sub)
         await ws.close(CLOSE_GOING_AWAY if self._closing else CLOSE_NORMAL,
                        "server shutting down" if self._closing else "session ended")
