@@ -161,6 +161,9 @@ class ServerConfig:
     """Outgoing bytes buffered per connection before sending waits (then the subscriber queue fills)."""
     shutdown_timeout_s: float = 2.5
     """On shutdown, how long sessions get to flush before connections are closed."""
+    release_memory_s: float = 30.0
+    """How often freed heap memory is handed back to the system (glibc's ``malloc_trim``;
+    without it the resident size of a long-running server creeps up); 0 = never."""
     origins: str = ""
     """Browser pages allowed to open WebSockets, comma-separated (``https://dash.example.com``);
     '' = only pages served by this server; '*' = any. Clients that send no Origin header
@@ -319,6 +322,8 @@ class PipelineConfig:
                 raise ConfigError(f"server.{name} must be at least 1")
         if srv.max_sessions_per_token < 0:
             raise ConfigError("server.max_sessions_per_token must be 0 (no own limit) or more")
+        if srv.release_memory_s < 0:
+            raise ConfigError("server.release_memory_s must be 0 (never) or a positive number of seconds")
         for name in ("ingest_buffer_s", "ingest_stall_s", "retain_ended_s", "shutdown_timeout_s"):
             if getattr(srv, name) <= 0:
                 raise ConfigError(f"server.{name} must be positive")

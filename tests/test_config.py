@@ -55,3 +55,9 @@ def test_overrides_coerce_and_validate() -> None:
         apply_overrides(PipelineConfig(), ["vad.nope=1"])
     with pytest.raises(ConfigError, match="true or false"):
         apply_overrides(PipelineConfig(), ["source.realtime=maybe"])
+
+
+def test_release_memory_interval_is_checked() -> None:
+    assert apply_overrides(PipelineConfig(), ["server.release_memory_s=0"]).server.release_memory_s == 0
+    with pytest.raises(ConfigError, match="release_memory_s"):
+        apply_overrides(PipelineConfig(), ["server.release_memory_s=-1"])

@@ -527,3 +527,20 @@ def test_a_subscriber_that_leaves_a_quiet_server_is_let_go_at_once(backends: dic
         return counts
 
     assert run_with_server(config(), backends, scenario) == [1, 0, 1, 0]
+
+
+@pytest.mark.parametrize("every,expect_calls", [("0.2", True), ("0", False)])
+def test_the_server_hands_freed_memory_back_on_its_schedule(backends: dict[str, Any], monkeypatch: pytest.MonkeyPatch,
+                                                            every: str, expect_calls: bool) -> None:
+    from realtime_ser import memory
+    from realtime_ser.server import app
+
+    assert memory.available()  # glibc here; elsewhere release_free_memory() is a no-op returning False
+    calls: list[float] = []
+    monkeypatch.setattr(app, "release_free_memory", lambda: calls.append(time.monotonic()) or True)
+
+    async def scenario(server: Server) -> None:
+        await asyncio.sleep(1.0)
+
+    run_with_server(config(f"server.release_memory_s={every}"), backends, scenario)
+    assert (len(calls) >= 3) if expect_calls else not calls, calls

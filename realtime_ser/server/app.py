@@ -34,6 +34,7 @@ from websockets.http11 import Request, Response
 from ..asr import RecognizerBackend, create_backend
 from ..config import PipelineConfig
 from ..errors import RealtimeSerError
+from ..memory import release_free_memory
 from ..pipeline import Pipeline
 from ..sources import PushSource
 from .hub import Hub, SinceUnavailable, Subscriber
@@ -221,9 +222,18 @@ class Server:
         log.info("shut down in %.2f s", time.monotonic() - t0)
 
     async def _expire_loop(self) -> None:
+        every = min(30.0, self.srv.retain_ended_s / 2)
+        if self.srv.release_memory_s > 0:
+            every = min(every, self.srv.release_memory_s)
+        last_release = time.monotonic()
         while True:
-            await asyncio.sleep(min(30.0, self.srv.retain_ended_s / 2))
+            await asyncio.sleep(every)
             self.hub.expire()
+            if self.srv.release_memory_s > 0 and time.monotonic() - last_release >= self.srv.release_memory_s:
+                last_release = time.monotonic()
+                # Freed memory fragments across the session threads' arenas; hand it back so
+                # that hours of sessions do not creep up the resident size (see memory.py).
+                await asyncio.to_thread(release_free_memory)
 
     # -- HTTP and routing -----------------------------------------------------------------------
 
