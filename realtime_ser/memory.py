@@ -13,28 +13,23 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 from typing import Any
 
 log = logging.getLogger(__name__)
 
-_trim: Any = None
-_looked = False
 
-
+@functools.cache
 def _malloc_trim() -> Any:
-    global _trim, _looked
-    if not _looked:
-        _looked = True
-        try:
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-            trim = libc.malloc_trim
-            trim.argtypes = [ctypes.c_size_t]
-            trim.restype = ctypes.c_int
-            _trim = trim
-        except (OSError, AttributeError):  # not glibc (musl, macOS, Windows): nothing to do
-            log.debug("malloc_trim is not available; freed memory stays with the allocator")
-    return _trim
+    try:
+        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc (musl, macOS, Windows): nothing to do
+        log.debug("malloc_trim is not available; freed memory stays with the allocator")
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return trim
 
 
 def available() -> bool:
