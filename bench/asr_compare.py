@@ -59,7 +59,15 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
-from bench.latency import ScheduledArraySource, default_data_dir, git_info, machine, select_clips, summarize
+from bench.latency import (
+    ScheduledArraySource,
+    default_data_dir,
+    git_info,
+    machine,
+    select_clips,
+    summarize,
+    write_result,
+)
 from realtime_ser.asr import RecognizerBackend, Transcript, create_backend
 from realtime_ser.config import PipelineConfig, apply_overrides, to_dict
 from realtime_ser.pipeline import Pipeline
@@ -587,11 +595,7 @@ def main(argv: list[str] | None = None) -> int:
         "wall_seconds": round(time.perf_counter() - t0, 1),
         "runs": runs,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "asr_compare.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
-    md = markdown(result)
-    (args.out / "asr_compare.md").write_text(md, encoding="utf-8")
-    print(md)
+    write_result(args.out, "asr_compare", result, markdown(result))
     return 0
 
 

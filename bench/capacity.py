@@ -54,7 +54,7 @@ from typing import Any
 import numpy as np
 
 from bench.asr_compare import CORPORA, RATE, TreeMeter, load_rows, vosk_model
-from bench.latency import default_data_dir, git_info, machine, select_clips, summarize
+from bench.latency import default_data_dir, git_info, machine, select_clips, summarize, write_result
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BACKENDS = ("pocketsphinx", "vosk", "none")
@@ -737,10 +737,7 @@ def main(argv: list[str] | None = None) -> int:
     result["wall_seconds"] = round(time.monotonic() - t0, 1)
     args.out.mkdir(parents=True, exist_ok=True)
     result["plots"] = plots(result, args.out)
-    (args.out / "capacity.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
-    md = markdown(result)
-    (args.out / "capacity.md").write_text(md, encoding="utf-8")
-    print(md)
+    write_result(args.out, "capacity", result, markdown(result))
     return 0
 
 

@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         print("error: atheris is not installed: pip install 'realtime-ser[fuzz]'", file=sys.stderr)
         return 2
-    from bench.latency import git_info, machine
+    from bench.latency import git_info, machine, write_result
 
     with tempfile.TemporaryDirectory(prefix="rtser-fuzz-") as tmp:
         result = run(args.seconds, Path(tmp))
@@ -272,11 +272,7 @@ def main(argv: list[str] | None = None) -> int:
             kept.append(str(target.relative_to(REPO_ROOT)) if target.is_relative_to(REPO_ROOT) else str(target))
         result["kept"] = kept
     result |= {"machine": machine(), "git": git_info()}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "fuzz.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
-    md = render(result)
-    (args.out / "fuzz.md").write_text(md, encoding="utf-8")
-    print(md)
+    write_result(args.out, "fuzz", result, render(result))
     return 0 if result["passed"] else 1
 
 

@@ -333,6 +333,14 @@ def run_once(label: str, cfg: PipelineConfig, stream: np.ndarray, rate: int,
 # -- provenance ------------------------------------------------------------------------
 
 
+def write_result(out: Path, name: str, result: dict[str, Any], md: str) -> None:
+    """Write ``NAME.json`` and ``NAME.md`` under ``out`` and print the markdown."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    (out / f"{name}.md").write_text(md, encoding="utf-8")
+    print(md)
+
+
 def machine() -> dict[str, Any]:
     info: dict[str, Any] = {
         "platform": platform.platform(),

@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from bench.capacity import RATE, Server, ServerMeter, clip_pool
-from bench.latency import default_data_dir, git_info, machine
+from bench.latency import default_data_dir, git_info, machine, write_result
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FRAME = RATE * 30 // 1000
@@ -264,11 +264,7 @@ def main(argv: list[str] | None = None) -> int:
                "rss_mb_samples": [round(kb / 1024, 1) for _, kb in samples[:: max(1, len(samples) // 200)]],
                "wall_seconds": round(time.monotonic() - t_all, 1)}
     result["passed"] = all(c["ok"] for c in checks.values())
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "soak.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
-    md = render(result)
-    (args.out / "soak.md").write_text(md, encoding="utf-8")
-    print(md)
+    write_result(args.out, "soak", result, render(result))
     return 0 if result["passed"] else 1
 
 
