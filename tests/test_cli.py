@@ -114,6 +114,9 @@ def test_ctrl_c_flushes_and_exits_within_two_seconds() -> None:
         [sys.executable, "-m", "realtime_ser", "run", "--input", "demo", "--realtime", "--jsonl", "-",
          "--asr", "pocketsphinx"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO,
+        # A test run started as a background job hands its children SIGINT ignored; Ctrl-C
+        # must reach the command whatever started the tests.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     assert proc.stdout is not None
     lines: list[bytes] = []
