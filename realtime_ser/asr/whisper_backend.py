@@ -77,7 +77,9 @@ __all__ = [
     "check_model_dir",
     "default_model_dir",
     "model_available",
+    "model_name",
     "prepare_whisper_base",
+    "recorded_files",
 ]
 
 log = logging.getLogger(__name__)
@@ -184,6 +186,16 @@ def model_available(config: AsrConfig) -> bool:
     except ModelError:
         return False
     return True
+
+
+def model_name(path: Path) -> str:
+    """The name a model directory goes by: ``whisper-base`` for the prepared one, else its folder name."""
+    return MODEL_NAME if _read_marker(path) else path.resolve().name
+
+
+def recorded_files(path: Path) -> dict[str, dict[str, Any]]:
+    """The files (name -> size, sha256) a prepared model directory recorded when it was verified; {} otherwise."""
+    return _read_marker(path)
 
 
 def _read_marker(path: Path) -> dict[str, dict[str, Any]]:
@@ -396,7 +408,7 @@ class WhisperBackend:
         t0 = time.perf_counter()
         model = _load(fw, path, config)
         self.path: Path = path
-        self.model: str = MODEL_NAME if _read_marker(path) else path.resolve().name
+        self.model: str = model_name(path)
         self._config = config
         self._timeout = config.worker_timeout_s
         self._partial_samples = int(config.whisper_partial_s * SAMPLE_RATE)

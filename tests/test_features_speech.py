@@ -1,0 +1,108 @@
+"""Whisper's speech encoder as the emotion model's acoustic front end (realtime_ser.features.speech).
+
+The encoder tests need the prepared Whisper base (``realtime-ser models prepare``, which
+``make test`` runs) and ctranslate2; they skip with the command to run where it is absent.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from realtime_ser.asr import whisper_backend as wb
+from realtime_ser.errors import ModelError
+from realtime_ser.features import speech
+
+RATE = speech.SAMPLE_RATE
+
+
+def _tone(seconds: float, f0: float = 180.0, seed: int = 0) -> np.ndarray:
+    """A buzzy harmonic tone with a little noise: speech-like enough for an encoder."""
+    t = np.arange(int(seconds * RATE)) / RATE
+    x = sum(np.sin(2 * np.pi * f0 * k * t) / k for k in range(1, 12))
+    x = 0.2 * x / np.abs(x).max() + 0.01 * np.random.default_rng(seed).standard_normal(len(t))
+    return (x * 32767).astype(np.int16)
+
+
+@pytest.fixture(scope="module")
+def encoder() -> speech.SpeechEncoder:
+    if importlib.util.find_spec("ctranslate2") is None:
+        pytest.skip("needs ctranslate2: pip install 'realtime-ser[whisper]'")
+    try:
+        return speech.load(threads=2)
+    except ModelError as exc:
+        pytest.skip(f"needs the prepared Whisper base: realtime-ser models prepare ({exc})")
+
+
+def test_log_mel_matches_whisper_reference() -> None:
+    """Our numpy log-Mel is faster-whisper's (Whisper's own front end), so decoding reads what it was trained on."""
+    fw = pytest.importorskip("faster_whisper.feature_extractor")
+    x = _tone(3.2).astype(np.float32) / 32768
+    window = np.zeros(10 * RATE, np.float32)
+    window[: len(x)] = x
+    ref = fw.FeatureExtractor(80)(window, padding=160)[:, : 10 * 100]
+    ours = speech.log_mel(window)
+    assert ours.shape == (80, 1000)
+    assert np.abs(ours - ref).max() < 1e-4
+
+
+def test_log_mel_of_silence_and_tiny_input_is_finite() -> None:
+    for x in (np.zeros(RATE, np.float32), np.zeros(10, np.float32), np.ones(5, np.float32)):
+        m = speech.log_mel(x)
+        assert m.shape[0] == 80 and np.isfinite(m).all()
+
+
+def test_config_is_checked_and_keyed() -> None:
+    with pytest.raises(ValueError, match="window_s"):
+        speech.SpeechEncoderConfig(window_s=31)
+    with pytest.raises(ValueError, match="pooling"):
+        speech.SpeechEncoderConfig(pooling="max")
+    a = speech.SpeechEncoderConfig()
+    assert a.key("x" * 64) == speech.SpeechEncoderConfig().key("x" * 64)
+    assert a.key("x" * 64) != speech.SpeechEncoderConfig(window_s=15).key("x" * 64)
+    assert a.key("x" * 64) != a.key("y" * 64), "the weights are part of the key"
+
+
+def test_missing_model_says_what_to_run(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="does not exist"):
+        speech.load(tmp_path / "nothing-here")
+
+
+def test_states_cover_only_the_utterance(encoder: speech.SpeechEncoder) -> None:
+    short, longer = _tone(1.0), _tone(12.5, 220.0)
+    a, b = encoder.encode([short, longer])
+    assert a.states.shape == (50, encoder.d_model)
+    # 12.5 s spans two 10 s windows: 500 + 125 frames of 20 ms.
+    assert b.states.shape == (625, encoder.d_model)
+    assert a.windows is None
+
+
+def test_batching_does_not_change_vectors(encoder: speech.SpeechEncoder) -> None:
+    clips = [_tone(0.7, 150.0), _tone(2.3, 200.0, seed=1), _tone(4.0, 260.0, seed=2)]
+    together = encoder.embed(clips)
+    alone = np.stack([encoder.embed([c])[0] for c in clips])
+    assert together.shape == (3, encoder.dim)
+    np.testing.assert_allclose(together, alone, atol=1e-3)
+    assert np.abs(together[0] - together[2]).max() > 1e-2, "different audio, different vectors"
+
+
+def test_int16_and_float_input_agree(encoder: speech.SpeechEncoder) -> None:
+    x = _tone(1.5)
+    np.testing.assert_allclose(encoder.embed([x])[0], encoder.embed([x.astype(np.float32) / 32768])[0], atol=1e-4)
+
+
+def test_kept_windows_decode(encoder: speech.SpeechEncoder) -> None:
+    """The encoder output it keeps is what Whisper's decoder reads (one pass serves both)."""
+    (enc,) = encoder.encode([_tone(2.0)], keep_windows=True)
+    assert enc.windows is not None and tuple(enc.windows.shape) == (1, 500, encoder.d_model)
+    result = encoder.model.generate(enc.windows, [[50258, 50259, 50359, 50363]], beam_size=1, max_length=20)
+    assert result and isinstance(result[0].sequences_ids[0], list)
+
+
+def test_the_model_is_loaded_once_per_process(encoder: speech.SpeechEncoder) -> None:
+    assert speech.load(threads=2) is encoder
+    assert encoder.name == wb.MODEL_NAME
+    assert len(encoder.model_sha256) == 64
