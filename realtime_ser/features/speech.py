@@ -264,7 +264,8 @@ class SpeechEncoder:
 
 # -- loading: one model object per directory in a process ---------------------------------------
 
-_loaded: dict[tuple[str, str, int], SpeechEncoder] = {}
+_models: dict[tuple[str, str], tuple[Any, str, str]] = {}
+_encoders: dict[tuple[str, str, SpeechEncoderConfig], SpeechEncoder] = {}
 _load_lock = threading.Lock()
 
 
@@ -296,6 +297,9 @@ def _model_sha256(directory: Path) -> str:
 def load(model_dir: str | Path = "", threads: int = 0, config: SpeechEncoderConfig | None = None) -> SpeechEncoder:
     """The process's encoder for ``model_dir`` ('' = the prepared Whisper base), loaded on first use.
 
+    One model object per directory and compute type: the first caller's ``threads`` (0 = the
+    cores, at most 8) sets how many cores it uses, and later callers share it.
+
     Raises :class:`ModelError` naming what to run or install when the model or CTranslate2 is missing.
     """
     from ..asr import whisper_backend
@@ -303,24 +307,26 @@ def load(model_dir: str | Path = "", threads: int = 0, config: SpeechEncoderConf
     config = config or SpeechEncoderConfig()
     directory = Path(model_dir).expanduser() if model_dir else whisper_backend.default_model_dir()
     whisper_backend.check_model_dir(directory, default=not model_dir)
-    key = (str(directory.resolve()), config.compute_type, _threads(threads))
+    key = (str(directory.resolve()), config.compute_type)
     with _load_lock:
-        encoder = _loaded.get(key)
-        if encoder is not None and encoder.config == config:
+        encoder = _encoders.get((*key, config))
+        if encoder is not None:
             return encoder
-        try:
-            import ctranslate2
-        except ImportError as exc:
-            raise ModelError("the speech encoder needs the 'ctranslate2' package: pip install ctranslate2") from exc
-        try:
-            model = ctranslate2.models.Whisper(str(directory), device="cpu", compute_type=config.compute_type,
-                                              intra_threads=_threads(threads), inter_threads=1)
-        except Exception as exc:
-            raise ModelError(f"cannot load the Whisper model in {directory} for the speech encoder: {exc}") from exc
-        name = whisper_backend.model_name(directory)
-        encoder = SpeechEncoder(model, directory, _model_sha256(directory), config, name)
+        if key not in _models:
+            try:
+                import ctranslate2
+            except ImportError as exc:
+                raise ModelError("the speech encoder needs the 'ctranslate2' package: pip install ctranslate2") from exc
+            try:
+                model = ctranslate2.models.Whisper(str(directory), device="cpu", compute_type=config.compute_type,
+                                                  intra_threads=_threads(threads), inter_threads=1)
+            except Exception as exc:
+                raise ModelError(f"cannot load the Whisper model in {directory} for the speech encoder: {exc}") from exc
+            _models[key] = (model, _model_sha256(directory), whisper_backend.model_name(directory))
+            log.info("speech encoder %s loaded from %s (%s, %d threads)", _models[key][2], directory,
+                     config.compute_type, _threads(threads))
+        model, sha, name = _models[key]
+        encoder = SpeechEncoder(model, directory, sha, config, name)
         encoder.embed([np.zeros(SAMPLE_RATE // 2, np.float32)])  # sets d_model; the first call is the slow one
-        _loaded[key] = encoder
-        log.info("speech encoder %s loaded from %s (%s, %d threads, %d s window)", name, directory,
-                 config.compute_type, _threads(threads), config.window_s)
+        _encoders[(*key, config)] = encoder
         return encoder
