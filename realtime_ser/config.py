@@ -179,7 +179,14 @@ class EmotionConfig:
     """Exported model directory (model.onnx + card.json); '' = the packaged model: ``default``
     (audio + text), or ``audio`` when recognition is off (``asr.backend = "none"``)."""
     text_encoder: str = ""
-    """Prepared text encoder directory; '' = the cache (``realtime-ser models prepare``)."""
+    """Prepared text encoder directory; '' = the one the model card names, in the cache
+    (``realtime-ser models prepare``)."""
+    speech_encoder: str = ""
+    """CTranslate2 Whisper model whose encoder gives the audio features; '' = the prepared Whisper
+    base (``realtime-ser models prepare``). It must be the one the model was trained with."""
+    encoder_threads: int = 0
+    """Cores the speech encoder uses (0 = all, at most 8); when Whisper is also the recognizer
+    the two share one model, loaded with the first one's setting."""
     max_turns: int = 0
     """Context window in turns, the current one included (0 = what the model card says)."""
     reset_after_s: float = 60.0

@@ -32,6 +32,10 @@ END_CAPTURE_NS = "_end_capture_ns"
 QUEUED_NS = "_queued_ns"
 AUDIO = "_audio"
 """Private utterance field: the utterance's int16 samples, for the emotion stage (never emitted)."""
+SPEECH = "_speech"
+"""Private utterance field: the speech encoder's output for the utterance when the recognizer
+computed it (:class:`~realtime_ser.features.speech.EncodedUtterance`), so the emotion stage does
+not encode it again (never emitted)."""
 
 
 @dataclass

@@ -28,7 +28,8 @@ import numpy as np
 
 from ..config import EmotionConfig
 from ..errors import ModelError
-from ..features.acoustic import AcousticConfig, AcousticFeatures
+from ..features.audio import AudioFrontEnd
+from ..features.speech import EncodedUtterance
 from .model import EmotionModel
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,8 @@ class Request:
     samples: np.ndarray
     text: str
     context: list[Turn]
+    speech: EncodedUtterance | None = None
+    """The speech encoder's output for these samples when the recognizer already computed it."""
     submitted: float = field(default_factory=time.perf_counter)
     future: Future[dict[str, Any]] = field(default_factory=Future)
 
@@ -91,24 +94,22 @@ class EmotionService:
     """One model, one worker thread, shared by every session that uses the model."""
 
     def __init__(self, model_dir: Path | str, threads: int = 1, max_batch: int = 64,
-                 text_encoder_dir: str = "") -> None:
+                 text_encoder_dir: str = "", speech_encoder_dir: str = "", encoder_threads: int = 0) -> None:
         self.model = EmotionModel.load(model_dir, threads=threads)
         card = self.model.card
-        self.acoustic: AcousticFeatures | None = None
+        self.audio: AudioFrontEnd | None = None
         self.encoder: Any = None
         if "audio" in card.modalities:
-            cfg = AcousticConfig(**card.features["audio"].get("config", {}))
-            self.acoustic = AcousticFeatures(cfg)
+            self.audio = AudioFrontEnd.for_card(card.features["audio"], speech_encoder_dir, encoder_threads,
+                                                where=f"emotion model {model_dir}")
         if "text" in card.modalities:
-            from ..features.text import TextEncoder
+            from ..features.text import TextEncoder, encoder_dir_for
 
-            kind = card.features["text"].get("kind", "contextual")
-            self.encoder = TextEncoder.load(Path(text_encoder_dir) if text_encoder_dir else None, kind=kind,
-                                            threads=threads)
-        self.model.check_features(AcousticConfig().key() if self.acoustic is not None else None,
+            text = card.features["text"]
+            directory = Path(text_encoder_dir) if text_encoder_dir else encoder_dir_for(text)
+            self.encoder = TextEncoder.load(directory, kind=text.get("kind", "contextual"), threads=threads)
+        self.model.check_features(self.audio.key() if self.audio is not None else None,
                                   self.encoder.key() if self.encoder is not None else None)
-        if self.acoustic is not None and self.acoustic.config != AcousticConfig():
-            raise ModelError(f"emotion model {model_dir}: its acoustic settings differ from this runtime's")
         self.max_batch = max_batch
         self._queue: queue.Queue[Request | None] = queue.Queue()
         self._stop = threading.Event()
@@ -121,8 +122,9 @@ class EmotionService:
     def modalities(self) -> tuple[str, ...]:
         return self.model.card.modalities
 
-    def submit(self, samples: np.ndarray, text: str, context: Sequence[Turn]) -> Future[dict[str, Any]]:
-        req = Request(samples, text, list(context))
+    def submit(self, samples: np.ndarray, text: str, context: Sequence[Turn],
+               speech: EncodedUtterance | None = None) -> Future[dict[str, Any]]:
+        req = Request(samples, text, list(context), speech)
         if self._stop.is_set():
             req.future.set_exception(ModelError("the emotion service is closed"))
             return req.future
@@ -178,9 +180,10 @@ class EmotionService:
         mods = self.modalities
         vectors: list[dict[str, np.ndarray]] = [{} for _ in batch]
         timing = {"features": 0.0, "text": 0.0}
-        if self.acoustic is not None:
-            for v, r in zip(vectors, batch, strict=True):
-                v["audio"] = self.acoustic.extract(r.samples)
+        if self.audio is not None:
+            audio = self.audio.extract([r.samples for r in batch], [r.speech for r in batch])
+            for v, a in zip(vectors, audio, strict=True):
+                v["audio"] = a
         t1 = time.perf_counter()
         timing["features"] = t1 - t0
         if self.encoder is not None:
@@ -236,6 +239,8 @@ def emotion_fields(model: EmotionModel, out: dict[str, np.ndarray], i: int, n: i
         emotion["modalities"] = modal
     elif len(mods) == 1:
         emotion["modalities"] = {mods[0]: emotion["scores"]}
+    if "audio_reliability" in out:
+        emotion["audio_weight"] = round(float(np.clip(out["audio_reliability"][i, n], 0.0, 1.0)), 4)
     return emotion
 
 
@@ -249,7 +254,7 @@ def _scores(labels: Sequence[str], probs: np.ndarray) -> dict[str, float]:
     return {lab: float(min(1.0, max(0.0, x))) for lab, x in zip(labels, rounded, strict=True)}
 
 
-_services: dict[tuple[str, int, str], tuple[EmotionService, int]] = {}
+_services: dict[tuple[str, int, str, str], tuple[EmotionService, int]] = {}
 _lock = threading.Lock()
 
 
@@ -262,13 +267,14 @@ def resolve_model_dir(config: EmotionConfig, audio_only: bool) -> Path:
 def acquire(config: EmotionConfig, audio_only: bool) -> EmotionService:
     """The shared service for this model (loaded on first use); pair with :func:`release`."""
     path = resolve_model_dir(config, audio_only)
-    key = (str(path.resolve()), config.threads, config.text_encoder)
+    key = (str(path.resolve()), config.threads, config.text_encoder, config.speech_encoder)
     with _lock:
         if key in _services:
             service, n = _services[key]
             _services[key] = (service, n + 1)
             return service
-        service = EmotionService(path, threads=config.threads, text_encoder_dir=config.text_encoder)
+        service = EmotionService(path, threads=config.threads, text_encoder_dir=config.text_encoder,
+                                 speech_encoder_dir=config.speech_encoder, encoder_threads=config.encoder_threads)
         if audio_only and "text" in service.modalities:
             service.close()
             raise ModelError(f"emotion model {path} needs transcripts (text), but recognition is off (--asr none); "

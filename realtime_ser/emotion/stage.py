@@ -17,7 +17,7 @@ import numpy as np
 from ..config import EmotionConfig
 from ..errors import ModelError
 from ..events import round_ms
-from ..recognition import AUDIO
+from ..recognition import AUDIO, SPEECH
 from .model import EmotionModel
 from .service import DialogueContext, EmotionService, Turn, acquire, emotion_fields, packaged_model, release
 
@@ -65,10 +65,11 @@ class EmotionStage:
     def annotate(self, fields: dict[str, Any]) -> str | None:
         """Fill ``fields["emotion"]`` and the emotion latencies; return an error message instead on failure."""
         samples = fields.pop(AUDIO, None)
+        speech = fields.pop(SPEECH, None)
         if samples is None:
             samples = np.zeros(0, np.int16)
         window = self.context.window(float(fields["start"]))
-        future = self.service.submit(samples, str(fields.get("text", "")), window)
+        future = self.service.submit(samples, str(fields.get("text", "")), window, speech)
         try:
             result = future.result(timeout=self.config.timeout_s)
         except concurrent.futures.TimeoutError:

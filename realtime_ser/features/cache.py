@@ -48,28 +48,37 @@ class FeatureCache:
         data = content.encode("utf-8") if isinstance(content, str) else bytes(content)
         return self.root / kind / settings_key / f"{hashlib.sha256(data).hexdigest()}.npy"
 
-    def get_or_compute(
-        self, kind: str, content: bytes | str, settings_key: str, compute: Callable[[], np.ndarray]
-    ) -> np.ndarray:
-        """The cached array, or ``compute()``'s result after storing it atomically.
-
-        A cached file that cannot be read (truncated by an old crash, foreign format) is
-        recomputed and replaced rather than raised, since the cache is only an accelerator.
-        """
+    def load(self, kind: str, content: bytes | str, settings_key: str) -> np.ndarray | None:
+        """The cached array, or None when there is none (or it cannot be read: a truncated file
+        from an old crash, a foreign format; the cache is only an accelerator)."""
         path = self.path(kind, content, settings_key)
         if path.is_file():
             try:
                 return np.load(path, allow_pickle=False)
             except (OSError, ValueError):
                 pass
-        array = np.asarray(compute())
+        return None
+
+    def store(self, kind: str, content: bytes | str, settings_key: str, array: np.ndarray) -> None:
+        """Store ``array`` atomically (a temporary file renamed into place)."""
+        path = self.path(kind, content, settings_key)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npy")
         try:
             with os.fdopen(fd, "wb") as fh:
-                np.save(fh, array, allow_pickle=False)
+                np.save(fh, np.asarray(array), allow_pickle=False)
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+    def get_or_compute(
+        self, kind: str, content: bytes | str, settings_key: str, compute: Callable[[], np.ndarray]
+    ) -> np.ndarray:
+        """The cached array, or ``compute()``'s result after storing it atomically."""
+        cached = self.load(kind, content, settings_key)
+        if cached is not None:
+            return cached
+        array = np.asarray(compute())
+        self.store(kind, content, settings_key, array)
         return array

@@ -1,0 +1,128 @@
+"""The emotion model's acoustic front end, as its model card names it; the same object in training and live.
+
+Three kinds:
+
+- ``speech``: Whisper's encoder states of the utterance, mean and standard deviation
+  (:mod:`realtime_ser.features.speech`), 1024 numbers for Whisper base;
+- ``acoustic``: the numpy functionals of :mod:`realtime_ser.features.acoustic` (75 numbers);
+- ``speech+acoustic``: both, concatenated in that order.
+
+:meth:`AudioFrontEnd.extract` takes a batch of utterances and, optionally, encoder output the
+recognizer already computed for some of them (one encoder pass serves both): those are pooled
+as they are, the others are encoded together in one batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+
+from ..errors import ModelError
+from .acoustic import AcousticConfig, AcousticFeatures
+from .speech import EncodedUtterance, SpeechEncoder, SpeechEncoderConfig
+
+__all__ = ["KINDS", "AudioFrontEnd"]
+
+KINDS = ("speech", "acoustic", "speech+acoustic")
+
+
+class AudioFrontEnd:
+    """Utterance samples -> the fixed-length vector an emotion model reads; see the module docstring."""
+
+    def __init__(self, kind: str, speech: SpeechEncoder | None = None,
+                 acoustic: AcousticFeatures | None = None) -> None:
+        if kind not in KINDS:
+            raise ValueError(f"the audio front end must be one of {', '.join(KINDS)}, got {kind!r}")
+        if ("speech" in kind) != (speech is not None) or ("acoustic" in kind) != (acoustic is not None):
+            raise ValueError(f"front end {kind!r} needs exactly its parts")
+        self.kind = kind
+        self.speech = speech
+        self.acoustic = acoustic
+
+    @classmethod
+    def create(cls, kind: str, encoder_dir: str = "", threads: int = 0,
+               speech_config: SpeechEncoderConfig | None = None) -> AudioFrontEnd:
+        """Build the front end ``kind``; loads the speech encoder (shared in the process) when it needs one."""
+        from . import speech
+
+        if kind not in KINDS:
+            raise ValueError(f"the audio front end must be one of {', '.join(KINDS)}, got {kind!r}")
+        enc = speech.load(encoder_dir, threads=threads, config=speech_config) if "speech" in kind else None
+        ac = AcousticFeatures(AcousticConfig()) if "acoustic" in kind else None
+        return cls(kind, enc, ac)
+
+    @classmethod
+    def for_card(cls, audio: dict[str, Any], encoder_dir: str = "", threads: int = 0,
+                 where: str = "the model") -> AudioFrontEnd:
+        """The front end a model card's ``features.audio`` names, checked against what this runtime computes."""
+        kind = audio.get("kind", "acoustic")
+        if kind not in KINDS:
+            raise ModelError(f"{where}: its audio front end {kind!r} is unknown to this version; known: {KINDS}")
+        speech_config = None
+        if "speech" in kind:
+            try:
+                speech_config = SpeechEncoderConfig(**audio["speech"]["config"])
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ModelError(f"{where}: features.audio.speech.config is missing or invalid ({exc})") from None
+        front = cls.create(kind, encoder_dir, threads, speech_config)
+        if front.key() != audio.get("key"):
+            raise ModelError(f"{where}: it expects audio features {audio.get('key')!r} ({kind}) but this runtime "
+                             f"computes {front.key()!r}: the speech encoder's weights or the feature settings differ; "
+                             "use the Whisper model it was trained with or retrain/export the model")
+        return front
+
+    @property
+    def dim(self) -> int:
+        return (self.speech.dim if self.speech else 0) + (self.acoustic.dim if self.acoustic else 0)
+
+    def key(self) -> str:
+        """Identifies the vectors: front-end kind, settings and weights."""
+        parts = [self.kind]
+        if self.speech is not None:
+            parts.append(self.speech.key())
+        if self.acoustic is not None:
+            parts.append(self.acoustic.config.key())
+        if self.kind == "acoustic":  # the key older models carry: the functionals' own
+            return parts[1]
+        return hashlib.sha256("/".join(parts).encode()).hexdigest()[:12]
+
+    def card(self) -> dict[str, Any]:
+        """What a model card records about this front end."""
+        card: dict[str, Any] = {"kind": self.kind, "key": self.key(), "dim": self.dim}
+        if self.speech is not None:
+            card["speech"] = self.speech.card()
+        if self.acoustic is not None:
+            card["acoustic"] = {"front_end": "realtime_ser.features.acoustic", "key": self.acoustic.config.key(),
+                                "dim": self.acoustic.dim, "config": asdict(self.acoustic.config)}
+        return card
+
+    def shares(self, encoded: EncodedUtterance | None) -> bool:
+        """Whether encoder output computed elsewhere is what this front end would compute itself."""
+        return (encoded is not None and self.speech is not None
+                and encoded.key == self.speech.key())
+
+    def extract(self, utterances: Sequence[np.ndarray],
+                encoded: Sequence[EncodedUtterance | None] | None = None) -> np.ndarray:
+        """Vectors (N, dim) of utterances (int16 or float at 16 kHz); ``encoded[i]``, when it is this
+        front end's encoder output for utterance ``i``, saves encoding it again."""
+        n = len(utterances)
+        out = np.zeros((n, self.dim), dtype=np.float32)
+        col = 0
+        if self.speech is not None:
+            given: list[EncodedUtterance | None] = list(encoded) if encoded is not None else [None] * n
+            todo = [i for i in range(n) if not self.shares(given[i])]
+            fresh = self.speech.encode([utterances[i] for i in todo]) if todo else []
+            for i, e in zip(todo, fresh, strict=True):
+                given[i] = e
+            for i, done in enumerate(given):
+                assert done is not None
+                out[i, : self.speech.dim] = SpeechEncoder.pool(done.states)
+            col = self.speech.dim
+        if self.acoustic is not None:
+            for i, samples in enumerate(utterances):
+                out[i, col:] = self.acoustic.extract(samples)
+        return out
