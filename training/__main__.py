@@ -72,10 +72,14 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
                                           "results go to runs/<name>/.")
     p.add_argument("--config", type=Path, required=True, help="TOML config (see configs/train/)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override a setting (TOML value), e.g. --set model.causal=true; repeatable")
+                   help="override a setting (TOML value), e.g. --set model.causal=true; repeatable. "
+                        "Setting a key the [grid] varies pins it (one variant fewer)")
     p.add_argument("--out", type=Path, default=None, help="run folder (default runs/<name>)")
     p.add_argument("--export", type=Path, default=None, metavar="DIR",
-                   help="then train on all the data and export model.onnx + card.json into DIR")
+                   help="then train one model on all the data and export model.onnx + card.json into DIR: "
+                        "the first seed of train.seeds; train.val_fraction of the dialogues (of held-out speakers, "
+                        "train.val_by) is kept out to choose the epoch and fit the confidence temperatures. "
+                        "A config with a [grid] needs each grid key pinned with --set")
     p.add_argument("--version", default="", help="model version for the card (default: today's date)")
     p.add_argument("--no-eval", action="store_true", help="skip the cross-validation (export only)")
     p.set_defaults(func=_train)
@@ -86,7 +90,9 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     report = evaluate(args.model, args.manifest, args.predictions)
     print(format_report(report))
-    out = args.out or Path("runs") / "evaluate" / f"{report['model']['name']}-{args.manifest.stem}.json"
+    m = report["model"]
+    name = f"{m['name']}-{m['version']}-{m['sha256'][:8]}-{args.manifest.stem}.json"
+    out = args.out or Path("runs") / "evaluate" / name
     write_report(report, out)
     print(f"wrote {out}")
     return 0
@@ -99,7 +105,8 @@ def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", type=Path, required=True, metavar="DIR", help="exported model directory")
     p.add_argument("--manifest", type=Path, required=True, metavar="CSV", help="manifest to evaluate on")
     p.add_argument("--out", type=Path, default=None,
-                   help="metrics JSON (default runs/evaluate/<model>-<manifest>.json)")
+                   help="metrics JSON (default runs/evaluate/<model name>-<version>-<sha256 of model.onnx, 8 "
+                        "digits>-<manifest>.json, so two models of one config never overwrite each other)")
     p.add_argument("--predictions", type=Path, default=None, metavar="CSV", help="also write per-utterance scores")
     p.set_defaults(func=_evaluate)
 

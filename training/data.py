@@ -55,10 +55,15 @@ CORPUS_LABELS: dict[str, tuple[str, ...]] = {
     "iemocap": ("neu", "hap", "exc", "sad", "ang", "fru", "sur", "fea", "dis", "oth"),
     "ravdess": ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised"),
     "tess": ("neutral", "happy", "sad", "angry", "fear", "disgust", "pleasant_surprise"),
+    "crema_d": ("neutral", "happy", "sad", "angry", "fearful", "disgust"),
     "meld": ("neutral", "joy", "sadness", "anger", "surprise", "fear", "disgust"),
     "emorynlp": ("Neutral", "Joyful", "Sad", "Mad", "Scared", "Peaceful", "Powerful"),
 }
 """Each corpus's own label set (the "all" mode keeps these as they are)."""
+
+COMMON_LABELS: dict[str, str] = {"fear": "fearful", "pleasant_surprise": "surprised", "joy": "happy",
+                                 "sadness": "sad", "anger": "angry", "surprise": "surprised"}
+"""Corpus labels respelled as one vocabulary (``label_mode = "common"``); others keep their names."""
 
 NO_LABEL: dict[str, tuple[str, ...]] = {"iemocap": ("xxx",)}
 """Corpus labels that mean "no label" (IEMOCAP ``xxx``: the annotators did not agree)."""
@@ -67,6 +72,7 @@ LABEL_MAPS: dict[str, dict[str, str]] = {
     "iemocap": {"neu": "neutral", "hap": "happy", "exc": "happy", "sad": "sad", "ang": "angry"},
     "ravdess": {"neutral": "neutral", "happy": "happy", "sad": "sad", "angry": "angry"},
     "tess": {"neutral": "neutral", "happy": "happy", "sad": "sad", "angry": "angry"},
+    "crema_d": {"neutral": "neutral", "happy": "happy", "sad": "sad", "angry": "angry"},
     "meld": {"neutral": "neutral", "joy": "happy", "sadness": "sad", "anger": "angry"},
     "emorynlp": {"Neutral": "neutral", "Joyful": "happy", "Sad": "sad", "Mad": "angry"},
 }
@@ -478,20 +484,25 @@ def convert_iemocap_release(src: Path, manifest_dir: Path, labels: LabelSpec = "
     return out
 
 
+#: Metadata columns of the shared corpora's manifests that are kept (when present).
+_CLIP_META = ("intensity", "age", "voice_vote", "voice_agreement")
+
+
 def _clips(corpus: str, src: Path, manifest_dir: Path, mapping: Mapping[str, str]) -> list[Utterance]:
-    """Single-clip corpora (RAVDESS, TESS) from their ``manifest.csv``; dropped labels are left out."""
+    """Single-clip corpora (RAVDESS, TESS, CREMA-D) from their ``manifest.csv``; dropped labels are
+    left out, and so are clips marked ``silent`` (CREMA-D's one clip without speech)."""
     convert = _mapper(corpus, mapping)
     out = []
     for r in _read_csv(Path(src) / "manifest.csv"):
         label = convert(r["emotion"])
-        if not label:
+        if not label or r.get("silent", "").strip() in ("1", "true"):
             continue
         extra = {
             "corpus": corpus,
             "script_id": r["transcript"],
             "gender": r["gender"],
             "orig_label": r["emotion"],
-            **({"intensity": r["intensity"]} if "intensity" in r else {}),
+            **{k: r[k] for k in _CLIP_META if k in r},
             "duration": r["duration"],
         }
         audio = _relative(Path(src) / r["path"], manifest_dir)
@@ -507,6 +518,12 @@ def convert_ravdess(src: Path, manifest_dir: Path, labels: LabelSpec = "4", calm
 def convert_tess(src: Path, manifest_dir: Path, labels: LabelSpec = "4") -> list[Utterance]:
     """TESS (speaker ``tess_OAF``): each clip a dialogue of one; ``script_id`` = the carrier sentence."""
     return _clips("tess", src, manifest_dir, label_map("tess", labels))
+
+
+def convert_crema_d(src: Path, manifest_dir: Path, labels: LabelSpec = "4") -> list[Utterance]:
+    """CREMA-D (75 actors ``crema_NNNN``): each clip a dialogue of one; ``script_id`` = the sentence;
+    ``voice_vote`` / ``voice_agreement``: what listeners heard from the voice alone, and how many agreed."""
+    return _clips("crema_d", src, manifest_dir, label_map("crema_d", labels))
 
 
 def convert_meld(src: Path, manifest_dir: Path, labels: LabelSpec = "4") -> list[Utterance]:
@@ -574,15 +591,16 @@ CONVERTERS: dict[str, Callable[..., list[Utterance]]] = {
     "emorynlp": convert_emorynlp,
     "ravdess": convert_ravdess,
     "tess": convert_tess,
+    "crema_d": convert_crema_d,
 }
 """Converter name -> function(src, manifest_dir, labels=...) returning utterances."""
 
 CORPUS_OF = {"iemocap_text": "iemocap", "iemocap_release": "iemocap", "meld": "meld", "emorynlp": "emorynlp",
-             "ravdess": "ravdess", "tess": "tess"}
+             "ravdess": "ravdess", "tess": "tess", "crema_d": "crema_d"}
 """Converter name -> corpus (the key of :data:`LABEL_MAPS`)."""
 
 SHARED_FOLDERS = {"iemocap_text": "iemocap_text", "meld": "meld_text", "emorynlp": "emorynlp_text",
-                  "ravdess": "ravdess", "tess": "tess"}
+                  "ravdess": "ravdess", "tess": "tess", "crema_d": "crema_d"}
 """Converter name -> its folder in the shared data (IEMOCAP with audio is not there)."""
 
 

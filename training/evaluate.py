@@ -25,12 +25,22 @@ from .metrics import classification_report
 def extractor_for(model: EmotionModel) -> FeatureExtractor:
     """A feature extractor with the front ends the model's card names; refuses a mismatch."""
     text = model.card.features.get("text", {})
-    settings = FeatureSettings(text_encoder=text.get("kind", "contextual"))
+    audio = model.card.features.get("audio", {})
+    settings = FeatureSettings(text_encoder=text.get("kind", "contextual"),
+                               text_encoder_dir=text_encoder_dir(model), audio=audio.get("kind", "acoustic"))
     extractor = FeatureExtractor(settings)
-    audio_key = extractor.acoustic_config.key() if "audio" in model.card.modalities else None
+    audio_key = extractor.front_end.key() if "audio" in model.card.modalities else None
     text_key = extractor.text_encoder.key() if "text" in model.card.modalities else None
     model.check_features(audio_key, text_key)
     return extractor
+
+
+def text_encoder_dir(model: EmotionModel) -> str:
+    """The prepared text encoder a model was trained with ('' = the default one)."""
+    from realtime_ser.features.text import encoder_dir_for
+
+    text = model.card.features.get("text")
+    return str(encoder_dir_for(text)) if text else ""
 
 
 def evaluate(model_dir: Path, manifest_path: Path, predictions: Path | None = None) -> dict[str, Any]:
@@ -66,7 +76,8 @@ def evaluate(model_dir: Path, manifest_path: Path, predictions: Path | None = No
                              "predicted": model.labels[int(p.argmax())],
                              **{f"p_{lab}": f"{float(x):.6f}" for lab, x in zip(model.labels, p, strict=True)}})
     report: dict[str, Any] = {
-        "model": {"name": model.name, "version": model.version, "dir": str(model_dir)},
+        "model": {"name": model.name, "version": model.version, "dir": str(model_dir),
+                  "sha256": model.card.raw["files"]["model.onnx"]},
         "manifest": str(manifest_path),
         "causal": model.card.causal,
         "context_max_turns": model.card.max_turns,
@@ -90,15 +101,18 @@ def format_report(report: dict[str, Any]) -> str:
     lines = [
         f"model {report['model']['name']} {report['model']['version']} on {report['manifest']} "
         f"({m['n']} labeled utterances, {'causal' if report['causal'] else 'offline'} context)",
-        f"  weighted accuracy {100 * m['weighted_accuracy']:.1f}%  UAR {100 * m['uar']:.1f}%  "
-        f"macro-F1 {100 * m['macro_f1']:.1f}%  ROC AUC {100 * m['roc_auc']:.1f}%",
+        f"  accuracy (WA, weighted accuracy: share of utterances right) {100 * m['weighted_accuracy']:.1f}%  "
+        f"UAR (mean recall over classes) {100 * m['uar']:.1f}%",
+        f"  macro-F1 {100 * m['macro_f1']:.1f}%  weighted F1 {100 * m['weighted_f1']:.1f}%  "
+        f"ROC AUC {100 * m['roc_auc']:.1f}%  ECE {m['ece']:.3f}",
         "  recall: " + ", ".join(f"{k} {'-' if v is None else f'{100 * v:.1f}%'}"
                                  for k, v in m["per_class_recall"].items()),
         "  confusion (rows true, columns predicted; " + ", ".join(m["labels"]) + "):",
     ]
     lines += ["    " + " ".join(f"{x:5d}" for x in row) for row in m["confusion"]]
     for mod, r in report.get("modalities", {}).items():
-        lines.append(f"  {mod} branch alone: WA {100 * r['weighted_accuracy']:.1f}%  UAR {100 * r['uar']:.1f}%")
+        lines.append(f"  {mod} branch alone: accuracy {100 * r['weighted_accuracy']:.1f}%  UAR {100 * r['uar']:.1f}%  "
+                     f"ECE {r['ece']:.3f}")
     return "\n".join(lines)
 
 

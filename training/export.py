@@ -30,15 +30,19 @@ class _Wrapper(nn.Module):
 
     def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
         inputs = dict(zip(self.mods, args[:-1], strict=True))
-        out = self.model(inputs.get("audio"), inputs.get("text"), args[-1])
+        out = self.model(inputs.get("audio"), inputs.get("text"), args[-1], calibrated=True)
         probs = [torch.softmax(out["logits"], -1)]
         if self.model.cfg.fused:
             probs += [torch.softmax(out[m], -1) for m in self.mods]
+        if self.model.cfg.audio_gate:
+            probs.append(out["reliability"])
         return tuple(probs)
 
 
 def output_names(model: TorchModel) -> list[str]:
-    return ["probs"] + ([f"{m}_probs" for m in model.cfg.modalities] if model.cfg.fused else [])
+    """Calibrated probabilities (fused, then per modality) and, for a gated model, the audio's weight."""
+    names = ["probs"] + ([f"{m}_probs" for m in model.cfg.modalities] if model.cfg.fused else [])
+    return names + (["audio_reliability"] if model.cfg.audio_gate else [])
 
 
 def export_onnx(model: TorchModel, path: Path) -> Path:
@@ -85,7 +89,7 @@ def max_difference(model: TorchModel, runtime: EmotionModel, seed: int = 0) -> f
         with torch.no_grad():
             ref = _Wrapper(model)(*inputs.values(), mask)
         got = runtime.score({m: x.numpy() for m, x in inputs.items()}, mask.numpy())
-        keys = ["probs"] + ([m for m in model.cfg.modalities] if model.cfg.fused else [])
+        keys = [name.removesuffix("_probs") for name in output_names(model)]
         for k, r in zip(keys, ref, strict=True):
             valid = mask.numpy()
             worst = max(worst, float(np.abs(got[k][valid] - r.numpy()[valid]).max()))

@@ -1,11 +1,12 @@
 """Per-utterance feature vectors for the trainer, computed by the runtime's own code.
 
 Text: :class:`realtime_ser.features.text.TextEncoder` (contextual or static).
-Audio: :class:`realtime_ser.features.acoustic.AcousticFeatures` on the audio of the
-utterance as the live segmenter cuts it (:func:`realtime_ser.features.segment.utterance_audio`),
-so a model sees the same numbers in training, in ``python -m training evaluate`` and live.
-Both are cached on disk (:class:`realtime_ser.features.cache.FeatureCache`), keyed by
-content and settings.
+Audio: :class:`realtime_ser.features.audio.AudioFrontEnd` (Whisper's encoder states pooled,
+the numpy functionals, or both) on the audio of the utterance as the live segmenter cuts it
+(:func:`realtime_ser.features.segment.utterance_audio`), so a model sees the same numbers in
+training, in ``python -m training evaluate`` and live. Both are cached on disk
+(:class:`realtime_ser.features.cache.FeatureCache`), keyed by content and settings; augmented
+copies of a clip are keyed by the augmentation settings, the seed and the copy number too.
 """
 
 from __future__ import annotations
@@ -13,18 +14,21 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import sys
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from realtime_ser.config import PipelineConfig
-from realtime_ser.features.acoustic import AcousticConfig, AcousticFeatures
+from realtime_ser.features.audio import KINDS as AUDIO_KINDS
+from realtime_ser.features.audio import AudioFrontEnd
 from realtime_ser.features.cache import FeatureCache
 from realtime_ser.features.segment import utterance_audio
 
+from .augment import AugmentConfig
 from .data import Manifest, Utterance
 
 log = logging.getLogger(__name__)
@@ -37,22 +41,68 @@ class FeatureSettings:
     text_encoder: str = "contextual"
     """``contextual`` (mean-pooled encoder output) or ``static`` (mean of input word embeddings)."""
     text_encoder_dir: str = ""
-    """A prepared text encoder directory ('' = the default in the model cache)."""
-    audio: str = "acoustic"
-    """``acoustic``: realtime_ser's numpy functionals."""
+    """A prepared text encoder directory ('' = ``text_encoder_name`` in the model cache)."""
+    text_encoder_name: str = ""
+    """A prepared encoder in the model cache by name, e.g. ``all-MiniLM-L6-v2-ser`` (the fine-tuned one
+    ``realtime-ser models prepare`` builds); '' = the plain all-MiniLM-L6-v2."""
+    text_finetune: bool = False
+    """Fine-tune the encoder for each fold on that fold's training lines (and ``text_extra``'s), and
+    read that fold's text features from it (:mod:`training.text_finetune`)."""
+    text_extra: tuple[str, ...] = ()
+    """Corpora whose labeled lines are added to the fine-tuning data only (``meld``, ``emorynlp``)."""
+    audio: str = "speech"
+    """``speech`` (Whisper's encoder states, pooled), ``acoustic`` (realtime_ser's numpy
+    functionals) or ``speech+acoustic`` (both)."""
 
     def __post_init__(self) -> None:
         if self.text_encoder not in ("contextual", "static"):
             raise ValueError(f"text_encoder must be 'contextual' or 'static', got {self.text_encoder!r}")
-        if self.audio != "acoustic":
-            raise ValueError(f"audio must be 'acoustic', got {self.audio!r}")
+        if self.audio not in AUDIO_KINDS:
+            raise ValueError(f"audio must be one of {', '.join(AUDIO_KINDS)}, got {self.audio!r}")
+        object.__setattr__(self, "text_extra", tuple(self.text_extra))
+
+
+@dataclass(frozen=True)
+class AugmentSettings:
+    """Augmented copies of every training clip (``[augment]`` in a training config).
+
+    Each training turn is drawn, every epoch, from its clean features and its ``copies``
+    augmented ones (computed once and cached); evaluation always reads the clean features.
+    """
+
+    copies: int = 0
+    """Augmented copies per clip (0 = no augmentation)."""
+    seed: int = 0
+    config: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def __post_init__(self) -> None:
+        if self.copies < 0:
+            raise ValueError(f"augment.copies must be >= 0, got {self.copies}")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> AugmentSettings:
+        d = dict(d)
+        copies, seed = int(d.pop("copies", 0)), int(d.pop("seed", 0))
+        known = {f.name for f in fields(AugmentConfig)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown augment setting(s) {unknown}; known: {sorted(known | {'copies', 'seed'})}")
+        for k in ("snr_db", "tempo", "pitch_semitones", "gain_db", "noise_kinds"):
+            if k in d:
+                d[k] = tuple(d[k])
+        return cls(copies, seed, AugmentConfig(**d))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"copies": self.copies, "seed": self.seed, **asdict(self.config)}
 
 
 def _progress(iterable: Sequence[Any], desc: str) -> Any:
     try:
         from tqdm import tqdm
 
-        return tqdm(iterable, desc=desc, leave=False, mininterval=2.0, disable=len(iterable) < 50)
+        # Bars only on a terminal: piped or logged output stays plain lines.
+        return tqdm(iterable, desc=desc, leave=False, mininterval=2.0,
+                    disable=len(iterable) < 50 or not sys.stderr.isatty())
     except ImportError:  # pragma: no cover
         return iterable
 
@@ -68,12 +118,13 @@ class FeatureExtractor:
     """Feature arrays for the utterances of manifests; lazy-loads each front end."""
 
     def __init__(self, settings: FeatureSettings | None = None, cache: FeatureCache | None = None,
-                 pipeline: PipelineConfig | None = None) -> None:
+                 pipeline: PipelineConfig | None = None, threads: int = 0) -> None:
         self.settings = settings or FeatureSettings()
         self.cache = cache or FeatureCache()
         self.pipeline = pipeline or PipelineConfig()
-        self.acoustic_config = AcousticConfig()
-        self._acoustic: AcousticFeatures | None = None
+        self.threads = threads
+        self._front: AudioFrontEnd | None = None
+        self._parts: dict[str, AudioFrontEnd] = {}
         self._text: Any = None
 
     # -- text ------------------------------------------------------------------------
@@ -81,9 +132,13 @@ class FeatureExtractor:
     @property
     def text_encoder(self) -> Any:
         if self._text is None:
-            from realtime_ser.features.text import TextEncoder
+            from realtime_ser.features.text import TextEncoder, encoder_dir_for
 
-            d = Path(self.settings.text_encoder_dir) if self.settings.text_encoder_dir else None
+            d = None
+            if self.settings.text_encoder_dir:
+                d = Path(self.settings.text_encoder_dir)
+            elif self.settings.text_encoder_name:
+                d = encoder_dir_for({"encoder": self.settings.text_encoder_name})
             self._text = TextEncoder.load(d, kind=self.settings.text_encoder, threads=2)
         return self._text
 
@@ -95,13 +150,25 @@ class FeatureExtractor:
     # -- audio -----------------------------------------------------------------------
 
     @property
-    def acoustic(self) -> AcousticFeatures:
-        if self._acoustic is None:
-            self._acoustic = AcousticFeatures(self.acoustic_config)
-        return self._acoustic
+    def front_end(self) -> AudioFrontEnd:
+        """The front end the settings name (what a model card records)."""
+        if self._front is None:
+            parts = [self._part(k) for k in self.settings.audio.split("+")]
+            speech = next((p.speech for p in parts if p.speech is not None), None)
+            acoustic = next((p.acoustic for p in parts if p.acoustic is not None), None)
+            self._front = AudioFrontEnd(self.settings.audio, speech, acoustic)
+        return self._front
 
-    def audio_key(self) -> str:
-        return f"acoustic-{self.acoustic_config.key()}-vad-{vad_key(self.pipeline)}"
+    def _part(self, kind: str) -> AudioFrontEnd:
+        if kind not in self._parts:
+            self._parts[kind] = AudioFrontEnd.create(kind, threads=self.threads)
+        return self._parts[kind]
+
+    def audio_key(self, kind: str | None = None) -> str:
+        """Cache key of one part's features (``speech`` or ``acoustic``); the settings' own kind by default."""
+        kind = kind or self.settings.audio
+        front = self._part(kind) if kind in self._parts or "+" not in kind else self.front_end
+        return f"{kind.replace('+', '-')}-{front.key()}-vad-{vad_key(self.pipeline)}"
 
     def audio_file(self, path: Path, transform: Callable[[np.ndarray], np.ndarray] | None = None,
                    variant: str = "") -> np.ndarray:
@@ -110,44 +177,94 @@ class FeatureExtractor:
         ``transform`` (augmentation) acts on the file's samples before segmentation;
         ``variant`` must then name it, since it is part of the cache key.
         """
-        data = path.read_bytes()
-        key = self.audio_key() + (f"-{variant}" if variant else "")
+        return self.audio_files([path], [transform], variant)[0]
 
-        def compute() -> np.ndarray:
-            if transform is None:
-                segments = utterance_audio(path, self.pipeline)
+    def audio_files(self, paths: Sequence[Path],
+                    transforms: Sequence[Callable[[np.ndarray], np.ndarray] | None] | None = None,
+                    variant: str = "", batch: int = 16) -> np.ndarray:
+        """Features of many files. Each part of the front end (``speech``, ``acoustic``) has its own
+        cache, so ``speech+acoustic`` reuses what either computed; what is not cached is segmented
+        and computed ``batch`` files at a time."""
+        return np.concatenate([self._part_files(kind, paths, transforms, variant, batch)
+                               for kind in self.settings.audio.split("+")], axis=1)
+
+    def _part_files(self, kind: str, paths: Sequence[Path],
+                    transforms: Sequence[Callable[[np.ndarray], np.ndarray] | None] | None,
+                    variant: str, batch: int) -> np.ndarray:
+        front = self._part(kind)
+        key = self.audio_key(kind) + (f"-{variant}" if variant else "")
+        transforms = list(transforms) if transforms is not None else [None] * len(paths)
+        out = np.zeros((len(paths), front.dim), dtype=np.float32)
+        todo: list[tuple[int, bytes]] = []
+        for i, path in enumerate(paths):
+            data = Path(path).read_bytes()
+            cached = self.cache.load("audio", data, key)
+            if cached is not None and cached.shape == (front.dim,):
+                out[i] = cached
             else:
-                segments = _segments_of_array(transform, path, self.pipeline)
-            samples = np.concatenate(segments) if segments else np.zeros(0, np.int16)
-            return self.acoustic.extract(samples)
-
-        return self.cache.get_or_compute("audio", data, key, compute)
+                todo.append((i, data))
+        for start in _progress(range(0, len(todo), batch), f"{kind} features ({len(todo)} to compute)"):
+            chunk = todo[start : start + batch]
+            samples = []
+            for i, _ in chunk:
+                transform = transforms[i]
+                if transform is None:
+                    segments = utterance_audio(paths[i], self.pipeline)
+                else:
+                    segments = _segments_of_array(transform, Path(paths[i]), self.pipeline)
+                samples.append(np.concatenate(segments) if segments else np.zeros(0, np.int16))
+            vectors = front.extract(samples)
+            for (i, data), v in zip(chunk, vectors, strict=True):
+                self.cache.store("audio", data, key, v)
+                out[i] = v
+        return out
 
     def audio(self, manifest: Manifest, utterances: Sequence[Utterance]) -> np.ndarray:
-        out = np.zeros((len(utterances), self.acoustic.dim), dtype=np.float32)
-        for i, u in enumerate(_progress(utterances, "audio features")):
+        return self.audio_files(self._paths(manifest, utterances))
+
+    def audio_copies(self, manifest: Manifest, utterances: Sequence[Utterance], augment: AugmentSettings
+                     ) -> np.ndarray:
+        """``augment.copies`` augmented feature vectors of each utterance: shape (copies, N, dim).
+
+        Each clip's copies depend only on the clip's content, the seed and the copy number
+        (not on which other clips are in the run), so caches are shared between experiments.
+        """
+        from .augment import Augmenter
+
+        paths = self._paths(manifest, utterances)
+        seeds = [int.from_bytes(hashlib.sha256(Path(p).read_bytes()).digest()[:4], "little") for p in paths]
+        out = np.zeros((augment.copies, len(paths), self.front_end.dim), dtype=np.float32)
+        for c in range(augment.copies):
+            def transform_for(seed: int, c: int = c) -> Callable[[np.ndarray], np.ndarray]:
+                aug = Augmenter(augment.config, seed=(augment.seed, seed, c))
+                return lambda x: aug.apply(x, self.pipeline.source.sample_rate)
+
+            out[c] = self.audio_files(paths, [transform_for(s) for s in seeds],
+                                      variant=f"aug-{augment.config.key()}-s{augment.seed}-c{c}")
+        return out
+
+    @staticmethod
+    def _paths(manifest: Manifest, utterances: Sequence[Utterance]) -> list[Path]:
+        paths = []
+        for u in utterances:
             path = manifest.audio_path(u)
             if path is None:
                 raise ValueError(f"{u.dialogue_id}#{u.utt_index} has no audio")
-            out[i] = self.audio_file(path)
-        return out
+            paths.append(path)
+        return paths
 
-    def settings_card(self) -> dict[str, Any]:
-        """What a model card records about the features a model expects."""
-        card: dict[str, Any] = {
-            "audio": {
-                "front_end": "realtime_ser.features.acoustic",
-                "key": self.acoustic_config.key(),
-                "dim": self.acoustic.dim,
-                "config": asdict(self.acoustic_config),
+    def settings_card(self, modalities: Sequence[str] = ("audio", "text")) -> dict[str, Any]:
+        """What a model card records about the features a model of ``modalities`` expects
+        (only those front ends are loaded)."""
+        card: dict[str, Any] = {}
+        if "audio" in modalities:
+            card["audio"] = {
+                **self.front_end.card(),
                 "segmentation": {"vad": asdict(self.pipeline.vad), "frame_ms": self.pipeline.source.frame_ms},
-            },
-        }
-        try:
+            }
+        if "text" in modalities:
             enc = self.text_encoder
             card["text"] = {"encoder": enc.name, "kind": enc.kind, "dim": enc.dim, "key": enc.key()}
-        except Exception as exc:  # the card of an audio-only model needs no encoder
-            log.debug("no text encoder: %s", exc)
         return card
 
 

@@ -4,7 +4,10 @@
 IEMOCAP literature, Wu et al. included, uses); ``UAR`` is the unweighted mean of
 per-class recalls. ROC AUC is one-vs-rest per class (Mann-Whitney statistic with
 ties counted half), averaged over classes present in the test set with both a
-positive and a negative.
+positive and a negative. ``weighted F1`` is the per-class F1 averaged with the
+classes' shares of the test set as weights (the metric MELD results quote). ``ECE``
+is the expected calibration error of the top probability (15 bins, see
+:mod:`training.calibration`).
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
+from .calibration import ece
 
 
 def confusion(y_true: np.ndarray, y_pred: np.ndarray, n: int) -> np.ndarray:
@@ -70,6 +75,8 @@ def classification_report(
         "weighted_accuracy": float((pred == y).mean()) if len(y) else float("nan"),
         "uar": float(np.nanmean(recall)) if present.any() else float("nan"),
         "macro_f1": float(f1[present].mean()) if present.any() else float("nan"),
+        "weighted_f1": float((f1 * support).sum() / support.sum()) if support.sum() else float("nan"),
+        "ece": ece(p, y),
         "roc_auc": float(np.mean(valid_auc)) if valid_auc else float("nan"),
         "per_class_recall": {lab: (None if np.isnan(r) else float(r)) for lab, r in zip(labels, recall, strict=True)},
         "support": {lab: int(s) for lab, s in zip(labels, support, strict=True)},
@@ -77,14 +84,17 @@ def classification_report(
     }
 
 
-SUMMARY_KEYS = ("weighted_accuracy", "uar", "macro_f1", "roc_auc")
+SUMMARY_KEYS = ("weighted_accuracy", "uar", "macro_f1", "weighted_f1", "roc_auc", "ece")
 
 
 def mean_std(reports: Sequence[dict[str, Any]], keys: Sequence[str] = SUMMARY_KEYS) -> dict[str, dict[str, float]]:
     """Mean and (population) standard deviation of each summary metric over runs."""
     out = {}
     for k in keys:
-        values = np.array([r[k] for r in reports], dtype=np.float64)
+        values = np.array([r.get(k, np.nan) for r in reports], dtype=np.float64)
+        if not len(values) or np.isnan(values).all():
+            out[k] = {"mean": float("nan"), "std": float("nan"), "n": int(len(values))}
+            continue
         out[k] = {"mean": float(np.nanmean(values)), "std": float(np.nanstd(values)), "n": int(len(values))}
     return out
 

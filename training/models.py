@@ -65,6 +65,10 @@ class ModelConfig:
     causal: bool = False
     fusion_depth: str = "late"
     fusion_method: str = "concat"
+    audio_gate: bool = False
+    """Scale the audio branch's logits down for audio far outside the training data (a
+    Mahalanobis distance in the principal subspace of the training features): a voice or a
+    synthetic sound unlike any seen then cannot overrule the words. Needs ``logits`` fusion."""
 
     def __post_init__(self) -> None:
         mods = tuple(self.modalities)
@@ -83,6 +87,8 @@ class ModelConfig:
             raise ValueError(f"hidden ({self.hidden}) must be even and divisible by heads ({self.heads})")
         if len(self.labels) < 2:
             raise ValueError("a classifier needs at least 2 labels")
+        if self.audio_gate and not (self.fused and self.fusion_depth == "logits" and "audio" in self.modalities):
+            raise ValueError("audio_gate needs an audio + text model fused at 'logits' depth")
 
     @property
     def fused(self) -> bool:
@@ -174,6 +180,46 @@ class DialogueAttention(nn.Module):
         return self.norm(x + self.drop(self.out(y)))
 
 
+class AudioGate(nn.Module):
+    """How far an utterance's (standardized) audio features lie from the training data, as a weight in (0, 1].
+
+    ``d`` is the mean squared whitened coordinate in the top principal directions of the
+    training features (about 1 for typical training audio); the weight is 1 up to the
+    threshold ``d0`` (a high quantile of ``d`` on the training data) and decays as
+    ``exp(-(d - d0) / scale)`` beyond it. All of it is fixed from training statistics
+    (:meth:`fit`), never learned, so it cannot learn to trust a voice it has not heard.
+    """
+
+    def __init__(self, dim: int, components: int = 64) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("proj", torch.zeros(min(components, dim), dim))
+        self.register_buffer("bounds", torch.tensor([1e9, 1.0]))
+
+    def distance(self, x: Tensor) -> Tensor:
+        z = (x - self.mean) @ self.proj.T
+        return (z * z).mean(-1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        d0, scale = self.bounds[0], self.bounds[1]
+        return torch.exp(-torch.relu(self.distance(x) - d0) / scale)
+
+    @torch.no_grad()
+    def fit(self, x: Tensor, quantile: float = 0.995, scale_quantiles: tuple[float, float] = (0.5, 0.995)) -> None:
+        """Principal directions and whitening of ``x`` (N, dim); threshold and scale from quantiles of ``d`` on it."""
+        x = torch.as_tensor(x, dtype=torch.float64)
+        mean = x.mean(0)
+        xc = x - mean
+        k = self.proj.shape[0]
+        _, sv, vt = torch.linalg.svd(xc, full_matrices=False)
+        var = sv[:k] ** 2 / max(1, len(x) - 1)
+        self.mean.copy_(mean.float())
+        self.proj.copy_((vt[:k] / var.clamp(min=1e-8).sqrt()[:, None]).float())
+        d = self.distance(x.float())
+        lo, hi = torch.quantile(d, torch.tensor(scale_quantiles, dtype=d.dtype))
+        self.bounds.copy_(torch.stack([torch.quantile(d, quantile), (hi - lo).clamp(min=1e-3)]).float())
+
+
 class Fusion(nn.Module):
     """Fuse per-modality tensors of the same shape (B, T, size) into one of shape (B, T, out)."""
 
@@ -227,6 +273,12 @@ class EmotionModel(nn.Module):
         for m in cfg.modalities:
             self.register_buffer(f"mean_{m}", torch.zeros(cfg.dims[m]))
             self.register_buffer(f"std_{m}", torch.ones(cfg.dims[m]))
+        # Temperatures of the outputs (fused first, then each modality), fitted after training on
+        # held-out data (:func:`training.calibration.fit_temperature`); 1 = uncalibrated.
+        self.outputs = ["logits", *(cfg.modalities if cfg.fused else ())]
+        self.register_buffer("temperature", torch.ones(len(self.outputs)))
+        if cfg.audio_gate:
+            self.gate = AudioGate(cfg.dims["audio"])
         self.proj = nn.ModuleDict({
             m: nn.Sequential(nn.Linear(cfg.dims[m], h), nn.ReLU(), nn.Dropout(cfg.dropout)) for m in cfg.modalities
         })
@@ -242,25 +294,39 @@ class EmotionModel(nn.Module):
             if cfg.fusion_depth != "logits":
                 self.aux = nn.ModuleDict({m: nn.Linear(h, c) for m in cfg.modalities})
 
-    def forward(self, audio: Tensor | None, text: Tensor | None, mask: Tensor) -> dict[str, Tensor]:
+    def forward(self, audio: Tensor | None, text: Tensor | None, mask: Tensor,
+                calibrated: bool = False) -> dict[str, Tensor]:
+        """Logits per output; ``calibrated`` divides each by its fitted temperature. A gated model
+        also returns ``reliability`` (B, T): the weight its audio logits got in the fusion."""
         inputs = {"audio": audio, "text": text}
         mask = mask.bool()
         lengths = mask.sum(1).clamp(min=1)
         hs: dict[str, Tensor] = {}
+        normed: dict[str, Tensor] = {}
         for m in self.cfg.modalities:
             x = inputs[m]
             if x is None:
                 raise ValueError(f"this model needs the {m} input")
-            x = (x - getattr(self, f"mean_{m}")) / getattr(self, f"std_{m}")
+            x = normed[m] = (x - getattr(self, f"mean_{m}")) / getattr(self, f"std_{m}")
             h = self.proj[m](self.input_drop(x))
             hs[m] = self._run(self.branches[m], h, mask, lengths)
         if not self.cfg.fused:
-            return {"logits": hs[self.cfg.modalities[0]]}
-        parts = [hs[m] for m in self.cfg.modalities]
-        fused = self._run(self.shared, self.fusion(parts), mask, lengths)
-        out = {"logits": fused}
-        for m in self.cfg.modalities:
-            out[m] = hs[m] if self.cfg.fusion_depth == "logits" else self.aux[m](self.branches[m].drop(hs[m]))
+            out = {"logits": hs[self.cfg.modalities[0]]}
+        else:
+            parts = {m: hs[m] for m in self.cfg.modalities}
+            reliability = None
+            if self.cfg.audio_gate:
+                reliability = self.gate(normed["audio"])
+                parts["audio"] = parts["audio"] * reliability.unsqueeze(-1)
+            fused = self._run(self.shared, self.fusion(list(parts.values())), mask, lengths)
+            out = {"logits": fused}
+            for m in self.cfg.modalities:
+                out[m] = hs[m] if self.cfg.fusion_depth == "logits" else self.aux[m](self.branches[m].drop(hs[m]))
+            if reliability is not None:
+                out["reliability"] = reliability
+        if calibrated:
+            for i, k in enumerate(self.outputs):
+                out[k] = out[k] / self.temperature[i]
         return out
 
     @staticmethod

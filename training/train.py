@@ -29,8 +29,21 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data import REPO, ConfigError, Manifest, Utterance, convert, read_manifest
-from .features import FeatureExtractor, FeatureSettings
+from .augment import AugmentConfig
+from .calibration import fit_temperature
+from .data import (
+    COMMON_LABELS,
+    CORPUS_LABELS,
+    CORPUS_OF,
+    REPO,
+    ConfigError,
+    LabelSpec,
+    Manifest,
+    Utterance,
+    convert,
+    read_manifest,
+)
+from .features import AugmentSettings, FeatureExtractor, FeatureSettings
 from .folds import Fold, check_disjoint, session_folds, speaker_folds, speaker_script_folds, split_fold
 from .metrics import classification_report, format_pct, mean_std
 from .models import EmotionModel, ModelConfig, load_unimodal_into
@@ -51,7 +64,14 @@ class TrainConfig:
     patience: int = 8
     """Stop after this many epochs without a better validation UAR (0: no early stopping)."""
     val_fraction: float = 0.1
-    """Share of the training dialogues held out to choose the epoch."""
+    """Share of the training dialogues held out to choose the epoch and fit the temperatures."""
+    val_by: str = "speaker"
+    """``speaker``: the held-out share are dialogues of speakers (voices: ``audio_actor`` where the
+    audio is another speaker's) that training never sees, so the temperatures are fitted on
+    unseen voices, as the model will meet them; ``dialogue``: random dialogues."""
+    calibrate: bool = True
+    """Fit a temperature per output on the held-out share after training (confidences that mean
+    what they say); accuracy is unchanged."""
     class_weighted: bool = False
     loss: str = "single"
     """``single`` (fused loss only) or ``perspective`` (fused + one loss per modality)."""
@@ -73,6 +93,8 @@ class TrainConfig:
             raise ConfigError(f"train.strategy must be 'cold', 'frozen' or 'warm', got {self.strategy!r}")
         if not 0 <= self.val_fraction < 1:
             raise ConfigError("train.val_fraction must be in [0, 1)")
+        if self.val_by not in ("speaker", "dialogue"):
+            raise ConfigError(f"train.val_by must be 'speaker' or 'dialogue', got {self.val_by!r}")
 
 
 @dataclass(frozen=True)
@@ -106,7 +128,9 @@ class DataConfig:
     """Manifests (same spelling as in ``manifests``) whose dialogues only ever go to training."""
     labels: tuple[str, ...] = ("neutral", "happy", "sad", "angry")
     label_mode: str = "4"
-    """Converters' label mode for corpus names: ``4`` or ``all``."""
+    """Converters' label mode for corpus names: ``4``, ``all`` (each corpus's own labels) or
+    ``common`` (the corpora's labels under one spelling, :data:`~training.data.COMMON_LABELS`,
+    keeping those in ``labels``: e.g. RAVDESS's 8 classes with CREMA-D's and TESS's clips of them)."""
     calm: str = ""
     """RAVDESS: map calm to this label ('' = drop)."""
 
@@ -128,6 +152,7 @@ class ExperimentConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
+    augment: AugmentSettings = field(default_factory=AugmentSettings)
     grid: dict[str, list[Any]] = field(default_factory=dict)
     description: str = ""
 
@@ -140,17 +165,23 @@ class ExperimentConfig:
             "model": self.model.to_dict(),
             "train": asdict(self.train),
             "protocol": asdict(self.protocol),
+            "augment": self.augment.to_dict(),
             "grid": self.grid,
         }
 
 
 _SECTIONS: dict[str, type] = {
     "data": DataConfig, "features": FeatureSettings, "model": ModelConfig,
-    "train": TrainConfig, "protocol": ProtocolConfig,
+    "train": TrainConfig, "protocol": ProtocolConfig, "augment": AugmentSettings,
 }
 
 
 def _section(cls: type, values: dict[str, Any], where: str) -> Any:
+    if cls is AugmentSettings:
+        try:
+            return AugmentSettings.from_dict(values)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"[{where}]: {exc}") from None
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
@@ -176,10 +207,16 @@ def config_from_dict(raw: dict[str, Any]) -> ExperimentConfig:
         section, _, name = key.partition(".")
         if section not in _SECTIONS or not name:
             raise ConfigError(f"[grid] key {key!r} must be '<section>.<key>' with section in {sorted(_SECTIONS)}")
-        if name not in {f.name for f in fields(_SECTIONS[section])}:
+        allowed = {f.name for f in fields(_SECTIONS[section])}
+        if section == "augment":
+            allowed = {"copies", "seed"} | {f.name for f in fields(AugmentConfig)}
+        if name not in allowed:
             raise ConfigError(f"[grid] key {key!r}: {section} has no setting {name!r}")
         if not isinstance(values, list) or not values:
             raise ConfigError(f"[grid] {key!r} must be a non-empty list")
+    # The classes are named once, in [data]; [model] may repeat them (they must then agree).
+    if "labels" in raw.get("data", {}):
+        raw.setdefault("model", {}).setdefault("labels", raw["data"]["labels"])
     try:
         sections = {s: _section(cls, raw.get(s, {}), s) for s, cls in _SECTIONS.items()}
     except ValueError as exc:
@@ -207,6 +244,8 @@ def load_config(path: Path | str, overrides: Sequence[str] = ()) -> ExperimentCo
             raw.setdefault("grid", {})[name] = parsed
         else:
             raw.setdefault(section, {})[name] = parsed
+            # A value given on the command line pins a grid key: that setting is no longer varied.
+            raw.get("grid", {}).pop(f"{section}.{name}", None)
     return config_from_dict(raw)
 
 
@@ -249,11 +288,19 @@ def resolve_manifest(spec: str, data: DataConfig) -> Manifest:
             text = resolve_manifest("iemocap_text", replace(data, calm=""))
             build_paired(text.path, out)
         return read_manifest(out, labels=data.labels)
+    labels: LabelSpec = data.label_mode
     suffix = f"-{data.label_mode}" + (f"-calm-{data.calm}" if data.calm else "")
+    if data.label_mode == "common":
+        corpus = CORPUS_OF.get(spec, spec)
+        if corpus not in CORPUS_LABELS:
+            raise ConfigError(f"data.label_mode='common' needs corpus names, got {spec!r}")
+        labels = {lab: COMMON_LABELS.get(lab, lab) for lab in CORPUS_LABELS[corpus]
+                  if COMMON_LABELS.get(lab, lab) in data.labels}
+        suffix += "-" + "-".join(sorted(set(labels.values())))
     out = runs_dir() / "manifests" / f"{spec}{suffix}.csv"
     if out.is_file():
         return read_manifest(out, labels=data.labels)
-    return convert(spec, None, out, labels=data.label_mode, calm=data.calm or None)
+    return convert(spec, None, out, labels=labels, calm=data.calm or None)
 
 
 @dataclass
@@ -266,6 +313,8 @@ class Dialogue:
     y: np.ndarray  # (T,) class index, -1 for context turns
     utterances: list[Utterance]
     train_only: bool = False
+    audio_copies: np.ndarray | None = None
+    """(copies, T, Da): augmented audio features, drawn from in training only."""
 
 
 class DialogueSet:
@@ -285,6 +334,9 @@ class DialogueSet:
             uts = manifest.utterances
             text = self.extractor.text([u.text for u in uts]) if "text" in mods else None
             audio = self.extractor.audio(manifest, uts) if "audio" in mods else None
+            copies = None
+            if audio is not None and cfg.augment.copies > 0:
+                copies = self.extractor.audio_copies(manifest, uts, cfg.augment)
             pos = 0
             for d in manifest.dialogues():
                 n = len(d)
@@ -298,8 +350,43 @@ class DialogueSet:
                     np.array([index[u.label] if u.label else -1 for u in d], dtype=np.int64),
                     d,
                     train_only=spec in cfg.data.train_only,
+                    audio_copies=copies[:, pos : pos + n] if copies is not None else None,
                 )
                 pos += n
+
+    def with_text(self, extractor: FeatureExtractor) -> DialogueSet:
+        """A copy whose text features come from ``extractor`` (e.g. a fold's fine-tuned encoder)."""
+        other = copy.copy(self)
+        other.extractor = extractor
+        other.dialogues = {}
+        for _spec, manifest in self.manifests:
+            uts = manifest.utterances
+            text = extractor.text([u.text for u in uts])
+            pos = 0
+            for d in manifest.dialogues():
+                n = len(d)
+                other.dialogues[d[0].dialogue_id] = replace(self.dialogues[d[0].dialogue_id], text=text[pos : pos + n])
+                pos += n
+        return other
+
+    def fold_text(self, fold: Fold) -> DialogueSet:
+        """With ``features.text_finetune``: this set with text features from an encoder fine-tuned on the
+        fold's training lines only (cached); otherwise this set."""
+        fs = self.cfg.features
+        if not fs.text_finetune or "text" not in self.cfg.model.modalities:
+            return self
+        from .text_finetune import encoder_for, extra_lines
+
+        texts, labels = [], []
+        for d in fold.train:
+            for u in self.dialogues[d].utterances:
+                if u.labeled and u.text.strip():
+                    texts.append(u.text)
+                    labels.append(u.label)
+        et, el = extra_lines(fs.text_extra, self.labels)
+        name = encoder_for(texts + et, labels + el, self.labels)
+        settings = replace(fs, text_encoder_name=name, text_encoder_dir="")
+        return self.with_text(FeatureExtractor(settings, self.extractor.cache, self.extractor.pipeline))
 
     def folds(self) -> list[Fold]:
         p = self.cfg.protocol
@@ -348,7 +435,10 @@ class DialogueSet:
 # --------------------------------------------------------------------------- batching
 
 
-def batch(dialogues: Sequence[Dialogue], modalities: Sequence[str]) -> dict[str, torch.Tensor]:
+def batch(dialogues: Sequence[Dialogue], modalities: Sequence[str],
+          rng: np.random.Generator | None = None) -> dict[str, torch.Tensor]:
+    """Padded tensors of ``dialogues``; with ``rng`` (training), each turn's audio is drawn from its
+    clean and augmented features."""
     t = max(len(d.y) for d in dialogues)
     b = len(dialogues)
     out: dict[str, torch.Tensor] = {}
@@ -357,6 +447,10 @@ def batch(dialogues: Sequence[Dialogue], modalities: Sequence[str]) -> dict[str,
         x = np.zeros((b, t, dim), dtype=np.float32)
         for i, d in enumerate(dialogues):
             x[i, : len(d.y)] = getattr(d, m)
+            if m == "audio" and rng is not None and d.audio_copies is not None:
+                pick = rng.integers(0, len(d.audio_copies) + 1, size=len(d.y))
+                turns = np.flatnonzero(pick > 0)
+                x[i, turns] = d.audio_copies[pick[turns] - 1, turns]
         out[m] = torch.from_numpy(x)
     y = np.full((b, t), -1, dtype=np.int64)
     mask = np.zeros((b, t), dtype=bool)
@@ -368,23 +462,29 @@ def batch(dialogues: Sequence[Dialogue], modalities: Sequence[str]) -> dict[str,
     return out
 
 
-def _forward(model: EmotionModel, b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return model(b.get("audio"), b.get("text"), b["mask"])
+def _forward(model: EmotionModel, b: dict[str, torch.Tensor], calibrated: bool = False) -> dict[str, torch.Tensor]:
+    return model(b.get("audio"), b.get("text"), b["mask"], calibrated=calibrated)
 
 
-def predict(model: EmotionModel, dialogues: Sequence[Dialogue], batch_size: int = 16) -> dict[str, np.ndarray]:
-    """Class probabilities of every labeled turn (concatenated in dialogue order), per output."""
+def predict(model: EmotionModel, dialogues: Sequence[Dialogue], batch_size: int = 16,
+            calibrated: bool = True, raw: bool = False) -> dict[str, np.ndarray]:
+    """Class probabilities of every labeled turn (concatenated in dialogue order), per output
+    (logits instead with ``raw``); ``reliability``: the audio gate's weight of each turn."""
     model.eval()
     outs: dict[str, list[np.ndarray]] = {}
     ys = []
     with torch.no_grad():
         for i in range(0, len(dialogues), batch_size):
             b = batch(dialogues[i : i + batch_size], model.cfg.modalities)
-            res = _forward(model, b)
+            res = _forward(model, b, calibrated=calibrated)
             keep = b["y"] >= 0
             ys.append(b["y"][keep].numpy())
             for k, logits in res.items():
-                outs.setdefault(k, []).append(torch.softmax(logits, -1)[keep].numpy())
+                if k == "reliability":
+                    outs.setdefault(k, []).append(logits[keep].numpy())
+                else:
+                    value = logits if raw else torch.softmax(logits, -1)
+                    outs.setdefault(k, []).append(value[keep].numpy())
     result = {k: np.concatenate(v) for k, v in outs.items()}
     result["y"] = np.concatenate(ys) if ys else np.zeros(0, np.int64)
     return result
@@ -406,9 +506,44 @@ def _class_weights(dialogues: Sequence[Dialogue], n: int) -> torch.Tensor:
 
 
 def _normalize(model: EmotionModel, dialogues: Sequence[Dialogue]) -> None:
+    """Feature standardization (and the audio gate's statistics) from the clean training features."""
     for m in model.cfg.modalities:
         x = np.concatenate([getattr(d, m) for d in dialogues])
         model.set_normalization(m, torch.from_numpy(x.mean(0)), torch.from_numpy(x.std(0)))
+        if m == "audio" and model.cfg.audio_gate:
+            normed = (torch.from_numpy(x) - model.mean_audio) / model.std_audio
+            model.gate.fit(normed)
+
+
+def _voices(d: Dialogue) -> set[str]:
+    """Who is heard in a dialogue: the audio actors where the audio is another speaker's, else the speakers."""
+    actors = {u.meta("audio_actor") for u in d.utterances if u.meta("audio_actor")}
+    return actors or {s for u in d.utterances for s in u.speakers}
+
+
+def validation_split(train: Sequence[Dialogue], fraction: float, by: str, rng: random.Random
+                     ) -> tuple[list[Dialogue], list[Dialogue]]:
+    """(fit, validation): ``fraction`` of the dialogues held out, by speaker (voices training never
+    hears; dialogues mixing held-out and training voices are left out of both) or by dialogue.
+    Falls back to dialogues when the speakers cannot be split (a single voice, say)."""
+    order = list(train)
+    rng.shuffle(order)
+    n_val = int(round(fraction * len(order)))
+    if n_val == 0:
+        return order, []
+    if by == "speaker":
+        voices = sorted({v for d in order for v in _voices(d)})
+        rng.shuffle(voices)
+        held: set[str] = set()
+        for v in voices:
+            held.add(v)
+            val = [d for d in order if _voices(d) <= held]
+            if len(val) >= n_val:
+                fit = [d for d in order if not _voices(d) & held]
+                if fit and len(fit) >= len(order) // 2:
+                    return fit, val
+                break
+    return order[n_val:], order[:n_val]
 
 
 def train_model(
@@ -417,15 +552,15 @@ def train_model(
 ) -> tuple[EmotionModel, dict[str, Any]]:
     """Train one model on ``train`` (a share held out for early stopping); returns it and its history."""
     tc = cfg.train
+    # Input sizes come from the features (e.g. 1024 for Whisper base's pooled states).
+    dims = {m: int(getattr(train[0], m).shape[1]) for m in cfg.model.modalities}
+    cfg = replace(cfg, model=replace(cfg.model, dims=dims))
     _seed_everything(seed)
     torch.set_num_threads(tc.threads)
     train = list(train)
     rng = random.Random(seed)
-    order = list(range(len(train)))
-    rng.shuffle(order)
-    n_val = int(round(tc.val_fraction * len(train))) if tc.patience else 0
-    val = [train[i] for i in order[:n_val]]
-    fit = [train[i] for i in order[n_val:]]
+    draw = np.random.default_rng(seed)
+    fit, val = validation_split(train, tc.val_fraction if (tc.patience or tc.calibrate) else 0.0, tc.val_by, rng)
     model = EmotionModel(cfg.model)
     _normalize(model, fit)
     frozen: list[nn.Parameter] = []
@@ -455,7 +590,7 @@ def train_model(
         rng.shuffle(fit)
         total = 0.0
         for i in range(0, len(fit), tc.batch_size):
-            b = batch(fit[i : i + tc.batch_size], cfg.model.modalities)
+            b = batch(fit[i : i + tc.batch_size], cfg.model.modalities, rng=draw)
             out = _forward(model, b)
             c = out["logits"].shape[-1]
             loss = ce(out["logits"].reshape(-1, c), b["y"].reshape(-1))
@@ -470,8 +605,8 @@ def train_model(
             opt.step()
             total += loss.item()
         entry: dict[str, Any] = {"epoch": epoch, "loss": total}
-        if val:
-            pv = predict(model, val)
+        if val and tc.patience:
+            pv = predict(model, val, calibrated=False)
             score = classification_report(pv["y"], pv["logits"], cfg.model.labels)["uar"] if len(pv["y"]) else 0.0
             entry["val_uar"] = score
             if best is None or score > best[0]:
@@ -485,7 +620,14 @@ def train_model(
     if best is not None:
         model.load_state_dict(best[2])
     model.eval()
-    info = {"epochs_run": len(history), "best_epoch": best[1] if best else len(history) - 1, "history": history}
+    info: dict[str, Any] = {"epochs_run": len(history), "best_epoch": best[1] if best else len(history) - 1,
+                            "history": history, "fit_dialogues": len(fit), "val_dialogues": len(val)}
+    if tc.calibrate and val:
+        raw = predict(model, val, calibrated=False, raw=True)
+        if len(raw["y"]):
+            temps = [fit_temperature(raw[k], raw["y"]) for k in model.outputs]
+            model.temperature.copy_(torch.tensor(temps, dtype=torch.float32))
+            info["temperature"] = dict(zip(model.outputs, temps, strict=True))
     return model, info
 
 
@@ -502,8 +644,9 @@ def run_variant(cfg: ExperimentConfig, data: DialogueSet, folds: Sequence[Fold],
     runs = []
     pooled: dict[int, list[dict[str, Any]]] = {}
     for fold in folds:
-        train = [data.dialogues[d] for d in fold.train]
-        test = [data.dialogues[d] for d in fold.test]
+        fold_data = data.fold_text(fold)
+        train = [fold_data.dialogues[d] for d in fold.train]
+        test = [fold_data.dialogues[d] for d in fold.test]
         for seed in cfg.train.seeds:
             t0 = time.perf_counter()
             pretrained = None
@@ -575,6 +718,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: Path | None = None) -> dict[s
 LICENCES = {
     "ravdess": "RAVDESS: CC BY-NC-SA 4.0",
     "tess": "TESS: CC BY-NC-ND 4.0",
+    "crema_d": "CREMA-D: Open Database License 1.0, contents Database Contents License 1.0",
     "iemocap": "IEMOCAP: USC SAIL research licence",
     "meld": "MELD: GPL-3.0",
     "emorynlp": "EmoryNLP: see its authors",
@@ -587,7 +731,9 @@ def export_final(cfg: ExperimentConfig, out_dir: Path, version: str = "", metric
     from .export import export_model
 
     if cfg.grid:
-        raise ConfigError("export needs a single variant: remove [grid] or override the grid keys")
+        pins = " ".join(f"--set {k}={json.dumps(v[0])}" for k, v in cfg.grid.items())
+        raise ConfigError(f"export needs a single variant, but [grid] varies {', '.join(cfg.grid)}: pin each with "
+                          f"--set (e.g. {pins})")
     all_cfg = replace(cfg, protocol=replace(cfg.protocol, folds="all"))
     data = DialogueSet(all_cfg)
     dialogues = list(data.dialogues.values())
@@ -598,8 +744,7 @@ def export_final(cfg: ExperimentConfig, out_dir: Path, version: str = "", metric
                                              train=replace(cfg.train, strategy="cold", loss="single")),
                                      dialogues, seed)[0] for m in cfg.model.modalities}
     model, info = train_model(cfg, dialogues, seed, pretrained)
-    features = data.extractor.settings_card()
-    features = {m: features[m] for m in cfg.model.modalities}
+    features = data.extractor.settings_card(cfg.model.modalities)
     corpora = sorted({u.meta("corpus") or Path(s).stem for s, man in data.manifests for u in man.utterances[:1]})
     training = {
         "config": cfg.to_dict(),

@@ -1,0 +1,118 @@
+"""Calibration (training.calibration), the audio gate and the trainer's held-out-speaker validation split."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from training.calibration import ece, fit_temperature, nll, reliability_bins, reliability_diagram  # noqa: E402
+from training.data import Utterance  # noqa: E402
+from training.models import AudioGate, EmotionModel, ModelConfig  # noqa: E402
+from training.train import Dialogue, load_config, validation_split  # noqa: E402
+
+
+def _overconfident(n: int = 4000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Logits whose softmax claims far more than the 60% accuracy they have."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 4, n)
+    pred = np.where(rng.random(n) < 0.6, y, rng.integers(0, 4, n))
+    logits = rng.normal(0, 0.3, (n, 4))
+    logits[np.arange(n), pred] += 6.0
+    return logits, y
+
+
+def test_temperature_fixes_overconfidence_and_keeps_the_argmax() -> None:
+    logits, y = _overconfident()
+    probs = torch.softmax(torch.tensor(logits), -1).numpy()
+    before = ece(probs, y)
+    t = fit_temperature(logits, y)
+    after_probs = torch.softmax(torch.tensor(logits / t), -1).numpy()
+    assert t > 2, "over-confident logits need cooling"
+    assert nll(logits, y, t) < nll(logits, y, 1.0)
+    assert ece(after_probs, y) < 0.03 < before
+    assert (after_probs.argmax(1) == probs.argmax(1)).all()
+
+
+def test_ece_of_a_calibrated_predictor_is_small_and_of_a_liar_large() -> None:
+    rng = np.random.default_rng(1)
+    conf = rng.uniform(0.5, 1.0, 20000)  # the claimed probability of class 0, its top class
+    y = (rng.random(20000) >= conf).astype(int)  # class 0 exactly that often
+    probs = np.stack([conf, 1 - conf], axis=1)
+    assert ece(probs, y) < 0.02
+    liar = np.tile([0.99, 0.01], (1000, 1))
+    assert ece(liar, np.r_[np.zeros(500, int), np.ones(500, int)]) == pytest.approx(0.49, abs=1e-6)
+    assert sum(b["n"] for b in reliability_bins(probs, y)) == 20000
+
+
+def test_reliability_diagram_writes_a_png(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    logits, y = _overconfident(500)
+    probs = torch.softmax(torch.tensor(logits), -1).numpy()
+    path = reliability_diagram([("raw", probs, y)], tmp_path / "r.png", "test")
+    assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_audio_gate_passes_training_like_audio_and_silences_the_strange() -> None:
+    g = torch.Generator().manual_seed(0)
+    basis = torch.randn(8, 32, generator=g)
+    train = torch.randn(3000, 8, generator=g) @ basis + 0.05 * torch.randn(3000, 32, generator=g)
+    gate = AudioGate(32, components=8)
+    gate.fit(train)
+    typical = torch.randn(500, 8, generator=g) @ basis
+    strange = 4 * torch.randn(500, 8, generator=g) @ basis
+    assert gate(typical).mean() > 0.95
+    assert gate(strange).mean() < 0.05
+
+
+def test_gated_model_lets_text_decide_for_strange_audio() -> None:
+    cfg = ModelConfig(modalities=("audio", "text"), dims={"audio": 16, "text": 8}, hidden=16, heads=2,
+                      causal=True, fusion_depth="logits", fusion_method="add", audio_gate=True)
+    model = EmotionModel(cfg).eval()
+    model.gate.fit(torch.randn(2000, 16))
+    mask = torch.ones(1, 3, dtype=torch.bool)
+    text = torch.randn(1, 3, 8)
+    out = model(100 * torch.randn(1, 3, 16), text, mask)
+    assert torch.allclose(out["logits"], out["text"], atol=1e-4), "far-out audio has no say"
+    assert (out["reliability"] < 1e-3).all()
+    with pytest.raises(ValueError, match="audio_gate"):
+        ModelConfig(modalities=("audio", "text"), fusion_depth="late", audio_gate=True)
+
+
+def _dialogue(i: int, voices: list[str]) -> Dialogue:
+    us = [Utterance(f"d{i}", j, "spk", "happy", "x", extra={"audio_actor": v}) for j, v in enumerate(voices)]
+    return Dialogue(f"d{i}", np.zeros((len(us), 2), np.float32), None, np.zeros(len(us), np.int64), us)
+
+
+def test_validation_speakers_are_never_heard_in_training() -> None:
+    train = [_dialogue(i, [f"a{i % 20}"]) for i in range(200)]
+    fit, val = validation_split(train, 0.1, "speaker", random.Random(0))
+    heard = {u.meta("audio_actor") for d in fit for u in d.utterances}
+    held = {u.meta("audio_actor") for d in val for u in d.utterances}
+    assert val and not heard & held
+    assert len(val) >= 20 and len(fit) + len(val) == 200
+    fit2, val2 = validation_split(train, 0.1, "dialogue", random.Random(0))
+    assert len(val2) == 20 and len(fit2) == 180
+
+
+def test_config_names_labels_once_and_set_pins_a_grid_key(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('name = "x"\n[data]\nmanifests = ["ravdess"]\nlabels = ["a", "b", "c"]\n'
+                    '[grid]\n"model.causal" = [false, true]\n"train.lr" = [0.1, 0.01]\n'
+                    '[augment]\ncopies = 2\ntelephone_prob = 0.3\n')
+    cfg = load_config(path)
+    assert cfg.model.labels == ("a", "b", "c")
+    assert cfg.augment.copies == 2 and cfg.augment.config.telephone_prob == 0.3
+    pinned = load_config(path, ["model.causal=true"])
+    assert list(pinned.grid) == ["train.lr"] and pinned.model.causal is True
+    from training.data import ConfigError
+    from training.train import export_final
+
+    with pytest.raises(ConfigError, match="--set train.lr=0.1"):
+        export_final(pinned, tmp_path / "out")
+    with pytest.raises(ConfigError, match="augment"):
+        load_config(path, ["augment.nonsense=1"])
