@@ -38,9 +38,10 @@ def _build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="process live or recorded audio into events",
                          description="Process the microphone, an audio file or raw PCM16 on stdin into events.")
-    run.add_argument("--input", default="mic", metavar="mic|PATH|-|demo",
+    run.add_argument("--input", default="mic", metavar="mic|PATH|-|demo|demo-voices",
                      help="'mic' (default), an audio file (WAV, FLAC, ... any rate and channel count), "
-                          "'-' for raw PCM16 on stdin, or 'demo' for the bundled sample recording")
+                          "'-' for raw PCM16 on stdin, or a bundled recording: 'demo' (a synthetic call) or "
+                          "'demo-voices' (two actors whose emotions change; stereo, use --split-channels)")
     run.add_argument("--asr", choices=_ASR_CHOICES, help=_ASR_HELP)
     run.add_argument("--vosk-model", metavar="DIR", help="Vosk model directory (see 'realtime-ser models download')")
     run.add_argument("--whisper-model", metavar="DIR", help=_WHISPER_MODEL_HELP)

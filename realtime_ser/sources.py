@@ -456,21 +456,29 @@ def _no_device_message(sd) -> str:  # type: ignore[no-untyped-def]
             "Connect a microphone, or process a recording with --input FILE (or raw PCM16 on stdin with --input -)")
 
 
+BUNDLED = {
+    "demo": "demo.flac",
+    "demo-voices": "demo-voices.flac",
+}
+"""Names of the bundled recordings: ``demo``, a synthetic (espeak-ng) two-speaker call; ``demo-voices``,
+two CREMA-D actors as agent and customer whose emotions change over the call."""
+
+
 def open_source(spec: str, config: SourceConfig, stdin: BinaryIO | None = None) -> Source:
-    """``mic``, ``-`` (stdin) or a file path; ``demo`` is the bundled sample recording."""
+    """``mic``, ``-`` (stdin), a file path, or the name of a bundled recording (:data:`BUNDLED`)."""
     if spec == "mic":
         return MicSource(config)
     if spec == "-":
         import sys
 
         return StdinSource(stdin if stdin is not None else sys.stdin.buffer, config)
-    if spec == "demo":
-        return FileSource(demo_path(), config)
+    if spec in BUNDLED:
+        return FileSource(demo_path(spec), config)
     return FileSource(spec, config)
 
 
-def demo_path() -> Path:
-    """The bundled sample recording (a short synthetic two-speaker conversation)."""
+def demo_path(name: str = "demo") -> Path:
+    """A bundled recording by name (:data:`BUNDLED`)."""
     from importlib import resources
 
-    return Path(str(resources.files("realtime_ser").joinpath("data/demo.flac")))
+    return Path(str(resources.files("realtime_ser").joinpath(f"data/{BUNDLED[name]}")))

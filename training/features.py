@@ -50,6 +50,9 @@ class FeatureSettings:
     read that fold's text features from it (:mod:`training.text_finetune`)."""
     text_extra: tuple[str, ...] = ()
     """Corpora whose labeled lines are added to the fine-tuning data only (``meld``, ``emorynlp``)."""
+    text_finetune_where: str = ""
+    """``column=value``: fine-tune only on the training lines whose manifest column has that value
+    (e.g. ``kind=dialogue_ref``: the typed lines of real dialogues, not acted clips' fixed sentences)."""
     audio: str = "speech"
     """``speech`` (Whisper's encoder states, pooled), ``acoustic`` (realtime_ser's numpy
     functionals) or ``speech+acoustic`` (both)."""
@@ -170,17 +173,18 @@ class FeatureExtractor:
         front = self._part(kind) if kind in self._parts or "+" not in kind else self.front_end
         return f"{kind.replace('+', '-')}-{front.key()}-vad-{vad_key(self.pipeline)}"
 
-    def audio_file(self, path: Path, transform: Callable[[np.ndarray], np.ndarray] | None = None,
+    def audio_file(self, path: Path, transform: Callable[[np.ndarray, int], np.ndarray] | None = None,
                    variant: str = "") -> np.ndarray:
         """Features of the utterance audio in ``path`` (all segments joined, as one turn).
 
-        ``transform`` (augmentation) acts on the file's samples before segmentation;
+        ``transform`` (augmentation) maps the file's samples and sample rate to new samples
+        before segmentation;
         ``variant`` must then name it, since it is part of the cache key.
         """
         return self.audio_files([path], [transform], variant)[0]
 
     def audio_files(self, paths: Sequence[Path],
-                    transforms: Sequence[Callable[[np.ndarray], np.ndarray] | None] | None = None,
+                    transforms: Sequence[Callable[[np.ndarray, int], np.ndarray] | None] | None = None,
                     variant: str = "", batch: int = 16) -> np.ndarray:
         """Features of many files. Each part of the front end (``speech``, ``acoustic``) has its own
         cache, so ``speech+acoustic`` reuses what either computed; what is not cached is segmented
@@ -189,7 +193,7 @@ class FeatureExtractor:
                                for kind in self.settings.audio.split("+")], axis=1)
 
     def _part_files(self, kind: str, paths: Sequence[Path],
-                    transforms: Sequence[Callable[[np.ndarray], np.ndarray] | None] | None,
+                    transforms: Sequence[Callable[[np.ndarray, int], np.ndarray] | None] | None,
                     variant: str, batch: int) -> np.ndarray:
         front = self._part(kind)
         key = self.audio_key(kind) + (f"-{variant}" if variant else "")
@@ -235,9 +239,8 @@ class FeatureExtractor:
         seeds = [int.from_bytes(hashlib.sha256(Path(p).read_bytes()).digest()[:4], "little") for p in paths]
         out = np.zeros((augment.copies, len(paths), self.front_end.dim), dtype=np.float32)
         for c in range(augment.copies):
-            def transform_for(seed: int, c: int = c) -> Callable[[np.ndarray], np.ndarray]:
-                aug = Augmenter(augment.config, seed=(augment.seed, seed, c))
-                return lambda x: aug.apply(x, self.pipeline.source.sample_rate)
+            def transform_for(seed: int, c: int = c) -> Callable[[np.ndarray, int], np.ndarray]:
+                return Augmenter(augment.config, seed=(augment.seed, seed, c)).apply
 
             out[c] = self.audio_files(paths, [transform_for(s) for s in seeds],
                                       variant=f"aug-{augment.config.key()}-s{augment.seed}-c{c}")
@@ -268,7 +271,7 @@ class FeatureExtractor:
         return card
 
 
-def _segments_of_array(transform: Callable[[np.ndarray], np.ndarray], path: Path,
+def _segments_of_array(transform: Callable[[np.ndarray, int], np.ndarray], path: Path,
                        pipeline: PipelineConfig) -> list[np.ndarray]:
     """Segment transformed audio: write it to a temporary WAV and cut it like a file."""
     import tempfile
@@ -277,7 +280,7 @@ def _segments_of_array(transform: Callable[[np.ndarray], np.ndarray], path: Path
 
     samples, sr = sf.read(str(path), dtype="float32", always_2d=True)
     mono = samples.mean(axis=1)
-    out = transform(mono)
+    out = transform(mono, sr)
     with tempfile.NamedTemporaryFile(suffix=".wav") as tmp:
         sf.write(tmp.name, np.clip(out, -1, 1), sr, subtype="PCM_16")
         return utterance_audio(tmp.name, pipeline)

@@ -45,7 +45,7 @@ from .data import (
 )
 from .features import AugmentSettings, FeatureExtractor, FeatureSettings
 from .folds import Fold, check_disjoint, session_folds, speaker_folds, speaker_script_folds, split_fold
-from .metrics import classification_report, format_pct, mean_std
+from .metrics import SUMMARY_KEYS, classification_report, format_pct, mean_std
 from .models import EmotionModel, ModelConfig, load_unimodal_into
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,9 @@ class ProtocolConfig:
     folds of groups), ``speaker_script`` (also script-disjoint), ``split`` (the corpus's own
     ``split`` column: test = ``test_split``), ``random`` (``k`` folds of shuffled dialogues: within
     speaker, for single-speaker corpora), ``cross_corpus`` (train on the ``data.train_only``
-    manifests only, test on all of the other), ``all`` (train on everything, no test: for export)."""
+    manifests only, test on all of the other), ``group`` (leave one value of the manifest column
+    ``group_column`` out: e.g. a voice group with the IEMOCAP session it voices), ``all`` (train on
+    everything, no test: for export)."""
     k: int = 0
     """For speaker folds: number of folds (0 = one per speaker group)."""
     fold_seed: int = 0
@@ -112,10 +114,16 @@ class ProtocolConfig:
     split_test_by_script: bool = False
     only_folds: tuple[str, ...] = ()
     """Run only the folds with these names (empty: all)."""
+    group_column: str = "group"
+    """For ``folds = "group"``: the manifest column whose values are left out one at a time."""
+    report_by: tuple[str, ...] = ()
+    """Manifest columns whose values each get their own report of the test turns too (e.g. the
+    corpus of the voice, or whether the transcript was typed or recognized)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "only_folds", tuple(self.only_folds))
-        allowed = ("session", "speaker", "speaker_script", "split", "random", "cross_corpus", "all")
+        object.__setattr__(self, "report_by", tuple(self.report_by))
+        allowed = ("session", "speaker", "speaker_script", "split", "random", "cross_corpus", "group", "all")
         if self.folds not in allowed:
             raise ConfigError(f"protocol.folds must be one of {allowed}, got {self.folds!r}")
 
@@ -377,10 +385,11 @@ class DialogueSet:
             return self
         from .text_finetune import encoder_for, extra_lines
 
+        column, _, value = fs.text_finetune_where.partition("=")
         texts, labels = [], []
         for d in fold.train:
             for u in self.dialogues[d].utterances:
-                if u.labeled and u.text.strip():
+                if u.labeled and u.text.strip() and (not column or u.meta(column) == value):
                     texts.append(u.text)
                     labels.append(u.label)
         et, el = extra_lines(fs.text_extra, self.labels)
@@ -412,6 +421,13 @@ class DialogueSet:
         elif p.folds == "session":
             folds = session_folds(manifest)
             by = ("session",)
+        elif p.folds == "group":
+            values = sorted({u.meta(p.group_column) for u in manifest.utterances})
+            if len(values) < 2 or "" in values:
+                raise ConfigError(f"protocol.folds='group' needs a column {p.group_column!r} with at least two "
+                                  f"values on every row; found {values[:5]}")
+            folds = [split_fold(manifest, test=v, column=p.group_column) for v in values]
+            by = (p.group_column, "speaker")
         elif p.folds == "speaker":
             folds = speaker_folds(manifest, k=p.k or None, seed=p.fold_seed)
             by = ("speaker",)
@@ -639,11 +655,32 @@ def _git_commit() -> str:
         return "unknown"
 
 
+def reports_by(cfg: ExperimentConfig, test: Sequence[Dialogue], pred: dict[str, np.ndarray]
+               ) -> dict[str, dict[str, Any]]:
+    """Per value of each ``protocol.report_by`` column: the report of the test turns with that value
+    (fused and per modality), in the order :func:`predict` lists the labeled turns."""
+    out: dict[str, dict[str, Any]] = {}
+    for column in cfg.protocol.report_by:
+        values = np.array([u.meta(column) for d in test for u, y in zip(d.utterances, d.y, strict=True) if y >= 0])
+        out[column] = {}
+        for v in sorted(set(values)):
+            keep = values == v
+            entry = {"metrics": classification_report(pred["y"][keep], pred["logits"][keep], cfg.model.labels)}
+            for m in cfg.model.modalities:
+                if m in pred and cfg.model.fused:
+                    entry[m] = classification_report(pred["y"][keep], pred[m][keep], cfg.model.labels)
+            if "reliability" in pred:
+                entry["audio_weight_mean"] = float(pred["reliability"][keep].mean())
+            out[column][v] = entry
+    return out
+
+
 def run_variant(cfg: ExperimentConfig, data: DialogueSet, folds: Sequence[Fold], name: str) -> dict[str, Any]:
     """Every fold x seed of one variant; per-run reports and mean ± std over all runs."""
     runs = []
     pooled: dict[int, list[dict[str, Any]]] = {}
-    for fold in folds:
+    kept: dict[str, list[np.ndarray]] = {}
+    for fold_index, fold in enumerate(folds):
         fold_data = data.fold_text(fold)
         train = [fold_data.dialogues[d] for d in fold.train]
         test = [fold_data.dialogues[d] for d in fold.test]
@@ -661,11 +698,20 @@ def run_variant(cfg: ExperimentConfig, data: DialogueSet, folds: Sequence[Fold],
             report = classification_report(pred["y"], pred["logits"], cfg.model.labels)
             per_mod = {m: classification_report(pred["y"], pred[m], cfg.model.labels)
                        for m in cfg.model.modalities if m in pred and cfg.model.fused}
+            by = reports_by(cfg, test, pred)
             seconds = time.perf_counter() - t0
-            runs.append({"fold": fold.name, "seed": seed, "metrics": report, "modalities": per_mod,
+            runs.append({"fold": fold.name, "seed": seed, "metrics": report, "modalities": per_mod, "by": by,
+                         "temperature": info.get("temperature"),
                          "epochs_run": info["epochs_run"], "best_epoch": info["best_epoch"],
                          "train_dialogues": len(train), "test_dialogues": len(test), "seconds": round(seconds, 2)})
             pooled.setdefault(seed, []).append(report)
+            for k, v in pred.items():
+                kept.setdefault(k, []).append(v)
+            kept.setdefault("fold", []).append(np.full(len(pred["y"]), fold_index))
+            kept.setdefault("seed", []).append(np.full(len(pred["y"]), seed))
+            for column in cfg.protocol.report_by:
+                kept.setdefault(f"by:{column}", []).append(np.array(
+                    [u.meta(column) for d in test for u, y in zip(d.utterances, d.y, strict=True) if y >= 0]))
             log.info("%s | %s | %s | seed %d: WA %.3f UAR %.3f (%d epochs, %.1fs)", cfg.name, name, fold.name,
                      seed, report["weighted_accuracy"], report["uar"], info["epochs_run"], seconds)
     per_fold: dict[str, Any] = {}
@@ -674,10 +720,12 @@ def run_variant(cfg: ExperimentConfig, data: DialogueSet, folds: Sequence[Fold],
     # Mean over folds for each seed, then mean ± std over seeds (the spread between repetitions).
     seed_means = []
     for _seed, reports in pooled.items():
-        seed_means.append({k: float(np.mean([r[k] for r in reports])) for k in ("weighted_accuracy", "uar",
-                                                                               "macro_f1", "roc_auc")})
+        seed_means.append({k: float(np.mean([r.get(k, np.nan) for r in reports])) for k in SUMMARY_KEYS})
     summary = mean_std(seed_means)
-    return {"variant": name, "config": cfg.to_dict(), "runs": runs, "per_fold": per_fold, "summary": summary}
+    predictions = {k: np.concatenate(v) for k, v in kept.items()}
+    return {"variant": name, "config": cfg.to_dict(), "runs": runs, "per_fold": per_fold, "summary": summary,
+            "test_turns": int(np.mean([r["metrics"]["n"] for r in runs])) if runs else 0,
+            "_predictions": predictions}
 
 
 def run_experiment(cfg: ExperimentConfig, out_dir: Path | None = None) -> dict[str, Any]:
@@ -700,7 +748,11 @@ def run_experiment(cfg: ExperimentConfig, out_dir: Path | None = None) -> dict[s
         data.cfg = vcfg
         folds = data.folds()
         log.info("[%d/%d] %s: %d folds x %d seeds", i, len(all_variants), name, len(folds), len(vcfg.train.seeds))
-        results.append(run_variant(vcfg, data, folds, name))
+        result = run_variant(vcfg, data, folds, name)
+        # Every test turn's probabilities, for calibration plots and pooled figures.
+        np.savez_compressed(out_dir / f"predictions-{i}.npz", **result.pop("_predictions"))
+        result["predictions"] = f"predictions-{i}.npz"
+        results.append(result)
     doc = {
         "name": cfg.name,
         "description": cfg.description,
@@ -764,15 +816,21 @@ def export_final(cfg: ExperimentConfig, out_dir: Path, version: str = "", metric
 def summary_markdown(doc: dict[str, Any]) -> str:
     lines = [f"# {doc['name']}", "", doc.get("description", ""), "",
              f"commit `{doc['git_commit'][:10]}`, {doc['seconds']:.0f} s", "",
-             "| variant | WA % | UAR % | macro-F1 % | ROC AUC % | per fold WA % |",
-             "|---|---|---|---|---|---|"]
+             "| variant | test turns per fold | WA % | UAR % | macro-F1 % | weighted F1 % | ROC AUC % | ECE | "
+             "per fold WA % |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for v in doc["variants"]:
         s = v["summary"]
         folds = ", ".join(f"{k}: {100 * f['weighted_accuracy']['mean']:.1f}" for k, f in v["per_fold"].items())
-        lines.append(f"| {v['variant']} | {format_pct(s['weighted_accuracy'])} | {format_pct(s['uar'])} | "
-                     f"{format_pct(s['macro_f1'])} | {format_pct(s['roc_auc'])} | {folds} |")
+        ece = s.get("ece", {"mean": float("nan"), "std": float("nan"), "n": 1})
+        ece_text = f"{ece['mean']:.3f}" + (f" ± {ece['std']:.3f}" if ece.get("n", 1) > 1 else "")
+        lines.append(f"| {v['variant']} | {v.get('test_turns', '')} | {format_pct(s['weighted_accuracy'])} | "
+                     f"{format_pct(s['uar'])} | {format_pct(s['macro_f1'])} | "
+                     f"{format_pct(s.get('weighted_f1', {'mean': float('nan'), 'n': 1}))} | "
+                     f"{format_pct(s['roc_auc'])} | {ece_text} | {folds} |")
     lines.append("")
-    lines.append("Mean ± standard deviation over seeds of the mean over folds.")
+    lines.append("WA is plain accuracy (the share of test turns labeled right); UAR the mean of per-class recalls. "
+                 "Mean ± standard deviation over seeds of the mean over folds.")
     return "\n".join(lines) + "\n"
 
 
