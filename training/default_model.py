@@ -13,7 +13,8 @@ cross-validation of ``configs/train/default_cv.toml``:
 
 So group *g* holds IEMOCAP session *g*'s speakers and dialogues and the voices of group *g*: a
 model trained on the other three groups has heard neither the voices, nor the speakers, nor the
-dialogues it is tested on. ``voice_corpus`` names the corpus of the voice of every row.
+dialogues it is tested on. ``voice_corpus`` names the corpus of the voice of every row. The two
+actors of the bundled ``demo-voices`` recording are in none of it.
 
 Also writes ``noise.json`` (the measured error rates). Needs, from :mod:`training.transcribe`
 (``make default-model`` runs it), ``ravdess-4-asr-sample.csv`` and ``tess-4-asr-sample.csv``:
@@ -29,6 +30,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from .data import REPO, Utterance, convert, read_manifest, write_manifest
+from .demo_voices import DEMO_ACTORS
 from .pairing import VOICE_CORPORA, build_paired_voices, voice_groups, voices
 from .textnoise import corrupt, measure
 
@@ -51,9 +53,9 @@ def build(out: Path = OUT, seed: int = 0) -> dict[str, Path]:
     (out / "noise.json").write_text(json.dumps({"rates": asdict(rates), "wer": rates.wer,
                                                 "vocabulary": len(vocab)}, indent=1) + "\n")
     paired_path = MANIFESTS / "paired-iemocap-voices.csv"
-    build_paired_voices(_manifest("iemocap_text"), paired_path, seed=seed)
+    build_paired_voices(_manifest("iemocap_text"), paired_path, seed=seed, exclude=DEMO_ACTORS)
     paired = read_manifest(paired_path)
-    groups = voice_groups(voices(), seed=seed)
+    groups = voice_groups(voices(exclude=DEMO_ACTORS), seed=seed)
     sessions = sorted({u.meta("session") for u in paired.utterances})
     rng = random.Random(seed)
 
@@ -77,7 +79,7 @@ def build(out: Path = OUT, seed: int = 0) -> dict[str, Path]:
         clips = read_manifest(_manifest(corpus))
         for u in clips.utterances:
             if u.speaker not in groups:
-                continue  # an actor without clips of every class (none in the shared data)
+                continue  # the demo's actors, and any actor without clips of every class
             clip = row(u, clips.audio_path(u), group=str(groups[u.speaker]), kind="clip", voice_corpus=corpus)
             rows.append(noisy(clip, ""))
     return {"all": write_manifest(out / "all.csv", rows)}

@@ -109,15 +109,17 @@ class Voice:
     clips: dict[str, list[Path]]
 
 
-def voices(data_dir: Path | None = None, corpora: Sequence[str] = VOICE_CORPORA) -> list[Voice]:
-    """Every actor of the acted corpora with clips of all four classes and of at least one other emotion."""
+def voices(data_dir: Path | None = None, corpora: Sequence[str] = VOICE_CORPORA,
+           exclude: Sequence[str] = ()) -> list[Voice]:
+    """Every actor of the acted corpora with clips of all four classes and of at least one other emotion
+    (but those in ``exclude``)."""
     data_dir = data_dir or shared_data_dir()
     out: dict[str, Voice] = {}
     for corpus in corpora:
         folder = data_dir / corpus
         with open(folder / "manifest.csv", newline="", encoding="utf-8") as f:
             for c in csv.DictReader(f):
-                if c.get("silent", "").strip() == "1":
+                if c.get("silent", "").strip() == "1" or c["speaker"] in exclude:
                     continue
                 label = EMOTION4.get(c["emotion4"], "") if c["emotion4"] else ""
                 if not label and c["emotion"] not in _OTHER4[corpus]:
@@ -143,16 +145,17 @@ def voice_groups(all_voices: Sequence[Voice], n_groups: int = 4, seed: int = 0) 
     return groups
 
 
-def build_paired_voices(text_manifest: Path, out: Path, data_dir: Path | None = None, seed: int = 0) -> Path:
+def build_paired_voices(text_manifest: Path, out: Path, data_dir: Path | None = None, seed: int = 0,
+                        exclude: Sequence[str] = ()) -> Path:
     """Like :func:`build_paired`, with the actors of every acted corpus (RAVDESS, CREMA-D, TESS) as voices.
 
     IEMOCAP session *s* is voiced only by actor group *s* (:func:`voice_groups`), each dialogue's
     female and male speakers by one female and one male actor of that group, each turn by a clip of
     its label (a clip of another emotion for unlabeled context turns). ``audio_actor`` names the
-    voice, ``audio_corpus`` its corpus.
+    voice, ``audio_corpus`` its corpus. Actors in ``exclude`` voice nothing.
     """
     text = read_manifest(text_manifest)
-    cast_pool = voices(data_dir)
+    cast_pool = voices(data_dir, exclude=exclude)
     groups = voice_groups(cast_pool, seed=seed)
     by_id = {v.id: v for v in cast_pool}
     sessions = sorted({u.meta("session") for u in text.utterances})
