@@ -226,13 +226,26 @@ class FeatureExtractor:
     def audio(self, manifest: Manifest, utterances: Sequence[Utterance]) -> np.ndarray:
         return self.audio_files(self._paths(manifest, utterances))
 
-    def audio_copies(self, manifest: Manifest, utterances: Sequence[Utterance], augment: AugmentSettings
-                     ) -> np.ndarray:
-        """``augment.copies`` augmented feature vectors of each utterance: shape (copies, N, dim).
+    def audio_copies(self, manifest: Manifest, utterances: Sequence[Utterance], augment: AugmentSettings,
+                     clean: np.ndarray | None = None) -> np.ndarray:
+        """``augment.copies`` augmented feature vectors of each labeled utterance: shape (copies, N, dim).
 
-        Each clip's copies depend only on the clip's content, the seed and the copy number
-        (not on which other clips are in the run), so caches are shared between experiments.
+        Unlabeled context turns get their clean features (``clean``, computed when not given) in every
+        copy: no loss reads them, and augmenting them would double the feature extraction of
+        dialogues voiced by clips of other emotions. Each clip's copies depend only on the clip's
+        content, the seed and the copy number (not on which other clips are in the run), so caches
+        are shared between experiments.
         """
+
+        labeled = [i for i, u in enumerate(utterances) if u.labeled]
+        base = clean if clean is not None else self.audio(manifest, utterances)
+        out = np.repeat(base[None], augment.copies, axis=0).astype(np.float32)
+        if labeled:
+            out[:, labeled] = self._augmented(manifest, [utterances[i] for i in labeled], augment)
+        return out
+
+    def _augmented(self, manifest: Manifest, utterances: Sequence[Utterance], augment: AugmentSettings
+                   ) -> np.ndarray:
         from .augment import Augmenter
 
         paths = self._paths(manifest, utterances)

@@ -344,7 +344,7 @@ class DialogueSet:
             audio = self.extractor.audio(manifest, uts) if "audio" in mods else None
             copies = None
             if audio is not None and cfg.augment.copies > 0:
-                copies = self.extractor.audio_copies(manifest, uts, cfg.augment)
+                copies = self.extractor.audio_copies(manifest, uts, cfg.augment, clean=audio)
             pos = 0
             for d in manifest.dialogues():
                 n = len(d)
