@@ -20,6 +20,7 @@ from .frames import ALLOWED_FRAME_MS
 
 ALLOWED_INPUT_RATES = (8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000)
 ASR_BACKENDS = ("pocketsphinx", "vosk", "none", "whisper", "auto")
+VAD_DETECTORS = ("silero", "webrtc")
 WHISPER_COMPUTE_TYPES = ("int8", "int8_float32", "int16", "float32", "default")
 
 
@@ -46,8 +47,12 @@ class SourceConfig:
 
 @dataclass(frozen=True)
 class VadConfig:
-    """Utterance segmentation on webrtcvad."""
+    """Utterance segmentation: a voice detector per frame, start and end decisions around it."""
 
+    detector: str = "webrtc"
+    """``silero`` (Silero VAD, a small neural network run with onnxruntime) or ``webrtc`` (webrtcvad)."""
+    threshold: float = 0.5
+    """Silero: speech probability at which speech starts (it ends below ``threshold - 0.15``)."""
     aggressiveness: int = 2
     """webrtcvad mode 0 (least) .. 3 (most aggressive at rejecting non-speech)."""
     start_ms: int = 90
@@ -270,6 +275,10 @@ class PipelineConfig:
             raise ConfigError(f"source.stdin_channels={s.stdin_channels} is not allowed; use 1 or 2")
         if s.queue_frames < 10:
             raise ConfigError("source.queue_frames must be at least 10")
+        if v.detector not in VAD_DETECTORS:
+            raise ConfigError(f"vad.detector={v.detector!r} is not known; use one of {', '.join(VAD_DETECTORS)}")
+        if not 0.0 < v.threshold < 1.0:
+            raise ConfigError(f"vad.threshold must be between 0 and 1 (a speech probability), got {v.threshold}")
         if v.aggressiveness not in (0, 1, 2, 3):
             raise ConfigError(f"vad.aggressiveness={v.aggressiveness} is not allowed; use 0, 1, 2 or 3")
         for name in ("start_ms", "start_window_ms", "start_padding_ms", "end_padding_ms", "hangover_ms",
