@@ -21,6 +21,8 @@ from .frames import ALLOWED_FRAME_MS
 ALLOWED_INPUT_RATES = (8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000)
 ASR_BACKENDS = ("pocketsphinx", "vosk", "none", "whisper", "auto")
 VAD_DETECTORS = ("silero", "webrtc")
+WHISPER_WINDOWS = (10, 15, 30)
+WHISPER_WORD_TIMES = ("timestamps", "align")
 WHISPER_COMPUTE_TYPES = ("int8", "int8_float32", "int16", "float32", "default")
 
 
@@ -108,8 +110,17 @@ class AsrConfig:
     whisper_compute_type: str = "int8"
     """CTranslate2 weight type: int8 (fastest on a CPU), int8_float32, int16, float32."""
     whisper_partial_s: float = 0.0
-    """Partial pass on a long open utterance every this many seconds of audio, when the
-    decoder is idle (0 = none: Whisper then gives only final transcripts)."""
+    """Partial pass on the open utterance each time it has grown by this many seconds of audio,
+    when no final transcript waits for the decoder; the words two passes agree on are published
+    (0 = none: Whisper then gives only final transcripts)."""
+    whisper_window_s: int = 0
+    """Encoder window: 0 = per utterance, the smallest of 10, 15, 30 s that holds it with room;
+    10, 15 or 30 = always that one (utterances that do not fit still go to 30 s)."""
+    whisper_word_times: str = "timestamps"
+    """``timestamps``: from the timestamp tokens of the decode itself (no second pass);
+    ``align``: cross-attention alignment, one more decoder pass per utterance."""
+    whisper_max_batch: int = 8
+    """Most utterances the decoder encodes and decodes together."""
     partial_interval_ms: int = 300
     """At most one ``transcript.partial`` per this much audio, and only when the text changed."""
     partials: bool = True
@@ -304,6 +315,14 @@ class PipelineConfig:
                               f"use one of {', '.join(WHISPER_COMPUTE_TYPES)}")
         if a.whisper_partial_s < 0:
             raise ConfigError("asr.whisper_partial_s must be >= 0 (0 = no partial passes)")
+        if a.whisper_window_s not in (0, *WHISPER_WINDOWS):
+            raise ConfigError(f"asr.whisper_window_s={a.whisper_window_s} is not allowed; use 0 (per utterance) or "
+                              f"one of {', '.join(map(str, WHISPER_WINDOWS))}")
+        if a.whisper_word_times not in WHISPER_WORD_TIMES:
+            raise ConfigError(f"asr.whisper_word_times={a.whisper_word_times!r} is not allowed; use "
+                              f"{' or '.join(WHISPER_WORD_TIMES)}")
+        if a.whisper_max_batch < 1:
+            raise ConfigError("asr.whisper_max_batch must be at least 1")
         if a.whisper_language and not (a.whisper_language.isascii() and a.whisper_language.isalpha()
                                        and 2 <= len(a.whisper_language) <= 3):
             raise ConfigError(f"asr.whisper_language={a.whisper_language!r} is not a language code; "

@@ -37,7 +37,7 @@ import logging
 import os
 import threading
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -168,7 +168,9 @@ class EncodedUtterance:
     (n_windows, window_s * 50, d_model)) when it was asked for: what Whisper's decoder reads."""
     seconds: float = 0.0
     """Duration of the utterance."""
-    info: dict[str, float] = field(default_factory=dict)
+    key: str = ""
+    """:meth:`SpeechEncoder.key` of the encoder settings and weights that produced it: a consumer
+    uses encoder output computed elsewhere only when this equals its own key."""
 
 
 class SpeechEncoder:
@@ -239,6 +241,7 @@ class SpeechEncoder:
         except Exception as exc:  # CTranslate2 raises RuntimeError for what it cannot run
             raise ModelError(f"the speech encoder failed: {exc}") from exc
         states = np.asarray(output, dtype=np.float32)
+        key = self.key()
         self.d_model = states.shape[-1]
         self.calls += 1
         out = []
@@ -247,7 +250,7 @@ class SpeechEncoder:
             windows = None
             if keep_windows:
                 windows = ctranslate2.StorageView.from_array(np.ascontiguousarray(states[first : first + len(frames)]))
-            out.append(EncodedUtterance(kept, windows, len(samples) / SAMPLE_RATE))
+            out.append(EncodedUtterance(kept, windows, len(samples) / SAMPLE_RATE, key))
         return out
 
     @staticmethod
