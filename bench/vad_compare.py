@@ -17,15 +17,19 @@ benchmark measures what each detector and hangover does on the same streams:
   padding included), *false starts* (utterances that overlap no clip), *split* (clips whose
   speech is spread over two or more utterances), *end-of-speech delay* (from the end of a
   clip's speech to the moment the segmenter decides that its utterance ended), and the
-  detector's CPU time per audio second.
+  detector's CPU time per audio second;
+- **what it costs the words**: Whisper base's word error rate on exactly the audio each
+  setting hands the recognizer (clean and white noise at 10 dB, hangovers 500, 400 and 300 ms);
+- **deaf spots**: every RAVDESS clip alone through each detector's segmenter (default
+  settings): the clips in which it finds no utterance at all, by emotion and intensity.
 
 Each detector runs once per stream; its per-frame decisions are replayed into segmenters of
 every hangover (the decisions do not depend on the hangover).
 
 Usage, from the repository root::
 
-    python -m bench.vad_compare                 # 40 clips per corpus, ~3 minutes on 2 cores
-    python -m bench.vad_compare --clips 6       # a quick check
+    python -m bench.vad_compare                 # 40 clips per corpus, ~5 minutes on 2 cores
+    python -m bench.vad_compare --clips 6 --wer 6   # a quick check
 
 Writes ``vad_compare.json`` and ``vad_compare.md`` under ``--out``.
 """
@@ -55,8 +59,8 @@ FRAME_MS = 30
 FRAME = RATE * FRAME_MS // 1000
 CORPORA = ("ravdess", "tess", "crema_d")
 CONDITIONS = ("clean", "white_20db", "white_10db", "pink_10db", "babble_15db")
-SETTINGS = (("webrtc", 500), ("webrtc", 400), ("webrtc", 300), ("silero", 500), ("silero", 400),
-            ("silero", 300), ("silero", 200))
+SETTINGS = (("webrtc", 500), ("webrtc", 400), ("webrtc", 300), ("silero", 500), ("silero", 450),
+            ("silero", 400), ("silero", 300), ("silero", 200))
 
 
 def _rows(data: Path, corpus: str) -> list[dict[str, str]]:
@@ -169,6 +173,27 @@ def segment(pcm: np.ndarray, voiced: list[bool], config: VadConfig) -> list[dict
     return utts
 
 
+def wer_of_cuts(pcm: np.ndarray, spans: list[tuple[float, float]], refs: list[str], utts: list[dict[str, float]],
+                engine: Any) -> dict[str, Any]:
+    """Word error rate of Whisper on exactly the audio the segmenter gave for each clip (its
+    utterances that overlap the clip's speech): what cutting speech short costs the words."""
+    import concurrent.futures
+
+    from bench.asr_compare import word_errors
+    from realtime_ser.asr import whisper_backend as wb
+
+    errors = words = 0
+    for (a, b), ref in zip(spans, refs, strict=True):
+        texts = []
+        for u in (u for u in utts if u["start"] < b and u["end"] > a):
+            x = pcm[int(u["audio_start"] * RATE):int(u["audio_end"] * RATE)]
+            (t,) = engine.run([wb._Request(x, True, concurrent.futures.Future(), 0)])
+            texts.append(t.text)
+        e, w = word_errors(ref, " ".join(texts))
+        errors, words = errors + e, words + w
+    return {"clips": len(spans), "words": words, "errors": errors, "wer": round(errors / max(words, 1), 4)}
+
+
 def score(spans: list[tuple[float, float]], utts: list[dict[str, float]]) -> dict[str, Any]:
     missed = split = false_starts = 0
     lost = total = 0.0
@@ -228,6 +253,18 @@ def markdown(result: dict[str, Any]) -> str:
         d = s["eos_delay_ms"]
         lines.append(f"| {det} | {hang} | {s['missed_rate']:.1%} | {s['speech_lost_rate']:.1%} | "
                      f"{s['false_starts']} | {s['split_rate']:.1%} | {d['p50']:.0f} / {d['p95']:.0f} |")
+    if result["wer"]:
+        lines += ["", "What the cuts cost the words: Whisper base (10 s window) on exactly the audio each setting gave "
+                  f"the recognizer, first {result['wer'][0]['clips']} clips of the stream:", "",
+                  "| detector | hangover (ms) | condition | WER |", "|---|---:|---|---:|"]
+        for w in result["wer"]:
+            lines.append(f"| {w['detector']} | {w['hangover_ms']} | {w['condition']} | {w['wer']:.3f} |")
+    if result.get("deaf"):
+        lines += ["", "Deaf spots: every RAVDESS clip alone through each detector's segmenter (default settings); "
+                  "clips in which it found no utterance at all:", ""]
+        for det, d in result["deaf"].items():
+            lines.append(f"- {det}: {d['missed']} of {d['clips']}" + (": " + ", ".join(d["paths"][:20]) if d["paths"]
+                                                                        else ""))
     cpu = result["cpu_ms_per_audio_s"]
     lines += ["", "Detector CPU per audio second (one thread): " + ", ".join(f"{k} {v:.2f} ms" for k, v in cpu.items())
               + ".", ""]
@@ -243,6 +280,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path, default=None, help="shared data folder (default: ../shared/data)")
     p.add_argument("--clips", type=int, default=40, help="clips per corpus (default 40)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--all-ravdess", type=int, default=1, help="1 = look for deaf spots in every RAVDESS clip")
+    p.add_argument("--wer", type=int, default=60,
+                   help="clips whose cut audio Whisper base transcribes, clean and white 10 dB, per setting "
+                        "(default 60; 0 = none)")
     p.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results")
     args = p.parse_args(argv)
     data = (args.data or default_data_dir()).expanduser()
@@ -257,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         counts[corpus] = len(rows)
         for r in rows:
             x = _read(r["file"])
-            clips.append({"path": f"{corpus}/{r['path']}", "x": x, "span": speech_span(x)})
+            clips.append({"path": f"{corpus}/{r['path']}", "x": x, "span": speech_span(x), "ref": r["transcript"]})
     rng = np.random.default_rng(args.seed)
     rng.shuffle(clips)  # type: ignore[arg-type]
     chosen = {c["path"] for c in clips}
@@ -280,6 +321,45 @@ def main(argv: list[str] | None = None) -> int:
                 cfg = replace(base, detector=det, hangover_ms=hang, end_padding_ms=min(base.end_padding_ms, hang))
                 s = score(spans, segment(pcm, voiced, cfg))
                 rows_out.append({"detector": det, "hangover_ms": hang, "condition": condition, "score": s})
+    wer_rows: list[dict[str, Any]] = []
+    if args.wer > 0:
+        from realtime_ser.asr import whisper_backend as wb
+        from realtime_ser.config import AsrConfig
+
+        engine = wb.Engine(wb.default_model_dir(), AsrConfig(backend="whisper"))
+        for ci, condition in enumerate(CONDITIONS):
+            if condition not in ("clean", "white_10db"):
+                continue
+            pcm, spans = build(clips, babble, condition, args.seed + ci)
+            n = min(args.wer, len(spans))
+            refs = [c["ref"] for c in clips][:n]
+            for det in ("webrtc", "silero"):
+                detector = webrtc_detector(base.aggressiveness) if det == "webrtc" else SileroDetector(base.threshold)
+                voiced, _ = decisions(detector, pcm)
+                for name, hang in SETTINGS:
+                    if name != det or hang not in (500, 400, 300):
+                        continue
+                    cfg = replace(base, detector=det, hangover_ms=hang,
+                                  end_padding_ms=min(base.end_padding_ms, hang))
+                    w = wer_of_cuts(pcm, spans[:n], refs, segment(pcm, voiced, cfg), engine)
+                    print(f"[{condition}] {det}@{hang}: WER {w['wer']}", file=sys.stderr, flush=True)
+                    wer_rows.append({"detector": det, "hangover_ms": hang, "condition": condition, **w})
+    deaf: dict[str, Any] = {}
+    if args.all_ravdess:
+        rows = _rows(data, "ravdess")
+        print(f"deaf spots: {len(rows)} RAVDESS clips", file=sys.stderr, flush=True)
+        for det in ("webrtc", "silero"):
+            cfg = replace(base, detector=det)
+            missed = []
+            for r in rows:
+                x = np.clip(np.round(_read(r["file"]) * 32768), -32768, 32767).astype(np.int16)
+                x = np.concatenate([x, np.zeros(3 * RATE // 2, np.int16)])  # silence that ends any utterance
+                detector = webrtc_detector(cfg.aggressiveness) if det == "webrtc" else SileroDetector(cfg.threshold)
+                voiced, _ = decisions(detector, x)
+                if not segment(x, voiced, cfg):
+                    intensity = "strong" if Path(r["path"]).name.split("-")[3] == "02" else "normal"
+                    missed.append(f"{r['path']} ({r['emotion']}, {intensity})")
+            deaf[det] = {"clips": len(rows), "missed": len(missed), "paths": missed}
     overall: dict[str, Any] = {}
     for name, hang in SETTINGS:
         rs = [r["score"] for r in rows_out if r["detector"] == name and r["hangover_ms"] == hang]
@@ -299,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
         "clip_paths": [c["path"] for c in clips], "conditions": list(CONDITIONS),
         "vad": {k: getattr(base, k) for k in ("start_padding_ms", "end_padding_ms", "min_utterance_ms",
                                                  "aggressiveness", "threshold", "start_ms", "start_window_ms")},
-        "rows": rows_out, "overall": overall,
+        "rows": rows_out, "overall": overall, "wer": wer_rows, "deaf": deaf,
         "cpu_ms_per_audio_s": {k: round(1000 * v[0] / max(v[1], 1e-9), 3) for k, v in cpu.items()},
         "wall_seconds": round(time.monotonic() - t0, 1),
     }

@@ -52,7 +52,11 @@ class VadConfig:
     """Utterance segmentation: a voice detector per frame, start and end decisions around it."""
 
     detector: str = "webrtc"
-    """``silero`` (Silero VAD, a small neural network run with onnxruntime) or ``webrtc`` (webrtcvad)."""
+    """``webrtc`` (webrtcvad) or ``silero`` (Silero VAD, a small neural network run with onnxruntime).
+    Silero finds the end of speech more exactly and keeps ending utterances in babble, where
+    webrtcvad does not, but it hears no speech at all in some shouted, high-arousal utterances
+    (16 of the 1200 RAVDESS clips), which an emotion monitor cannot afford; so webrtcvad is the
+    default (bench/results/vad_compare.md)."""
     threshold: float = 0.5
     """Silero: speech probability at which speech starts (it ends below ``threshold - 0.15``)."""
     aggressiveness: int = 2
@@ -109,10 +113,11 @@ class AsrConfig:
     """Beam width (1 = greedy, the fastest)."""
     whisper_compute_type: str = "int8"
     """CTranslate2 weight type: int8 (fastest on a CPU), int8_float32, int16, float32."""
-    whisper_partial_s: float = 0.0
+    whisper_partial_s: float = 1.0
     """Partial pass on the open utterance each time it has grown by this many seconds of audio,
     when no final transcript waits for the decoder; the words two passes agree on are published
-    (0 = none: Whisper then gives only final transcripts)."""
+    (0 = none: Whisper then gives only final transcripts). A pass costs about a tenth of a second
+    of the decoder; they never delay a final transcript that is waiting."""
     whisper_window_s: int = 0
     """Encoder window: 0 = per utterance, the smallest of 10, 15, 30 s that holds it with room;
     10, 15 or 30 = always that one (utterances that do not fit still go to 30 s)."""

@@ -17,7 +17,7 @@ from realtime_ser.frames import SAMPLE_RATE, AudioFrame
 from realtime_ser.pipeline import Pipeline
 from realtime_ser.sources import ArraySource
 
-VAD0 = ["vad.aggressiveness=0"]
+VAD0 = ["vad.detector=webrtc", "vad.aggressiveness=0"]  # a tone is speech to webrtcvad, not to Silero
 
 
 def voice(seconds: float) -> np.ndarray:

@@ -58,7 +58,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def backend(model_dir: Path) -> Any:
-    b = wb.WhisperBackend(AsrConfig(backend="whisper", whisper_model=str(model_dir)))
+    b = wb.WhisperBackend(AsrConfig(backend="whisper", whisper_model=str(model_dir), whisper_partial_s=1.0))
     yield b
     b.close()
 
@@ -459,3 +459,90 @@ def test_auto_picks_whisper_when_its_model_is_there(model_dir: Path) -> None:
 def test_whisper_settings_are_checked(setting: str, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         apply_overrides(PipelineConfig(), [setting])
+
+
+# -- the vosk-server compatible endpoint with whisper -----------------------------------------------
+
+
+def _vosk_replies(backend: Any, pcm: bytes, rate: int | None, pace: bool) -> list[dict[str, Any]]:
+    """A vosk-server client: (an optional config), 0.2 s chunks each answered, eof."""
+    import asyncio
+
+    from conftest import run_with_server
+    from websockets.asyncio.client import connect
+
+    cfg = apply_overrides(PipelineConfig(), ["server.port=0", "asr.backend=whisper", *NO_EMOTION])
+    chunk = int((rate or 8000) * 0.2) * 2
+
+    async def scenario(server: Any) -> list[dict[str, Any]]:
+        replies = []
+        async with connect(server.url) as ws:
+            if rate is not None:
+                await ws.send(json.dumps({"config": {"sample_rate": rate}}))
+            for i in range(0, len(pcm), chunk):
+                await ws.send(pcm[i : i + chunk])
+                replies.append(json.loads(await ws.recv()))
+                if pace:
+                    await asyncio.sleep(0.2)
+            await ws.send('{"eof" : 1}')
+            replies.append(json.loads(await ws.recv()))
+        return replies
+
+    return run_with_server(cfg, {"whisper": backend, "none": None}, scenario)  # type: ignore[no-any-return]
+
+
+@needs_whisper
+@pytest.mark.shared_data
+def test_vosk_endpoint_16k_audio_without_config_gives_no_runaway_text(backend: Any) -> None:
+    """A vosk-server client that sends 16 kHz audio but no config: the endpoint takes it for
+    8000 Hz (as vosk-server does), so Whisper hears slowed-down speech; the guard keeps every
+    result to what the audio can hold, with no phrase repeated on and on."""
+    parts = [silence(0.5)]
+    for clip, _ref in _clips("ravdess", 131, 4):
+        x, _ = sf.read(clip, dtype="int16")
+        parts += [x, silence(1.0)]
+    pcm = np.concatenate(parts).astype("<i2").tobytes()
+    replies = _vosk_replies(backend, pcm, None, pace=False)
+    results = [r for r in replies if "result" in r]
+    assert results, replies
+    seconds = len(pcm) / 2 / 8000  # what the endpoint believes it got
+    words = [w for r in results for w in r["text"].split()]
+    assert len(words) <= wb.MAX_WORDS_PER_S * seconds, [r["text"] for r in results]
+    for r in results:
+        assert wb._longest_repeat(r["text"].split()) < wb.MAX_REPEATS, r["text"]
+        assert len(r["text"]) < 400, r["text"]
+
+
+@needs_whisper
+@pytest.mark.skipif(not have_tool("espeak-ng"), reason="needs espeak-ng")
+def test_vosk_endpoint_gets_whisper_partials(backend: Any) -> None:
+    speech = np.concatenate([silence(0.5), espeak(SENTENCES[0] + " " + SENTENCES[3]), silence(1.0)])
+    replies = _vosk_replies(backend, speech.astype("<i2").tobytes(), 16000, pace=True)
+    partials = [r["partial"] for r in replies if r.get("partial")]
+    results = [r for r in replies if "result" in r]
+    assert partials, replies
+    assert results and wer(SENTENCES[0] + " " + SENTENCES[3], " ".join(r["text"] for r in results)) <= 0.35
+
+
+@needs_whisper
+@pytest.mark.skipif(not have_tool("espeak-ng"), reason="needs espeak-ng")
+def test_a_four_second_utterance_gets_a_partial_before_it_ends(backend: Any) -> None:
+    """Live, at the speed of speech, with the default partial settings: the words agreed on while
+    the speaker is still talking arrive as transcript.partial before the utterance ends."""
+    from realtime_ser.pipeline import Pipeline
+    from realtime_ser.sources import ArraySource
+
+    assert AsrConfig().whisper_partial_s > 0, "partial passes are on by default"
+    text = "My sister plays the piano every evening after dinner with her friends."
+    voice = espeak(text)
+    assert 3.5 < len(voice) / RATE < 5.0, len(voice) / RATE
+    audio = np.concatenate([silence(0.5), voice, silence(1.0)])
+    cfg = apply_overrides(PipelineConfig(), ["asr.backend=whisper", "source.realtime=true", *NO_EMOTION])
+    events: list[dict[str, Any]] = []
+    Pipeline(cfg, ArraySource(audio, RATE, cfg.source), [events.append], backend=backend).run()
+    validate_stream(events)
+    (u,) = utterances(events)
+    partials = [e for e in events if e["type"] == "transcript.partial" and e["text"]]
+    assert partials, [e["type"] for e in events]
+    assert partials[0]["t"] < u["end"], (partials[0], u["end"])
+    assert wer(text, u["text"]) <= 0.3, u["text"]
