@@ -23,7 +23,7 @@ stays "in speech" for seconds; but it hears nothing at all in some shouted, high
 utterances (16 of the 1200 RAVDESS clips, one actor's strong-intensity angry, happy, fearful
 and sad lines, even at threshold 0.2), and it splits more at pauses in strong white noise.
 Tones and other non-speech sounds are not speech to it. An emotion monitor cannot miss the
-shouting, so webrtcvad stays the default.
+shouting, so webrtcvad stays the default; its hangover went from 500 to 400 ms.
 
 Decisions, per frame of 10/20/30 ms:
 
