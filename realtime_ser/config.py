@@ -55,7 +55,7 @@ class VadConfig:
     """``webrtc`` (webrtcvad) or ``silero`` (Silero VAD, a small neural network run with onnxruntime).
     Silero finds the end of speech more exactly and keeps ending utterances in babble, where
     webrtcvad does not, but it hears no speech at all in some shouted, high-arousal utterances
-    (16 of the 1200 RAVDESS clips), which an emotion monitor cannot afford; so webrtcvad is the
+    (15 of the 1200 RAVDESS clips), which an emotion monitor cannot afford; so webrtcvad is the
     default (bench/results/vad_compare.md)."""
     threshold: float = 0.5
     """Silero: speech probability at which speech starts (it ends below ``threshold - 0.15``)."""

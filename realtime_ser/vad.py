@@ -20,7 +20,7 @@ Measured on RAVDESS, TESS and CREMA-D clean and in noise (``bench/results/vad_co
 Silero finds the end of speech more exactly (it decides about 50 ms sooner at the same
 hangover), gives Whisper the same words, and in babble still ends utterances, where webrtcvad
 stays "in speech" for seconds; but it hears nothing at all in some shouted, high-arousal
-utterances (16 of the 1200 RAVDESS clips, one actor's strong-intensity angry, happy, fearful
+utterances (15 of the 1200 RAVDESS clips, one actor's strong-intensity angry, happy, fearful
 and sad lines, even at threshold 0.2), and it splits more at pauses in strong white noise.
 Tones and other non-speech sounds are not speech to it. An emotion monitor cannot miss the
 shouting, so webrtcvad stays the default; its hangover went from 500 to 400 ms.
