@@ -201,9 +201,10 @@ def _wait_pass(s: Any, timeout: float = 30.0) -> None:
 
 @needs_whisper
 @pytest.mark.skipif(not have_tool("espeak-ng"), reason="needs espeak-ng")
-def test_partials_publish_only_what_two_passes_agree_on(backend: Any) -> None:
+def test_partials_publish_only_what_two_passes_agree_on(backend: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """LocalAgreement: a word is published once two consecutive passes over the growing audio
     agree on it, and published words are never taken back."""
+    monkeypatch.setattr(wb, "PARTIAL_LOAD", 1.01)  # every pass runs, however busy the machine
     speech = np.concatenate([silence(0.3), espeak(SENTENCES[0] + " " + SENTENCES[1]), silence(0.3)])
     s = backend.new_stream()
     s.partial_step = RATE // 2
@@ -353,6 +354,39 @@ def test_a_stuck_decoder_fails_every_waiting_utterance_instead_of_hanging_them(
         assert two.finish().text == "fine"
     finally:
         model.release.set()
+        backend.close()
+
+
+def test_partial_passes_yield_to_finals_and_to_load(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No partial pass is queued while a final waits or while the decoder was busy most of the last
+    two seconds; partial passes are decoded at most PARTIAL_BATCH at a time."""
+    engine = _StuckEngine()
+    monkeypatch.setattr(wb, "check_model_dir", lambda path, default=False: None)
+    monkeypatch.setattr(wb, "_make_engine", lambda path, config: engine)
+    backend = wb.WhisperBackend(AsrConfig(backend="whisper", whisper_model=str(tmp_path), whisper_partial_s=0.5))
+    try:
+        decoder = backend._decoder
+        deadline = time.monotonic() + 5
+        while decoder.load() > 0 and time.monotonic() < deadline:  # the warm-up decode has left the window
+            time.sleep(0.1)
+        assert decoder.partial_ok
+        engine.stuck.set()  # the next batch takes until released
+        streams = [backend.new_stream() for _ in range(5)]
+        voice = (np.sin(np.arange(RATE) / 5) * 8000).astype(np.int16)
+        for s in streams:
+            s.accept(voice)
+            s.partial()
+        time.sleep(1.3)  # one partial batch runs (stuck); the load climbs past PARTIAL_LOAD
+        assert not decoder.partial_ok and decoder.load() > wb.PARTIAL_LOAD
+        engine.stuck.clear()
+        engine.release.set()
+        time.sleep(0.3)
+        assert max(engine.batches) <= wb.PARTIAL_BATCH
+        # One pass went to the decoder at once, at most PARTIAL_BATCH more queued behind it; the rest
+        # were not made.
+        assert 1 <= sum(s.partial_passes for s in streams) <= 1 + wb.PARTIAL_BATCH
+    finally:
+        engine.release.set()
         backend.close()
 
 

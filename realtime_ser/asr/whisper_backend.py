@@ -708,6 +708,14 @@ def _onset(audio: np.ndarray, floor_db: float = 35.0) -> float:
 # -- the decoding worker -------------------------------------------------------------------------
 
 
+PARTIAL_BATCH = 2
+"""Most partial passes decoded together: a final that arrives meanwhile waits for at most this many."""
+PARTIAL_LOAD = 0.5
+"""No new partial pass while the decoder was busy more than this share of the last
+:data:`LOAD_WINDOW_S` seconds: finals come first, partials take what is left."""
+LOAD_WINDOW_S = 2.0
+
+
 class _Decoder:
     """Owns the engine: one thread that takes every waiting request (finals first, then partial
     passes, never both in one batch) and decodes them together."""
@@ -722,6 +730,7 @@ class _Decoder:
         self._busy = False
         self._busy_since_ns = 0
         self._timeout_ns = config.worker_timeout_s * 1e9
+        self._recent: collections.deque[tuple[float, float]] = collections.deque()  # (start, end) of batches
         self.batch_sizes: collections.Counter[int] = collections.Counter()
         """How many requests each batch held (finals and partial passes counted apart: 1, -1 ...)."""
         self._thread = threading.Thread(target=self._run, name="ser-whisper", daemon=True)
@@ -738,6 +747,21 @@ class _Decoder:
     @property
     def finals_waiting(self) -> int:
         return len(self._finals)
+
+    def load(self) -> float:
+        """Share of the last :data:`LOAD_WINDOW_S` seconds the decoder spent decoding."""
+        now = time.monotonic()
+        since = now - LOAD_WINDOW_S
+        busy = sum(max(0.0, b - max(a, since)) for a, b in list(self._recent) if b > since)
+        started = self._busy_since_ns
+        if started:
+            busy += now - max(started / 1e9, since)
+        return min(1.0, busy / LOAD_WINDOW_S)
+
+    @property
+    def partial_ok(self) -> bool:
+        """A partial pass may be queued: no final waits and the decoder has time to spare."""
+        return not self._finals and len(self._partials) < PARTIAL_BATCH and self.load() < PARTIAL_LOAD
 
     def depth(self) -> int:
         return len(self._finals) + len(self._partials)
@@ -790,8 +814,9 @@ class _Decoder:
             if not self._finals and not self._partials:
                 self._cond.wait(_POLL)
             source = self._finals if self._finals else self._partials
+            limit = self._max_batch if source is self._finals else PARTIAL_BATCH
             batch: list[_Request] = []
-            while source and len(batch) < self._max_batch:
+            while source and len(batch) < limit:
                 batch.append(source.popleft())
             self._busy = bool(batch)
         return [r for r in batch if r.future.set_running_or_notify_cancel()]  # skip what streams dropped
@@ -825,6 +850,9 @@ class _Decoder:
                     if not r.future.done():
                         r.future.set_exception(error)
             finally:
+                self._recent.append((now / 1e9, time.monotonic()))
+                while self._recent and self._recent[0][1] < time.monotonic() - LOAD_WINDOW_S:
+                    self._recent.popleft()
                 self._busy = False
                 self._busy_since_ns = 0
         self._fail_pending("the Whisper decoder has stopped")
@@ -917,7 +945,8 @@ class WhisperStream:
 
     Partial transcripts (``asr.whisper_partial_s`` > 0): while the utterance is open and short
     enough for the 10 s window, its audio so far is decoded again each time it has grown by that
-    many seconds, as a low-priority request that never runs before a waiting final; the words that
+    many seconds, as a low-priority request that never runs before a waiting final and is not
+    made while the decoder was busy more than half of the last two seconds; the words that
     two consecutive passes agree on are committed (LocalAgreement, as in whisper_streaming) and
     :meth:`partial` returns the committed words, which only ever grow.
 
@@ -973,7 +1002,7 @@ class WhisperStream:
         step = self.partial_step
         decoder = self._backend._decoder
         if (step > 0 and self._open and self._pending is None and self._samples - self._partial_at >= step
-                and self._samples <= self.partial_limit and not decoder.finals_waiting):
+                and self._samples <= self.partial_limit and decoder.partial_ok):
             self._partial_at = self._samples
             self._pending = decoder.submit(self._audio(), final=False)
             self.partial_passes += self._pending is not None
