@@ -81,8 +81,8 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "whisper:15": ("whisper", ["asr.whisper_window_s=15"]),
     "whisper:30": ("whisper", ["asr.whisper_window_s=30"]),
     "whisper+align": ("whisper", ["asr.whisper_word_times=align"]),
-    "whisper+webrtc": ("whisper", ["vad.detector=webrtc", "vad.hangover_ms=500"]),
-    "pocketsphinx+webrtc": ("pocketsphinx", ["vad.detector=webrtc", "vad.hangover_ms=500"]),
+    "whisper+silero": ("whisper", ["vad.detector=silero"]),
+    "whisper+500ms": ("whisper", ["vad.hangover_ms=500"]),
     "whisper-small": ("whisper", []),  # asr.whisper_model from --whisper-small DIR
 }
 """Rows beyond the plain backends: one recognizer with other settings (window, word times, VAD, model)."""
@@ -427,7 +427,7 @@ def markdown(result: dict[str, Any]) -> str:
         "(`transcribe_text`): synthetic speech, so only a rough guide to conversational text.",
         f"- **End of speech → final**: `latency_ms.total` of the utterance events that ended on silence, from "
         f"the capture of the last voiced frame to the event being written; it includes the VAD's "
-        f"{vad} ms hangover (500 ms in the `+webrtc` rows; no recognizer can answer before the end of speech is "
+        f"{vad} ms hangover (500 ms in the `+500ms` row; no recognizer can answer before the end of speech is "
         "decided). *Beyond the VAD "
         "decision* is total minus the VAD's part: what the recognizer and the pipeline add.",
         "- **CPU s / audio s**: CPU time of the process and its recognizer worker processes during the "
