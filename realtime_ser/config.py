@@ -86,7 +86,7 @@ class AsrConfig:
 
     backend: str = "pocketsphinx"
     """One of ``pocketsphinx``, ``vosk``, ``whisper``, ``none``, or ``auto``: whisper when
-    faster-whisper and its model are installed, else pocketsphinx (what the command line
+    CTranslate2 and its model are installed, else pocketsphinx (what the command line
     uses unless ``--asr``, ``--set asr.backend=...`` or a config file names one)."""
     vosk_model: str = ""
     """Directory of a Vosk model (required for ``vosk``)."""
