@@ -491,14 +491,15 @@ class Engine:
         features = ctranslate2.StorageView.from_array(np.ascontiguousarray(np.stack(arrays)))
         durations = [len(r.audio) / SAMPLE_RATE for r in requests]
         item_seconds = [min(window, max(0.0, durations[u] - k * window)) for u, k in items]
-        language = self.language or self._detect(features)
+        languages = [self.language] * len(items) if self.language else self._detect(features)
         timestamps = self.config.whisper_word_times == "timestamps"
         any_final = any(final)
-        prompt = self.tokenizer.prompt(language, timestamps and any_final)
+        prompts = [self.tokenizer.prompt(lang, timestamps and any_final) for lang in languages]
+        prompt = prompts[0]
         max_length = min(448, len(prompt) + int(12 * max(item_seconds)) + 16)
         try:
             out = self.model.generate(
-                features, [prompt] * len(items), beam_size=self.config.whisper_beam_size if any_final else 1,
+                features, prompts, beam_size=self.config.whisper_beam_size if any_final else 1,
                 max_length=max_length, return_scores=True, return_no_speech_prob=True, suppress_blank=True,
                 suppress_tokens=[-1], max_initial_timestamp_index=50)
         except Exception as exc:  # CTranslate2 raises RuntimeError/ValueError for what it cannot run
@@ -511,7 +512,7 @@ class Engine:
             per_item.append((seq, score, float(getattr(res, "no_speech_prob", 0.0)), hit_limit))
         bounds = [_speech_bounds(requests[u].audio[k * window * SAMPLE_RATE:(k + 1) * window * SAMPLE_RATE])
                   for u, k in items]
-        timed = self._word_times(items, per_item, bounds, final, arrays, language)
+        timed = self._word_times(items, per_item, bounds, final, arrays, languages)
         results: list[Decoded] = []
         for u, r in enumerate(requests):
             mine = [j for j, (uu, _) in enumerate(items) if uu == u]
@@ -561,20 +562,19 @@ class Engine:
         n = len(text.split())
         return text, timed[:n] if len(timed) >= n else timed
 
-    def _detect(self, features: Any) -> int:
-        """The language Whisper hears in the first window of the batch (``asr.whisper_language`` = '')."""
+    def _detect(self, features: Any) -> list[int]:
+        """The language Whisper hears in each window of the batch (``asr.whisper_language`` = '')."""
         try:
             found = self.model.detect_language(features)
         except Exception as exc:
             raise RecognizerError(f"whisper failed to detect the language: {exc}") from exc
-        token, _prob = found[0][0]
-        return self.tokenizer.language(token.strip("<|>"))
+        return [self.tokenizer.language(item[0][0].strip("<|>")) for item in found]
 
     # -- word times -----------------------------------------------------------------------------
 
     def _word_times(self, items: list[tuple[int, int]], per_item: list[tuple[list[int], float, float, bool]],
                     bounds: list[tuple[float, float]], final: list[bool], arrays: list[np.ndarray],
-                    language: int) -> dict[int, list[Word]]:
+                    languages: list[int]) -> dict[int, list[Word]]:
         """Words with times (in their window) of every decoded item of a final utterance: from the
         decode's own timestamp tokens (``timestamps``: no second pass), or from the decoder's
         cross-attention (``align``: Whisper's alignment heads and dynamic time warping, one more
@@ -584,7 +584,7 @@ class Engine:
         if not todo:
             return {}
         if self.config.whisper_word_times == "align":
-            return self._align(todo, per_item, bounds, arrays, language)
+            return self._align(todo, per_item, bounds, arrays, languages)
         return {j: self._from_timestamps(per_item[j][0], bounds[j], per_item[j][1]) for j in todo}
 
     def _from_timestamps(self, seq: list[int], bounds: tuple[float, float], score: float) -> list[Word]:
@@ -626,16 +626,24 @@ class Engine:
         return out
 
     def _align(self, todo: list[int], per_item: list[tuple[list[int], float, float, bool]],
-               bounds: list[tuple[float, float]], arrays: list[np.ndarray], language: int) -> dict[int, list[Word]]:
+               bounds: list[tuple[float, float]], arrays: list[np.ndarray],
+               languages: list[int]) -> dict[int, list[Word]]:
         import ctranslate2
 
         seconds = [b[1] for b in bounds]
         text_tokens = [[t for t in per_item[j][0] if t < self.tokenizer.eot] for j in todo]
         frames = [max(1, int(round(bounds[j][1] * 100))) for j in todo]
         features = ctranslate2.StorageView.from_array(np.ascontiguousarray(np.stack([arrays[j] for j in todo])))
+        start = [self.tokenizer.sot, languages[todo[0]], self.tokenizer.transcribe]
+        by_language = {languages[j] for j in todo}
         try:
-            results = self.model.align(features, [self.tokenizer.sot, language, self.tokenizer.transcribe],
-                                       text_tokens, frames, median_filter_width=7)
+            if len(by_language) == 1:
+                results = self.model.align(features, start, text_tokens, frames, median_filter_width=7)
+            else:  # one start sequence per call: align each item with its own language
+                results = [self.model.align(
+                    ctranslate2.StorageView.from_array(np.ascontiguousarray(arrays[j][None])),
+                    [self.tokenizer.sot, languages[j], self.tokenizer.transcribe], [toks], [f],
+                    median_filter_width=7)[0] for j, toks, f in zip(todo, text_tokens, frames, strict=True)]
         except Exception as exc:  # CTranslate2 raises RuntimeError for what it cannot run
             raise RecognizerError(f"whisper failed to align words: {exc}") from exc
         out: dict[int, list[Word]] = {}
