@@ -556,11 +556,12 @@ class Engine:
 
     def _repair(self, words: list[str], timed: list[Word], seconds: float) -> tuple[str, list[Word]]:
         """What is left of a broken decode that no other window fixed: repeats collapsed, capped
-        at :data:`MAX_WORDS_PER_S` words per second of audio."""
+        at :data:`MAX_WORDS_PER_S` words per second of audio, spread over the time the words had."""
         kept = _collapse_repeats(words)[: int(MAX_WORDS_PER_S * seconds + 4)]
         text = tidy(" ".join(kept))
-        n = len(text.split())
-        return text, timed[:n] if len(timed) >= n else timed
+        if not timed:
+            return text, []
+        return text, _retime(text.split(), timed, seconds, timed[0].conf)
 
     def _detect(self, features: Any) -> list[int]:
         """The language Whisper hears in each window of the batch (``asr.whisper_language`` = '')."""
