@@ -717,9 +717,11 @@ def _onset(audio: np.ndarray, floor_db: float = 35.0) -> float:
 # -- the decoding worker -------------------------------------------------------------------------
 
 
-PARTIAL_BATCH = 2
-"""Most partial passes decoded together: a final that arrives meanwhile waits for at most this many."""
-PARTIAL_LOAD = 0.5
+PARTIAL_BATCH = 1
+"""Most partial passes waiting or decoded together: a final that arrives meanwhile waits for at
+most one (measured: with 4 live sessions on 2 shared cores, two at a time and a 50% load limit
+pushed p95 past the bound that one at a time and 30% kept)."""
+PARTIAL_LOAD = 0.3
 """No new partial pass while the decoder was busy more than this share of the last
 :data:`LOAD_WINDOW_S` seconds: finals come first, partials take what is left."""
 LOAD_WINDOW_S = 2.0
@@ -955,7 +957,7 @@ class WhisperStream:
     Partial transcripts (``asr.whisper_partial_s`` > 0): while the utterance is open and short
     enough for the 10 s window, its audio so far is decoded again each time it has grown by that
     many seconds, as a low-priority request that never runs before a waiting final and is not
-    made while the decoder was busy more than half of the last two seconds; the words that
+    made while the decoder was busy more than 30% of the last two seconds; the words that
     two consecutive passes agree on are committed (LocalAgreement, as in whisper_streaming) and
     :meth:`partial` returns the committed words, which only ever grow.
 
