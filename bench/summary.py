@@ -56,6 +56,24 @@ def render(out: Path) -> str:
             lines.append(f"| pipeline holds ≥ 85% of the sessions the bare recognizer holds ({name}) | "
                          f"{r['pipeline']['capacity']} of {r['floor']['capacity']} = {100 * ratio:.0f}% | "
                          f"{_verdict(ratio >= 0.85)} | [capacity.md](capacity.md), {_commit(cap)} |")
+    wh = (cap or {}).get("backends", {}).get("whisper", {})
+    if wh.get("pipeline"):
+        one = wh["pipeline"]["probes"][0]["client_ms"]
+        ok = one["p50"] is not None and one["p50"] <= 900 and one["p95"] <= 1200
+        lines.append(f"| whisper base, one live session: end of speech → utterance p50 ≤ 900 ms, p95 ≤ 1200 ms | "
+                     f"{one['p50']:.0f} / {one['p95']:.0f} ms | {_verdict(ok)} | [capacity.md](capacity.md), "
+                     f"{_commit(cap)} |")
+        held = wh["pipeline"]["capacity"]
+        bound = wh.get("hangover_ms", 0) + wh.get("margin_ms", 0)
+        lines.append(f"| whisper base: ≥ 4 live sessions on 2 cores (p95 ≤ hangover + 700 = {bound:.0f} ms) | {held} | "
+                     f"{_verdict(held >= 4)} | [capacity.md](capacity.md), {_commit(cap)} |")
+    if asr and "whisper" in asr.get("runs", {}) and "accuracy" in asr["runs"]["whisper"]:
+        wer = asr["runs"]["whisper"]["accuracy"]["wer"]
+        before = {"ravdess": 0.014, "tess": 0.042}  # whisper before the CTranslate2 decoder (commit be4c955)
+        cells = [f"{c} {wer[c]['wer']:.3f} (was {b:.3f})" for c, b in before.items() if c in wer]
+        ok = all(wer[c]["wer"] <= b + 0.01 for c, b in before.items() if c in wer)
+        lines.append(f"| whisper WER within +0.01 of before (asr_compare clips) | {', '.join(cells)} | "
+                     f"{_verdict(ok)} | [asr_compare.md](asr_compare.md), {_commit(asr)} |")
     if txt:
         b1 = next((b for b in txt["batches"] if b["batch_size"] == 1), None)
         if b1:

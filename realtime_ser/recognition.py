@@ -33,9 +33,9 @@ QUEUED_NS = "_queued_ns"
 AUDIO = "_audio"
 """Private utterance field: the utterance's int16 samples, for the emotion stage (never emitted)."""
 SPEECH = "_speech"
-"""Private utterance field: the speech encoder's output for the utterance when the recognizer
-computed it (:class:`~realtime_ser.features.speech.EncodedUtterance`), so the emotion stage does
-not encode it again (never emitted)."""
+"""Private utterance field: the recognizer's speech-encoder output of the utterance's audio
+(:class:`~realtime_ser.features.speech.EncodedUtterance`), when it has one, so that the emotion
+stage need not encode the audio again (never emitted)."""
 
 
 @dataclass
@@ -140,10 +140,12 @@ class RecognitionStage:
         out: list[Out] = []
         taken_ns = self._clock()
         text, words, error = "", [], state.failed
+        speech = None
         if rec is not None and error is None:
             try:
                 result = rec.finish()
                 text = result.text
+                speech = result.speech
                 base = state.audio_start
                 words = [{"word": w.word, "start": round_t(base + w.start), "end": round_t(base + w.end),
                           "conf": round(w.conf, 4)} for w in result.words]
@@ -182,6 +184,8 @@ class RecognitionStage:
         if state.audio is not None:
             out[-1][2][AUDIO] = np.concatenate(state.audio) if state.audio else np.zeros(0, np.int16)
             state.audio = None
+        if speech is not None:
+            out[-1][2][SPEECH] = speech
         return out
 
     def _error(self, message: str, t: float, ch: int) -> Out:
@@ -234,8 +238,11 @@ def merge_audio(events: list[SegmentEvent]) -> list[SegmentEvent]:
 
 
 def finalize_latency(fields: dict[str, Any], now_ns: int) -> None:
-    """Fill ``emit`` and ``total`` of an utterance payload at the moment it is published."""
+    """Fill ``emit`` and ``total`` of an utterance payload at the moment it is published, and
+    remove its private fields (what no stage took of ``_audio`` and ``_speech`` is dropped here)."""
     end_capture = fields.pop(END_CAPTURE_NS)
     queued = fields.pop(QUEUED_NS)
+    fields.pop(AUDIO, None)
+    fields.pop(SPEECH, None)
     fields["latency_ms"]["emit"] = round_ms(max(0, now_ns - queued) / 1e6)
     fields["latency_ms"]["total"] = round_ms(max(0, now_ns - end_capture) / 1e6)

@@ -25,7 +25,8 @@ def test_partial_file_overrides_and_keeps_the_rest(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "match"),
     [
-        ("[vad]\nhangover = 3\n", r"unknown key vad\.hangover; allowed in \[vad\]: aggressiveness"),
+        ("[vad]\nhangover = 3\n",
+         r"unknown key vad\.hangover; allowed in \[vad\]: detector, threshold, aggressiveness"),
         ("[vda]\n", r"unknown section \[vda\]; allowed: source, vad, asr, output"),
         ("[vad]\nhangover_ms = 'long'\n", "vad.hangover_ms must be an integer"),
         ("[vad]\naggressiveness = 7\n", "use 0, 1, 2 or 3"),

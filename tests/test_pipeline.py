@@ -17,7 +17,7 @@ from realtime_ser.frames import SAMPLE_RATE, AudioFrame
 from realtime_ser.pipeline import Pipeline
 from realtime_ser.sources import ArraySource
 
-VAD0 = ["vad.aggressiveness=0"]
+VAD0 = ["vad.detector=webrtc", "vad.aggressiveness=0"]  # a tone is speech to webrtcvad, not to Silero
 
 
 def voice(seconds: float) -> np.ndarray:
@@ -246,3 +246,38 @@ def test_merge_audio_joins_contiguous_frames_of_one_utterance_only() -> None:
     assert isinstance(first, SpeechAudio)
     assert first.frame.offset == 0 and len(first.frame.samples) == 1440 and first.frame.capture_ns == 1002
     assert list(first.frame.samples[::480]) == [0, 1, 2]
+
+
+def test_encoder_output_of_the_recognizer_reaches_the_emotion_stage_but_never_a_subscriber() -> None:
+    """A transcript that carries the speech encoder's output puts it into the utterance payload
+    (``_speech``, for the emotion stage); publishing removes it, with ``_audio``."""
+    from realtime_ser.config import AsrConfig
+    from realtime_ser.frames import SpeechAudio, SpeechEnd, SpeechStart
+    from realtime_ser.recognition import AUDIO, SPEECH, RecognitionStage, finalize_latency
+
+    marker = object()
+
+    class Carrying(FakeStream):
+        def finish(self) -> Transcript:
+            t = super().finish()
+            return Transcript(t.text, t.words, True, speech=marker)  # type: ignore[arg-type]
+
+    class CarryingBackend(FakeBackend):
+        def new_stream(self) -> FakeStream:
+            return Carrying(self)
+
+    stage = RecognitionStage(CarryingBackend(), AsrConfig(backend="whisper"), ["ch0"], keep_audio=True)
+    samples = voice(0.6)
+    out = stage.feed(SpeechStart(0, 0, 0.0, 0.0, 1, 1))
+    out += stage.feed(SpeechAudio(0, 0, AudioFrame(0, 0, 0, samples, 2)))
+    out += stage.feed(SpeechEnd(0, 0, 0.0, 0.6, 3, 4, "silence"))
+    (fields,) = [f for kind, _, f in out if kind == "utterance"]
+    assert fields[SPEECH] is marker and fields[AUDIO].shape == samples.shape
+    finalize_latency(fields, 10)
+    assert SPEECH not in fields and AUDIO not in fields and fields["text"] == "utterance 0"
+    # Through the pipeline (emotion off): no private field is ever published.
+    x = np.concatenate([quiet(0.5), voice(1.0), quiet(1.0)])
+    events, _ = run_pipeline(x, backend=CarryingBackend())
+    validate_stream(events)
+    (u,) = [e for e in events if e["type"] == "utterance"]
+    assert not [k for k in u if k.startswith("_")]

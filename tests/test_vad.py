@@ -135,10 +135,94 @@ def test_real_webrtcvad_on_tone_and_silence() -> None:
     tone = sum(np.sin(2 * np.pi * f * t) / k for k, f in enumerate((150, 300, 450, 600, 900), start=1))
     x = np.concatenate([np.zeros(SAMPLE_RATE), (tone * 6000).astype(np.int16), np.zeros(SAMPLE_RATE)])
     x = x[: len(x) // N * N].astype(np.int16)
-    seg = Segmenter(VadConfig(aggressiveness=0), FRAME_MS)
+    seg = Segmenter(VadConfig(detector="webrtc", aggressiveness=0), FRAME_MS)
     events = []
     for i in range(0, len(x), N):
         events += seg.feed(AudioFrame(0, 0, i, x[i : i + N], 0))
     events += seg.flush()
     (end,) = ends(events)
     assert end.start == pytest.approx(1.0, abs=0.1) and end.end == pytest.approx(2.2, abs=0.2)
+
+
+# -- Silero VAD ------------------------------------------------------------------------------------
+
+
+def _espeak_or_skip(text: str) -> np.ndarray:
+    from speech import espeak, have_tool
+
+    if not have_tool("espeak-ng"):
+        pytest.skip("needs espeak-ng")
+    return espeak(text)
+
+
+def _frames(x: np.ndarray) -> list[bytes]:
+    x = x[: len(x) // N * N]
+    return [x[i : i + N].tobytes() for i in range(0, len(x), N)]
+
+
+def test_silero_tells_speech_from_silence_and_noise() -> None:
+    from realtime_ser.vad import SileroDetector
+
+    rng = np.random.default_rng(0)
+    speech = _espeak_or_skip("The quick brown fox jumps over the lazy dog.")
+    noise = (rng.standard_normal(SAMPLE_RATE) * 300).astype(np.int16)
+    d = SileroDetector()
+    assert not any(d.is_speech(f, SAMPLE_RATE) for f in _frames(np.zeros(SAMPLE_RATE, np.int16)))
+    assert sum(d.is_speech(f, SAMPLE_RATE) for f in _frames(noise)) <= 2
+    voiced = [d.is_speech(f, SAMPLE_RATE) for f in _frames(speech)]
+    assert sum(voiced) / len(voiced) > 0.6
+    assert 0.0 <= d.probability <= 1.0
+
+
+def test_silero_state_is_per_stream() -> None:
+    """Two detectors fed interleaved give exactly what each gives alone (one shared ONNX session)."""
+    from realtime_ser.vad import SileroDetector
+
+    speech = _espeak_or_skip("Please call me back tomorrow morning.")
+    quiet = np.zeros(len(speech), np.int16)
+    alone = SileroDetector()
+    ref = []
+    for f in _frames(speech):
+        alone.is_speech(f, SAMPLE_RATE)
+        ref.append(alone.probability)
+    a, b = SileroDetector(), SileroDetector()
+    got = []
+    for fa, fb in zip(_frames(speech), _frames(quiet), strict=True):
+        a.is_speech(fa, SAMPLE_RATE)
+        b.is_speech(fb, SAMPLE_RATE)
+        got.append(a.probability)
+    assert got == ref
+
+
+def test_silero_segmenter_ends_an_utterance_one_hangover_after_speech() -> None:
+    speech = _espeak_or_skip("It is raining again this afternoon.")
+    x = np.concatenate([np.zeros(SAMPLE_RATE, np.int16), speech, np.zeros(SAMPLE_RATE, np.int16)])
+    x = x[: len(x) // N * N]
+    seg = Segmenter(VadConfig(detector="silero", hangover_ms=300, end_padding_ms=200), FRAME_MS)
+    events = []
+    for i in range(0, len(x), N):
+        events += seg.feed(AudioFrame(i // N, 0, i, x[i : i + N], i + N), now_ns=i + N)
+    (end,) = ends(events)
+    assert end.reason == "silence"
+    assert end.start == pytest.approx(1.0, abs=0.15)
+    loud = np.flatnonzero(np.abs(speech) > 1000)  # espeak pads its speech with silence
+    assert end.end == pytest.approx(1.0 + loud[-1] / SAMPLE_RATE, abs=0.15)
+    assert (end.decided_ns - end.end_capture_ns) / SAMPLE_RATE == pytest.approx(0.3, abs=0.031)
+
+
+def test_silero_model_is_the_pinned_one_and_bad_settings_are_refused() -> None:
+    import hashlib
+
+    from realtime_ser.config import PipelineConfig, apply_overrides
+    from realtime_ser.errors import ConfigError
+    from realtime_ser.vad import SILERO_MODEL, SILERO_SHA256, SileroDetector
+
+    assert hashlib.sha256(SILERO_MODEL.read_bytes()).hexdigest() == SILERO_SHA256
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        SileroDetector(1.5)
+    with pytest.raises(ConfigError, match="use one of silero, webrtc"):
+        apply_overrides(PipelineConfig(), ["vad.detector=rnnoise"])
+    with pytest.raises(ConfigError, match="vad.threshold"):
+        apply_overrides(PipelineConfig(), ["vad.threshold=0"])
+    with pytest.raises(ValueError, match="16000 Hz"):
+        SileroDetector().is_speech(b"\0\0" * 480, 8000)

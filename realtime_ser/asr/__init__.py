@@ -1,7 +1,7 @@
 """Speech recognition backends behind one protocol, chosen by name.
 
 Backends are imported lazily so that, e.g., ``--asr none`` needs neither
-pocketsphinx, vosk nor faster-whisper to be importable.
+pocketsphinx, vosk nor CTranslate2 to be importable.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 def resolve_auto(config: AsrConfig) -> tuple[AsrConfig, str]:
     """Turn ``backend = "auto"`` into the recognizer that will run, and say which.
 
-    ``auto`` is whisper when faster-whisper is installed and its model is in
+    ``auto`` is whisper when CTranslate2 is installed and its model is in
     place (``asr.whisper_model``, or the one ``realtime-ser models prepare
     whisper-base`` made), else pocketsphinx. Measured on RAVDESS and TESS
     (bench/results/asr_compare.md), whisper makes several times fewer word errors;

@@ -9,9 +9,12 @@ streams. Recognizers are plain synchronous objects: no threads, no clocks.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from ..features.speech import EncodedUtterance
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +36,10 @@ class Transcript:
     text: str
     words: tuple[Word, ...] = field(default_factory=tuple)
     final: bool = False
+    speech: EncodedUtterance | None = None
+    """Whisper's encoder output for this utterance's audio, when the recognizer computed it on the
+    speech encoder's default settings (:mod:`realtime_ser.features.speech`): the emotion model
+    uses it instead of encoding the audio again (it checks ``speech.key`` first)."""
 
 
 def mono_int16(samples: np.ndarray, who: str) -> np.ndarray:
