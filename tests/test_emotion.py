@@ -312,3 +312,82 @@ def test_scoring_slower_than_the_timeout_sends_the_utterance_without_emotion(
         assert len(stage.context.window(2.0)) == 0  # the unscored turn does not enter the context
     finally:
         stage.close()
+
+
+def _speech_model() -> bool:
+    return EmotionModel.load(DEFAULT).card.features.get("audio", {}).get("kind") in ("speech", "speech+acoustic")
+
+
+def _whisper_ready() -> bool:
+    from realtime_ser.asr import whisper_backend
+    from realtime_ser.config import AsrConfig
+
+    return whisper_backend.model_available(AsrConfig())
+
+
+@needs_encoder
+def test_whisper_and_the_emotion_stage_share_one_encoder_pass() -> None:
+    """With Whisper as recognizer, the emotion model pools the encoder output the decoder read:
+    the speech encoder runs once per utterance, not twice."""
+    if not (_speech_model() and _whisper_ready()):
+        pytest.skip("needs the prepared Whisper base and a speech-encoder emotion model")
+    from realtime_ser.asr import create_backend
+    from realtime_ser.config import AsrConfig, PipelineConfig
+    from realtime_ser.features import speech
+    from realtime_ser.pipeline import Pipeline
+    from realtime_ser.sources import FileSource
+
+    clip = _ravdess_clip()
+    config = PipelineConfig(asr=AsrConfig(backend="whisper", whisper_partial_s=0.0))
+    backend = create_backend(config.asr)
+    try:
+        encoder = speech.load()
+        events: list[dict] = []
+        Pipeline(config, FileSource(clip, config.source), [events.append], backend=backend).run()  # warm
+        before = encoder.calls
+        events.clear()
+        Pipeline(config, FileSource(clip, config.source), [events.append], backend=backend).run()
+        utts = [e for e in events if e["type"] == "utterance"]
+        assert len(utts) == 1 and utts[0]["emotion"] is not None and utts[0]["text"]
+        assert encoder.calls - before == 1, "the emotion stage encoded the utterance again"
+    finally:
+        backend.close()
+
+
+def _demo_turns(name: str, asr: str) -> list[dict]:
+    proc = _cli("run", "--input", name, "--split-channels", "--asr", asr, "--view", "off", "--jsonl", "-")
+    assert proc.returncode == 0, proc.stderr
+    return [e for e in map(json.loads, proc.stdout.splitlines()) if e["type"] == "utterance"]
+
+
+@needs_encoder
+def test_on_the_synthetic_demo_labels_follow_the_words() -> None:
+    """The demo's espeak-ng voices are unlike any training voice: the audio's weight drops and no turn
+    claims over 90% for a label its own text branch puts under 20%."""
+    if not (_speech_model() and _whisper_ready()):
+        pytest.skip("needs the prepared Whisper base and a speech-encoder emotion model")
+    turns = _demo_turns("demo", "whisper")
+    assert len(turns) >= 5
+    confident = []
+    for t in turns:
+        emo = t["emotion"]
+        text = emo["modalities"]["text"]
+        top = max(emo["scores"].values())
+        assert not (top > 0.9 and text[emo["label"]] < 0.2), t
+        confident.append(top)
+        assert emo["audio_weight"] < 0.5, "synthetic speech should not count as a known voice"
+    assert min(confident) < 0.99, "confidences that are 100% everywhere mean nothing"
+
+
+def test_demo_voices_labels_follow_the_acted_emotions() -> None:
+    """Two CREMA-D actors never heard in training; at least 5 of the 6 turns get the acted emotion."""
+    if not _speech_model():
+        pytest.skip("needs a speech-encoder emotion model")
+    info = json.loads((REPO / "realtime_ser" / "data" / "demo-voices.json").read_text())
+    turns = _demo_turns("demo-voices", "none")
+    assert len(turns) == len(info["turns"]), [(t["start"], t["end"]) for t in turns]
+    right = 0
+    for t, want in zip(sorted(turns, key=lambda t: t["start"]), info["turns"], strict=True):
+        assert t["channel"] == want["channel"]
+        right += t["emotion"]["label"] == want["emotion"]
+    assert right >= 5, [(t["emotion"]["label"], w["emotion"]) for t, w in zip(turns, info["turns"], strict=True)]

@@ -1,16 +1,30 @@
-"""``python -m training.default_report``: the accuracy report of the packaged models.
+"""``python -m training.default_report``: how good the packaged emotion models are on voices they never heard.
 
-Evaluates ``realtime_ser/data/models/{default,audio}`` (and an offline twin of the default
-model, trained on the same data, for the offline-versus-causal gap) on the held-out sets
-that :mod:`training.default_model` wrote, runs the held-out RAVDESS clips through the live
-pipeline (``Pipeline`` with the real recognizer, as ``realtime-ser run`` does) and checks
-that the live scores equal the evaluator's. Writes ``training/results/default_model.{json,md}``
-and the held-out metrics into each model's card.
+Reads the experiments that ``make default-model`` runs (``runs/<name>/metrics.json`` and the
+test predictions beside them, or the committed copies in ``training/results/``) and writes
+``training/results/default_model.{json,md}`` with reliability diagrams in
+``training/results/img/``:
+
+1. **Every voice group of every corpus** (``voices_ravdess``, ``voices_crema_d``): the audio model's
+   recipe trained on all other data, tested on one speaker group at a time, so every actor is
+   tested once; per class, with the test-set size and the spread over seeds.
+2. **Cross-corpus** (``voices_cross``, ``voices_cross_crema_d``): a whole corpus never heard.
+3. **The default model's recipe** (``default_cv``): four folds, each holding out a group of voices
+   with the IEMOCAP session they voice; per kind of test turn (constructed dialogues with typed or
+   recognizer-noised transcripts, acted clips), per corpus of the voice, fused and per modality,
+   with the audio's weight in the fusion.
+4. **IEMOCAP text**, fine-tuned encoder (``text_finetuned``) against the frozen one (``text_iemocap``).
+5. **Calibration**: ECE (15 bins) of each, pooled over the folds of a seed (small folds make a
+   per-fold ECE mostly sampling noise), and reliability diagrams.
+6. **The packaged models themselves** on the clips of the two actors held out of their training
+   (the ``demo-voices`` actors): through ``python -m training evaluate`` and through the live
+   pipeline (``realtime-ser run``'s code path), which must give the same labels.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import sys
 import time
@@ -21,17 +35,121 @@ import numpy as np
 
 from realtime_ser.emotion.model import EmotionModel
 
-from .data import REPO, read_manifest
+from .calibration import ece, reliability_diagram
+from .data import REPO, Utterance, read_manifest, write_manifest
+from .demo_voices import DEMO_ACTORS
 from .evaluate import evaluate
 from .metrics import classification_report
 
 MODELS = REPO / "realtime_ser" / "data" / "models"
-RUNS = REPO / "runs" / "default"
+RUNS = REPO / "runs"
 OUT = REPO / "training" / "results"
+IMG = OUT / "img"
+LABELS = ("neutral", "happy", "sad", "angry")
 
 
-def live_scores(manifest_path: Path, model_dir: Path, asr: str) -> dict[tuple[str, int], dict[str, Any]]:
-    """Each clip of the manifest through the live pipeline; (dialogue_id, 0) -> the utterance events."""
+# --------------------------------------------------------------------------- experiment results
+
+
+def load_run(name: str) -> tuple[dict[str, Any], Path] | None:
+    """An experiment's metrics and the folder its predictions are in (the run, else the committed copy)."""
+    for folder, path in ((RUNS / name, RUNS / name / "metrics.json"), (OUT / name, OUT / f"{name}.json")):
+        if path.is_file():
+            return json.loads(path.read_text()), folder
+    return None
+
+
+def predictions(folder: Path, variant: dict[str, Any]) -> dict[str, np.ndarray] | None:
+    name = variant.get("predictions")
+    path = folder / name if name else None
+    if path is None or not path.is_file():
+        return None
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def pooled(pred: dict[str, np.ndarray], labels: list[str], output: str = "logits",
+           where: np.ndarray | None = None) -> dict[str, Any]:
+    """Per seed: one report over all the folds' test turns (so ECE is not the noise of a small fold);
+    then mean and spread over seeds."""
+    keep = np.ones(len(pred["y"]), bool) if where is None else where
+    per_seed = []
+    for seed in sorted(set(pred["seed"][keep].tolist())):
+        sel = keep & (pred["seed"] == seed)
+        per_seed.append(classification_report(pred["y"][sel], pred[output][sel], labels))
+    out: dict[str, Any] = {"n_per_seed": per_seed[0]["n"] if per_seed else 0, "seeds": len(per_seed)}
+    for k in ("weighted_accuracy", "uar", "macro_f1", "weighted_f1", "ece"):
+        v = np.array([r[k] for r in per_seed])
+        out[k] = {"mean": float(v.mean()), "std": float(v.std()), "min": float(v.min()), "max": float(v.max())}
+    out["per_class_recall"] = {lab: float(np.mean([r["per_class_recall"][lab] or 0 for r in per_seed]))
+                               for lab in labels}
+    out["support"] = per_seed[0]["support"] if per_seed else {}
+    out["confusion"] = np.sum([r["confusion"] for r in per_seed], axis=0).tolist()
+    if "reliability" in pred and output == "logits":
+        out["audio_weight_mean"] = float(pred["reliability"][keep].mean())
+    return out
+
+
+def variant_by(doc: dict[str, Any], **settings: Any) -> dict[str, Any] | None:
+    for v in doc["variants"]:
+        cfg = v["config"]
+        if all(cfg[k.split(".")[0]][k.split(".")[1]] == val for k, val in settings.items()):
+            return v
+    return None
+
+
+def experiment(name: str, curves: list[tuple[str, str, np.ndarray, np.ndarray]], **settings: Any
+               ) -> dict[str, Any] | None:
+    """The pooled report of one experiment's variant (and its reliability curve)."""
+    found = load_run(name)
+    if found is None:
+        return None
+    doc, folder = found
+    v = variant_by(doc, **settings) if settings else doc["variants"][0]
+    if v is None:
+        return None
+    labels = list(v["config"]["model"]["labels"])
+    pred = predictions(folder, v)
+    result: dict[str, Any] = {"experiment": name, "variant": v["variant"], "description": doc.get("description", ""),
+                              "folds": list(v["per_fold"]), "git_commit": doc.get("git_commit", ""),
+                              "summary": v["summary"], "labels": labels}
+    if pred is not None:
+        result["pooled"] = pooled(pred, labels)
+        seed0 = pred["seed"] == pred["seed"].min()
+        curves.append((name, v["variant"], pred["logits"][seed0], pred["y"][seed0]))
+        if "audio" in pred and "text" in pred:
+            result["pooled_modalities"] = {m: pooled(pred, labels, m) for m in ("audio", "text")}
+        result["by"] = {}
+        for key in pred:
+            if key.startswith("by:"):
+                column = key[3:]
+                result["by"][column] = {}
+                for value in sorted(set(pred[key].tolist())):
+                    sel = pred[key] == value
+                    entry = {"fused": pooled(pred, labels, "logits", sel)}
+                    for m in ("audio", "text"):
+                        if m in pred:
+                            entry[m] = pooled(pred, labels, m, sel)
+                    result["by"][column][value] = entry
+    return result
+
+
+# --------------------------------------------------------------------------- the packaged models
+
+
+def held_out_clips(out: Path) -> Path:
+    """A manifest of the 4-class clips of the demo-voices actors (in no packaged model's training)."""
+    from .train import DataConfig, resolve_manifest
+
+    crema = resolve_manifest("crema_d", DataConfig(manifests=("crema_d",)))
+    rows = [u for u in crema.utterances if u.speaker in DEMO_ACTORS]
+    absolute = [Utterance(u.dialogue_id, 0, u.speaker, u.label, u.text, str(crema.audio_path(u)), u.extra)
+                for u in rows]
+    return write_manifest(out, absolute)
+
+
+def live_scores(manifest_path: Path, model_dir: Path, asr: str) -> dict[tuple[str, int], list[dict[str, Any]]]:
+    """Each clip of the manifest through the live pipeline (as ``realtime-ser run`` runs it)."""
     from realtime_ser.asr import create_backend
     from realtime_ser.config import AsrConfig, EmotionConfig, PipelineConfig
     from realtime_ser.pipeline import Pipeline
@@ -40,36 +158,33 @@ def live_scores(manifest_path: Path, model_dir: Path, asr: str) -> dict[tuple[st
     manifest = read_manifest(manifest_path)
     config = PipelineConfig(asr=AsrConfig(backend=asr), emotion=EmotionConfig(model=str(model_dir)))
     backend = create_backend(config.asr) if asr != "none" else None
-    out: dict[tuple[str, int], dict[str, Any]] = {}
-    for u in manifest.utterances:
-        path = manifest.audio_path(u)
-        assert path is not None
-        events: list[dict[str, Any]] = []
-
-        def sink(event: dict[str, Any], events: list[dict[str, Any]] = events) -> None:
-            events.append(event)
-
-        Pipeline(config, FileSource(path, config.source), [sink], backend=backend).run()
-        out[(u.dialogue_id, u.utt_index)] = {"utterances": [e for e in events if e["type"] == "utterance"]}
+    out: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    try:
+        for u in manifest.utterances:
+            path = manifest.audio_path(u)
+            assert path is not None
+            events: list[dict[str, Any]] = []
+            Pipeline(config, FileSource(path, config.source), [events.append], backend=backend).run()
+            out[(u.dialogue_id, u.utt_index)] = [e for e in events if e["type"] == "utterance"]
+    finally:
+        if backend is not None:
+            backend.close()
     return out
 
 
-def compare_live(manifest_path: Path, model_dir: Path, asr: str, predictions: Path) -> dict[str, Any]:
-    """Live accuracy on single-utterance clips, and its agreement with the evaluator's predictions."""
-    import csv
-
-    with open(predictions, newline="") as f:
+def compare_live(manifest_path: Path, model_dir: Path, predictions_csv: Path) -> dict[str, Any]:
+    """The live path's labels and scores against the evaluator's, clip by clip (reference transcripts
+    for the evaluator; the live path hears the clip with no recognizer for the audio model)."""
+    with open(predictions_csv, newline="") as f:
         offline = {(r["dialogue_id"], int(r["utt_index"])): r for r in csv.DictReader(f)}
     model = EmotionModel.load(model_dir)
     labels = list(model.labels)
     t0 = time.perf_counter()
-    live = live_scores(manifest_path, model_dir, asr)
-    ys, probs, diffs, same = [], [], [], 0
-    multi = 0
-    for key, res in live.items():
-        utts = res["utterances"]
+    live = live_scores(manifest_path, model_dir, "none")
+    same, diffs, skipped = 0, [], 0
+    for key, utts in live.items():
         if len(utts) != 1 or utts[0]["emotion"] is None:
-            multi += 1
+            skipped += 1
             continue
         row = offline[key]
         scores = utts[0]["emotion"]["scores"]
@@ -77,131 +192,175 @@ def compare_live(manifest_path: Path, model_dir: Path, asr: str, predictions: Pa
         q = np.array([float(row[f"p_{lab}"]) for lab in labels])
         diffs.append(float(np.abs(p - q).max()))
         same += int(labels[int(p.argmax())] == row["predicted"])
-        ys.append(labels.index(row["label"]))
-        probs.append(p)
-    report = classification_report(np.array(ys), np.stack(probs), labels)
-    return {
-        "clips": len(live), "single_utterance_clips": len(ys), "skipped_multi_or_empty": multi,
-        "metrics": report, "same_label_as_evaluator": same, "max_abs_score_difference": max(diffs),
-        "seconds": round(time.perf_counter() - t0, 1),
-    }
+    return {"clips": len(live), "compared": len(diffs), "skipped_multi_or_empty": skipped,
+            "same_label_as_evaluator": same, "max_abs_score_difference": max(diffs) if diffs else None,
+            "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def packaged(results: dict[str, Any], live: bool) -> None:
+    manifest = held_out_clips(RUNS / "default" / "held-out-demo-actors.csv")
+    for name in ("default", "audio", "offline"):
+        directory = MODELS / name
+        if not (directory / "card.json").is_file():
+            continue
+        pred = RUNS / "default" / f"pred-{name}-held-out.csv"
+        r = evaluate(directory, manifest, pred)
+        entry: dict[str, Any] = {"metrics": r["metrics"], "modalities": r.get("modalities", {})}
+        if live and name == "audio":
+            entry["live"] = compare_live(manifest, directory, pred)
+        results.setdefault("packaged", {})[name] = entry
+        m = r["metrics"]
+        print(f"packaged {name}: {m['n']} held-out clips, UAR {100 * m['uar']:.1f} ECE {m['ece']:.3f}")
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _pm(stat: dict[str, float], pct: bool = True) -> str:
+    scale = 100 if pct else 1
+    fmt = ".1f" if pct else ".3f"
+    return f"{scale * stat['mean']:{fmt}} ± {scale * stat['std']:{fmt}}"
+
+
+def _recall(p: dict[str, Any], labels: list[str]) -> str:
+    return " | ".join(f"{100 * p['per_class_recall'][lab]:.1f}" for lab in labels)
+
+
+def markdown(r: dict[str, Any]) -> str:
+    lines = ["# The packaged emotion models on voices they never heard", "",
+             "Written by `python -m training.default_report` from the experiments `make default-model` runs. "
+             "Figures are per seed over all the test turns of all folds (every actor of the corpus tested "
+             "exactly once), then mean ± standard deviation over the seeds (3 unless stated); ECE is the "
+             "expected calibration error of the top probability after the temperature fitted on held-out "
+             "training voices (15 bins). n is the number of test turns per seed.", ""]
+    lines += ["## Speaker-independent, every group of actors of each corpus (audio model's recipe)", "",
+              "| test set | classes | n | UAR % | WA % (accuracy) | ECE | recall " + " / ".join(LABELS) + " |",
+              "|---|---|---|---|---|---|---|"]
+    for key, title in (("ravdess", "RAVDESS, 5 groups of 4 actors"), ("crema_d", "CREMA-D, 5 groups of 15 actors"),
+                       ("ravdess8", "RAVDESS, 8 classes"), ("crema_d6", "CREMA-D, 6 classes"),
+                       ("cross_tess", "TESS, trained without it (RAVDESS + CREMA-D)"),
+                       ("cross_crema_d", "CREMA-D, trained without it (RAVDESS + TESS)")):
+        e = r["voices"].get(key)
+        if not e or "pooled" not in e:
+            lines.append(f"| {title} | – | – | not run | | | |")
+            continue
+        p = e["pooled"]
+        labels = e["labels"]
+        recall = _recall(p, list(LABELS)) if tuple(labels) == LABELS else "see JSON"
+        lines.append(f"| {title} | {len(labels)} | {p['n_per_seed']} | {_pm(p['uar'])} | {_pm(p['weighted_accuracy'])}"
+                     f" | {_pm(p['ece'], False)} | {recall} |")
+    d = r.get("default_cv")
+    if d and "by" in d:
+        lines += ["", "## The default model's recipe: voice group and IEMOCAP session held out together", "",
+                  d["description"].replace("\n", " "), "",
+                  "| test turns | n | fused UAR % | fused WA % | ECE | audio alone UAR % | text alone UAR % | "
+                  "audio weight |", "|---|---|---|---|---|---|---|---|"]
+        for column in ("kind", "voice_corpus"):
+            for value, entry in d["by"].get(column, {}).items():
+                f = entry["fused"]
+                a, t = entry.get("audio"), entry.get("text")
+                lines.append(f"| {column} = {value} | {f['n_per_seed']} | {_pm(f['uar'])} | "
+                             f"{_pm(f['weighted_accuracy'])} | {_pm(f['ece'], False)} | "
+                             f"{_pm(a['uar']) if a else '–'} | {_pm(t['uar']) if t else '–'} | "
+                             f"{f.get('audio_weight_mean', float('nan')):.2f} |")
+        if d.get("seeds_note"):
+            lines.append(d["seeds_note"])
+    t = r.get("text")
+    if t:
+        lines += ["", "## IEMOCAP transcripts, session folds (text model)", "",
+                  "| text encoder | context | n | WA % (accuracy) | UAR % | ECE |", "|---|---|---|---|---|---|"]
+        for key, title in (("frozen_causal", ("all-MiniLM-L6-v2, frozen", "causal")),
+                           ("finetuned_causal", ("fine-tuned per fold", "causal")),
+                           ("finetuned_offline", ("fine-tuned per fold", "offline")),
+                           ("finetuned_script_causal", ("fine-tuned, speaker + script disjoint", "causal"))):
+            e = t.get(key)
+            if not e:
+                continue
+            p = e.get("pooled")
+            if p:
+                lines.append(f"| {title[0]} | {title[1]} | {p['n_per_seed']} | {_pm(p['weighted_accuracy'])} | "
+                             f"{_pm(p['uar'])} | {_pm(p['ece'], False)} |")
+            else:
+                s = e["summary"]
+                lines.append(f"| {title[0]} | {title[1]} | – | {_pm(s['weighted_accuracy'])} | {_pm(s['uar'])} | – |")
+    if r.get("diagrams"):
+        lines += ["", "## Reliability diagrams", ""]
+        lines += [f"![{name}](img/{Path(path).name})" for name, path in r["diagrams"].items()]
+    pk = r.get("packaged")
+    if pk:
+        lines += ["", "## The packaged models on the two held-out actors (the demo-voices actors)", "",
+                  "| model | clips | UAR % | WA % | ECE |", "|---|---|---|---|---|"]
+        for name, e in pk.items():
+            m = e["metrics"]
+            lines.append(f"| {name} | {m['n']} | {100 * m['uar']:.1f} | {100 * m['weighted_accuracy']:.1f} | "
+                         f"{m['ece']:.3f} |")
+        for name, e in pk.items():
+            if "live" in e:
+                lv = e["live"]
+                lines.append(f"\nLive path against the evaluator ({name}): {lv['same_label_as_evaluator']} of "
+                             f"{lv['compared']} clips with the same label, largest score difference "
+                             f"{lv['max_abs_score_difference']:.1e}.")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m training.default_report", description=__doc__)
-    p.add_argument("--offline", type=Path, default=MODELS / "offline",
-                   help="the offline twin's export (default: the packaged one that emotion.revise uses)")
+    p = argparse.ArgumentParser(prog="python -m training.default_report", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--no-live", action="store_true", help="skip the live-path run of the held-out clips")
     p.add_argument("--render", action="store_true", help="only rewrite default_model.md from default_model.json")
     args = p.parse_args(argv)
     if args.render:
         (OUT / "default_model.md").write_text(markdown(json.loads((OUT / "default_model.json").read_text())))
         return 0
-    results: dict[str, Any] = {"held_out": "RAVDESS actors 07, 08, 15, 16; IEMOCAP Session 4 (constructed pairing "
-                                           "voiced by those actors)"}
-    sets = {
-        "ravdess_asr": RUNS / "test-ravdess-asr.csv",
-        "ravdess_ref": RUNS / "test-ravdess-ref.csv",
-        "dialogues_ref": RUNS / "test-dialogues-ref.csv",
-        "dialogues_asr": RUNS / "test-dialogues-asr.csv",
-    }
-    models = {"default": MODELS / "default", "audio": MODELS / "audio"}
-    if (args.offline / "card.json").is_file():
-        models["offline"] = args.offline
-    for mname, mdir in models.items():
-        for sname, spath in sets.items():
-            pred = RUNS / f"pred-{mname}-{sname}.csv"
-            r = evaluate(mdir, spath, pred)
-            results.setdefault("evaluate", {}).setdefault(mname, {})[sname] = {
-                "metrics": r["metrics"], "modalities": r.get("modalities", {})}
-            m = r["metrics"]
-            print(f"{mname:8s} {sname:14s} WA {100 * m['weighted_accuracy']:.1f} UAR {100 * m['uar']:.1f} "
-                  f"n={m['n']}")
-    if not args.no_live:
-        for mname, asr in (("default", "pocketsphinx"), ("audio", "none")):
-            live = compare_live(sets["ravdess_asr"], models[mname], asr, RUNS / f"pred-{mname}-ravdess_asr.csv")
-            results.setdefault("live", {})[mname] = live
-            m = live["metrics"]
-            print(f"live {mname}: WA {100 * m['weighted_accuracy']:.1f} UAR {100 * m['uar']:.1f}, "
-                  f"{live['same_label_as_evaluator']}/{live['single_utterance_clips']} same label as evaluate, "
-                  f"max score difference {live['max_abs_score_difference']:.2e}")
-    noise = RUNS / "noise.json"
-    if noise.is_file():
-        results["recognizer_noise"] = json.loads(noise.read_text())
+    curves: list[tuple[str, str, np.ndarray, np.ndarray]] = []
+    results: dict[str, Any] = {"voices": {}}
+    specs = {"ravdess": ("voices_ravdess", {"features.audio": "speech"}), "crema_d": ("voices_crema_d", {}),
+             "ravdess8": ("voices_ravdess8", {}), "crema_d6": ("voices_crema_d6", {}),
+             "cross_tess": ("voices_cross", {}), "cross_crema_d": ("voices_cross_crema_d", {})}
+    for key, (name, settings) in specs.items():
+        e = experiment(name, curves, **settings)
+        if e is not None:
+            results["voices"][key] = e
+    results["default_cv"] = experiment("default_cv", curves)
+    text: dict[str, Any] = {}
+    for key, name, settings in (("frozen_causal", "text_iemocap", {"protocol.folds": "session", "model.causal": True}),
+                                ("finetuned_causal", "text_finetuned",
+                                 {"protocol.folds": "session", "model.causal": True}),
+                                ("finetuned_offline", "text_finetuned",
+                                 {"protocol.folds": "session", "model.causal": False}),
+                                ("finetuned_script_causal", "text_finetuned",
+                                 {"protocol.folds": "speaker_script", "model.causal": True})):
+        e = experiment(name, curves, **settings)
+        if e is not None:
+            text[key] = e
+    results["text"] = text
+    IMG.mkdir(parents=True, exist_ok=True)
+    results["diagrams"] = {}
+    groups = {"ravdess": ["voices_ravdess"], "crema_d": ["voices_crema_d"], "tess_cross": ["voices_cross"],
+              "iemocap_text": ["text_finetuned"], "default_cv": ["default_cv"]}
+    for title, names in groups.items():
+        chosen = [(f"{n} ({v})", lg, y) for n, v, lg, y in curves if n in names]
+        if not chosen:
+            continue
+        items = [(name, np.asarray(probs), y) for name, probs, y in chosen]  # predictions are probabilities
+        path = reliability_diagram(items, IMG / f"reliability-{title}.png", f"{title}: reliability (seed 0)")
+        results["diagrams"][title] = str(path.relative_to(OUT))
+        for name, probs, y in items:
+            print(f"{name}: ECE {ece(probs, y):.3f} (n={len(y)})")
+    packaged(results, live=not args.no_live)
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "default_model.json").write_text(json.dumps(results, indent=1) + "\n")
+    (OUT / "default_model.json").write_text(json.dumps(results, indent=1, default=float) + "\n")
     (OUT / "default_model.md").write_text(markdown(results))
-    for mname in [m for m in ("default", "audio", "offline") if m in models]:
-        card_path = models[mname] / "card.json"
-        card = json.loads(card_path.read_text())
-        card["metrics"] = {
-            "held_out": results["held_out"],
-            **{s: {k: v for k, v in r["metrics"].items() if k != "confusion"}
-               for s, r in results["evaluate"][mname].items()},
-        }
-        card_path.write_text(json.dumps(card, indent=1) + "\n")
+    for name in ("default", "audio", "offline"):
+        card_path = MODELS / name / "card.json"
+        if card_path.is_file() and name in results.get("packaged", {}):
+            card = json.loads(card_path.read_text())
+            card["metrics"] = {"report": "training/results/default_model.md",
+                               "held_out_actors": list(DEMO_ACTORS),
+                               **{k: v for k, v in results["packaged"][name]["metrics"].items() if k != "confusion"}}
+            card_path.write_text(json.dumps(card, indent=1) + "\n")
     print(f"wrote {OUT / 'default_model.md'}")
     return 0
-
-
-def _pct(x: float | None) -> str:
-    return "–" if x is None else f"{100 * x:.1f}"
-
-
-def markdown(r: dict[str, Any]) -> str:
-    ev = r["evaluate"]
-    names = {"ravdess_asr": "RAVDESS held-out clips, pocketsphinx transcripts",
-             "ravdess_ref": "RAVDESS held-out clips, reference transcripts",
-             "dialogues_ref": "Session 4 dialogues (constructed), reference transcripts",
-             "dialogues_asr": "Session 4 dialogues (constructed), recognizer-noised transcripts"}
-    lines = ["# The packaged emotion models: held-out accuracy", "",
-             f"Held out from training: {r['held_out']}.", "",
-             "| test set | model | WA % | UAR % | macro-F1 % | neutral | happy | sad | angry |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for s, title in names.items():
-        for mname in ev:
-            m = ev[mname][s]["metrics"]
-            rec = m["per_class_recall"]
-            lines.append(f"| {title} | {mname} | {_pct(m['weighted_accuracy'])} | {_pct(m['uar'])} | "
-                         f"{_pct(m['macro_f1'])} | " + " | ".join(_pct(rec.get(k)) for k in
-                                                              ("neutral", "happy", "sad", "angry")) + " |")
-    for mname in ev:
-        m = ev[mname]["ravdess_asr"]["metrics"]
-        lines += ["", f"Confusion, {mname} on the held-out RAVDESS clips (rows true, columns predicted: "
-                  + ", ".join(m["labels"]) + "):", ""]
-        lines += ["    " + " ".join(f"{x:4d}" for x in row) for row in m["confusion"]]
-    lines += ["", "## Gaps", ""]
-    if "offline" in ev:
-        for s_name in ("dialogues_ref", "dialogues_asr"):
-            c, o = ev["default"][s_name]["metrics"], ev["offline"][s_name]["metrics"]
-            lines.append(f"- Offline (sees later turns) against causal (live), {names[s_name]}: WA "
-                         f"{_pct(o['weighted_accuracy'])} vs {_pct(c['weighted_accuracy'])} "
-                         f"({100 * (o['weighted_accuracy'] - c['weighted_accuracy']):+.1f} points).")
-    for mname in [m for m in ("default", "offline") if m in ev]:
-        ref, asr = ev[mname]["dialogues_ref"]["metrics"], ev[mname]["dialogues_asr"]["metrics"]
-        lines.append(f"- Reference against recognizer-noised transcripts, {mname}, Session 4 dialogues: WA "
-                     f"{_pct(ref['weighted_accuracy'])} vs {_pct(asr['weighted_accuracy'])} "
-                     f"({100 * (asr['weighted_accuracy'] - ref['weighted_accuracy']):+.1f} points).")
-    d, a = ev["default"]["dialogues_ref"]["metrics"], ev["audio"]["dialogues_ref"]["metrics"]
-    lines.append(f"- Audio + text + context against audio alone (same dialogues): WA {_pct(d['weighted_accuracy'])} "
-                 f"vs {_pct(a['weighted_accuracy'])}. On the single RAVDESS clips the transcript carries no "
-                 "emotion (every actor says the same two sentences), and there the audio-only model is as good "
-                 "or better.")
-    if "live" in r:
-        lines += ["", "## Live path against the evaluator", "",
-                  "| model | clips | live WA % | live UAR % | same label as evaluate | max score difference |",
-                  "|---|---|---|---|---|---|"]
-        for mname, live in r["live"].items():
-            m = live["metrics"]
-            lines.append(f"| {mname} | {live['single_utterance_clips']} | {_pct(m['weighted_accuracy'])} | "
-                         f"{_pct(m['uar'])} | {live['same_label_as_evaluator']}/{live['single_utterance_clips']} | "
-                         f"{live['max_abs_score_difference']:.1e} |")
-    if "recognizer_noise" in r:
-        n = r["recognizer_noise"]
-        lines += ["", f"Recognizer noise used for training and for the noised test transcripts: measured "
-                  f"pocketsphinx WER {n['wer']:.2f} on acted clips (substitution {n['rates']['substitution']:.2f}, "
-                  f"deletion {n['rates']['deletion']:.2f}, insertion {n['rates']['insertion']:.2f})."]
-    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

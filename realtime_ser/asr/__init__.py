@@ -43,7 +43,7 @@ def resolve_auto(config: AsrConfig) -> tuple[AsrConfig, str]:
         chosen = "whisper"
     else:
         notice = ("recognizer: pocketsphinx (bundled; many word errors on emotional speech). For accurate "
-                  "transcripts: pip install 'realtime-ser[whisper]' && realtime-ser models prepare whisper-base")
+                  "transcripts: realtime-ser models prepare whisper-base")
         chosen = "pocketsphinx"
     log.info("asr.backend=auto: %s", notice)
     return replace(config, backend=chosen), notice

