@@ -59,12 +59,13 @@ def test_reliability_diagram_writes_a_png(tmp_path: Path) -> None:
 
 def test_audio_gate_passes_training_like_audio_and_silences_the_strange() -> None:
     g = torch.Generator().manual_seed(0)
-    basis = torch.randn(8, 32, generator=g)
+    q, _ = torch.linalg.qr(torch.randn(32, 32, generator=g))
+    basis, other = 3 * q[:8], 3 * q[16:24]  # orthogonal subspaces
     train = torch.randn(3000, 8, generator=g) @ basis + 0.05 * torch.randn(3000, 32, generator=g)
-    gate = AudioGate(32, components=8)
+    gate = AudioGate(32, components=16, bank=500)
     gate.fit(train)
-    typical = torch.randn(500, 8, generator=g) @ basis
-    strange = 4 * torch.randn(500, 8, generator=g) @ basis
+    typical = torch.randn(500, 8, generator=g) @ basis  # new draws of the same kind
+    strange = torch.randn(500, 8, generator=g) @ other  # another kind altogether
     assert gate(typical).mean() > 0.95
     assert gate(strange).mean() < 0.05
 
@@ -73,10 +74,14 @@ def test_gated_model_lets_text_decide_for_strange_audio() -> None:
     cfg = ModelConfig(modalities=("audio", "text"), dims={"audio": 16, "text": 8}, hidden=16, heads=2,
                       causal=True, fusion_depth="logits", fusion_method="add", audio_gate=True)
     model = EmotionModel(cfg).eval()
-    model.gate.fit(torch.randn(2000, 16))
+    seen = torch.zeros(2000, 16)
+    seen[:, :4] = torch.randn(2000, 4)  # training audio varies in four directions only
+    model.gate.fit(seen)
     mask = torch.ones(1, 3, dtype=torch.bool)
     text = torch.randn(1, 3, 8)
-    out = model(100 * torch.randn(1, 3, 16), text, mask)
+    strange = torch.zeros(1, 3, 16)
+    strange[..., 8:] = torch.randn(1, 3, 8)  # in directions training never had
+    out = model(strange, text, mask)
     assert torch.allclose(out["logits"], out["text"], atol=1e-4), "far-out audio has no say"
     assert (out["reliability"] < 1e-3).all()
     with pytest.raises(ValueError, match="audio_gate"):

@@ -183,41 +183,61 @@ class DialogueAttention(nn.Module):
 class AudioGate(nn.Module):
     """How far an utterance's (standardized) audio features lie from the training data, as a weight in (0, 1].
 
-    ``d`` is the mean squared whitened coordinate in the top principal directions of the
-    training features (about 1 for typical training audio); the weight is 1 up to the
-    threshold ``d0`` (a high quantile of ``d`` on the training data) and decays as
-    ``exp(-(d - d0) / scale)`` beyond it. All of it is fixed from training statistics
+    ``d`` is one minus the mean cosine similarity to the ``neighbours`` nearest of a bank of training
+    utterances, in the top principal directions of the training features: small for any voice like
+    those heard in training (clean or augmented), large for sounds unlike all of them (synthetic
+    speech, say). The weight is 1 up to the threshold ``d0`` (a high quantile of ``d`` for training
+    utterances that are not in the bank, i.e. as for an unheard voice from the same population) and
+    decays as ``exp(-(d - d0) / scale)`` beyond it. All of it is fixed from training statistics
     (:meth:`fit`), never learned, so it cannot learn to trust a voice it has not heard.
     """
 
-    def __init__(self, dim: int, components: int = 64) -> None:
+    def __init__(self, dim: int, components: int = 256, bank: int = 1500, neighbours: int = 10) -> None:
         super().__init__()
+        self.neighbours = neighbours
+        k = min(components, dim)
         self.register_buffer("mean", torch.zeros(dim))
-        self.register_buffer("proj", torch.zeros(min(components, dim), dim))
+        self.register_buffer("proj", torch.zeros(k, dim))
+        self.register_buffer("bank", torch.zeros(bank, k))
         self.register_buffer("bounds", torch.tensor([1e9, 1.0]))
 
-    def distance(self, x: Tensor) -> Tensor:
+    def _unit(self, x: Tensor) -> Tensor:
         z = (x - self.mean) @ self.proj.T
-        return (z * z).mean(-1)
+        return z / z.norm(dim=-1, keepdim=True).clamp(min=1e-6)
+
+    def distance(self, x: Tensor) -> Tensor:
+        sims = self._unit(x) @ self.bank.T
+        k = min(self.neighbours, self.bank.shape[0])
+        return 1.0 - torch.topk(sims, k, dim=-1).values.mean(-1)
 
     def forward(self, x: Tensor) -> Tensor:
         d0, scale = self.bounds[0], self.bounds[1]
         return torch.exp(-torch.relu(self.distance(x) - d0) / scale)
 
     @torch.no_grad()
-    def fit(self, x: Tensor, quantile: float = 0.995, scale_quantiles: tuple[float, float] = (0.5, 0.995)) -> None:
-        """Principal directions and whitening of ``x`` (N, dim); threshold and scale from quantiles of ``d`` on it."""
-        x = torch.as_tensor(x, dtype=torch.float64)
+    def fit(self, x: Tensor, quantile: float = 0.995, seed: int = 0) -> None:
+        """Principal directions, bank and threshold from training features ``x`` (N, dim): the bank is a
+        seeded random draw of them, the threshold the ``quantile`` of ``d`` over the rest and the scale
+        an eighth of its distance from their median (past the threshold the weight falls fast)."""
+        x = torch.as_tensor(x, dtype=torch.float32)
+        g = torch.Generator().manual_seed(seed)
+        order = torch.randperm(len(x), generator=g)
+        n_bank = min(self.bank.shape[0], len(x) // 2)
+        bank, rest = x[order[:n_bank]], x[order[n_bank:]]
         mean = x.mean(0)
-        xc = x - mean
+        _, _, vt = torch.linalg.svd((x - mean).double(), full_matrices=False)
         k = self.proj.shape[0]
-        _, sv, vt = torch.linalg.svd(xc, full_matrices=False)
-        var = sv[:k] ** 2 / max(1, len(x) - 1)
-        self.mean.copy_(mean.float())
-        self.proj.copy_((vt[:k] / var.clamp(min=1e-8).sqrt()[:, None]).float())
-        d = self.distance(x.float())
-        lo, hi = torch.quantile(d, torch.tensor(scale_quantiles, dtype=d.dtype))
-        self.bounds.copy_(torch.stack([torch.quantile(d, quantile), (hi - lo).clamp(min=1e-3)]).float())
+        self.mean.copy_(mean)
+        self.proj.zero_()
+        self.proj[: min(k, vt.shape[0])] = vt[:k].float()
+        self.bank.zero_()
+        self.bank[:n_bank] = self._unit(bank)
+        if n_bank < self.bank.shape[0]:  # a small training set: repeat it rather than leave zero rows
+            self.bank[n_bank:] = self.bank[torch.arange(self.bank.shape[0] - n_bank) % max(1, n_bank)]
+        d = self.distance(rest)
+        hi = torch.quantile(d, quantile)
+        scale = ((hi - d.median()) / 8).clamp(min=1e-3)
+        self.bounds.copy_(torch.stack([hi, scale]))
 
 
 class Fusion(nn.Module):

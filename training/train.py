@@ -527,8 +527,12 @@ def _normalize(model: EmotionModel, dialogues: Sequence[Dialogue]) -> None:
         x = np.concatenate([getattr(d, m) for d in dialogues])
         model.set_normalization(m, torch.from_numpy(x.mean(0)), torch.from_numpy(x.std(0)))
         if m == "audio" and model.cfg.audio_gate:
-            normed = (torch.from_numpy(x) - model.mean_audio) / model.std_audio
-            model.gate.fit(normed)
+            # The gate's bank holds the augmented copies too: noisy and telephone speech of known
+            # kinds of voices is not "unlike anything heard".
+            copies = [c[:, d.y >= 0].reshape(-1, c.shape[-1]) for d in dialogues
+                      if (c := d.audio_copies) is not None]
+            every = np.concatenate([x, *copies]) if copies else x
+            model.gate.fit((torch.from_numpy(every) - model.mean_audio) / model.std_audio)
 
 
 def _voices(d: Dialogue) -> set[str]:
