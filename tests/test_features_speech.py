@@ -106,3 +106,41 @@ def test_the_model_is_loaded_once_per_process(encoder: speech.SpeechEncoder) -> 
     assert speech.load(threads=2) is encoder
     assert encoder.name == wb.MODEL_NAME
     assert len(encoder.model_sha256) == 64
+
+
+# -- the emotion model's audio front end (realtime_ser.features.audio) ---------------------------
+
+
+def test_front_end_checks_the_card_and_names_the_fix(encoder: speech.SpeechEncoder) -> None:
+    from realtime_ser.features.audio import AudioFrontEnd
+
+    front = AudioFrontEnd.create("speech")
+    card = front.card()
+    assert card["kind"] == "speech" and card["dim"] == encoder.dim
+    assert AudioFrontEnd.for_card(card).key() == front.key()
+    with pytest.raises(ModelError, match="Whisper model it was trained with"):
+        AudioFrontEnd.for_card({**card, "key": "0123456789ab"}, where="model x")
+    with pytest.raises(ModelError, match="unknown"):
+        AudioFrontEnd.for_card({**card, "kind": "wav2vec"})
+    both = AudioFrontEnd.create("speech+acoustic")
+    x = _tone(1.2)
+    v = both.extract([x])[0]
+    assert v.shape == (encoder.dim + both.acoustic.dim,)  # type: ignore[union-attr]
+    np.testing.assert_allclose(v[: encoder.dim], front.extract([x])[0], atol=1e-5)
+
+
+def test_front_end_pools_encoder_output_it_is_given(encoder: speech.SpeechEncoder) -> None:
+    """One encoder pass serves two consumers: output computed elsewhere with the same settings is
+    pooled as it is, and anything else is encoded again."""
+    from realtime_ser.features.audio import AudioFrontEnd
+
+    front = AudioFrontEnd.create("speech")
+    a, b = _tone(1.0, 150.0), _tone(2.0, 230.0)
+    (given,) = encoder.encode([a])
+    calls = encoder.calls
+    out = front.extract([a, b], [given, None])
+    assert encoder.calls == calls + 1, "only b is encoded"
+    np.testing.assert_allclose(out[0], speech.SpeechEncoder.pool(given.states), atol=1e-6)
+    other = speech.EncodedUtterance(given.states * 0, None, 1.0, key="another-window")
+    out2 = front.extract([a], [other])
+    assert np.abs(out2[0]).sum() > 0, "output of other settings is not used"
