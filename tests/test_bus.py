@@ -357,3 +357,29 @@ def test_without_redis_configured_a_node_runs_alone(speech: np.ndarray) -> None:
         assert "realtime_ser_bus_up 1" in (await http(a, "/metrics"))[1]
 
     run_nodes([apply_overrides(PipelineConfig(), ["server.port=0", "asr.backend=none"])], scenario)
+
+
+def test_a_redis_that_lost_everything_is_written_again(tmp_path: Path) -> None:
+    """Redis restarted without its data (no append-only file): each node writes its sessions
+    again from what it still holds, so subscribers elsewhere miss nothing."""
+    redis = RedisServer(tmp_path / "redis", aof=False).start()
+
+    async def scenario(a: Server, b: Server) -> None:
+        a.hub.open("kept")
+        for seq in range(20):
+            a.hub.publish({"v": 1, "type": "transcript.partial", "session": "kept", "seq": seq, "t": seq / 10,
+                           "speaker": "ch0", "channel": 0, "text": f"word {seq}"})
+        await wait_for(lambda: a.hub.bus.metrics.written_events_total.get() >= 20, 10, "the writes")
+        redis.stop()
+        redis.start()
+        await wait_for(lambda: a.hub.bus.metrics.written_events_total.get() >= 40, 15, "the writes, again")
+        a.hub.publish({"v": 1, "type": "session.ended", "session": "kept", "seq": 20, "t": 2.0,
+                       "reason": "end_of_input", "counts": {"utterances": 0, "frames": 0, "dropped_frames": 0,
+                                                           "discarded_segments": 0, "partials": 20, "errors": 0}})
+        events, code = await subscribe(b.url, "?session=kept&since=0")
+        assert code == 1000 and [e["seq"] for e in events] == list(range(21))
+
+    try:
+        run_nodes([node_config(redis.url, "A"), node_config(redis.url, "B")], scenario)
+    finally:
+        redis.stop()

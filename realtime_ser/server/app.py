@@ -390,6 +390,9 @@ class Server:
         except BusRefused as exc:
             raise ProtocolError(CLOSE_LIMIT if exc.code == "too_many_sessions" else CLOSE_BAD_REQUEST, exc.code,
                                 str(exc)) from None
+        existing = self.hub.sessions.get(session)  # again: another connection may have opened it meanwhile
+        if existing is not None and existing.live:
+            raise ProtocolError(CLOSE_BAD_REQUEST, "session_exists", f"session {session!r} is already live")
         loop = asyncio.get_running_loop()
         rec = self.hub.open(session)
         rec.owner = owner

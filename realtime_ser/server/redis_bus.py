@@ -71,19 +71,20 @@ PENDING_LIMIT = 10000
 """Feed entries a follower keeps while it fetches a gap; beyond, it reads them from the stream."""
 
 # KEYS: meta, events, owner set, node's live set, nodes, sessions index
-# ARGV: session, node, instance, kind, started, owner ('' = none), limit (0 = none), fresh (1/0), prefix
-# Returns 1 claimed, 2 already this instance's, -1 live on another node (or fresh and live), -2 token limit.
+# ARGV: session, node, instance, kind, started, owner ('' = none), limit (0 = none), prefix
+# Returns 1 claimed, 2 already this instance's (a retry: the hub checks its own sessions), -1 live on
+# another node, -2 token limit.
 CLAIM = """
 local st = redis.call('HMGET', KEYS[1], 'state', 'node', 'instance')
 if st[1] == 'live' then
-  if ARGV[8] == '0' and st[2] == ARGV[2] and st[3] == ARGV[3] then return 2 end
+  if st[2] == ARGV[2] and st[3] == ARGV[3] then return 2 end
   return -1
 end
 local limit = tonumber(ARGV[7])
 if limit > 0 and ARGV[6] ~= '' then
   if redis.call('SCARD', KEYS[3]) >= limit then
     for _, s in ipairs(redis.call('SMEMBERS', KEYS[3])) do
-      if redis.call('HGET', ARGV[9] .. ':s:' .. s, 'state') ~= 'live' then redis.call('SREM', KEYS[3], s) end
+      if redis.call('HGET', ARGV[8] .. ':s:' .. s, 'state') ~= 'live' then redis.call('SREM', KEYS[3], s) end
     end
     if redis.call('SCARD', KEYS[3]) >= limit then return -2 end
   end
@@ -231,9 +232,12 @@ class RedisBus(Bus):
         self._log_len = srv.log_events
         self._feed_len = srv.bus_feed_events
         self._cap = srv.bus_buffer_events
-        common: dict[str, Any] = {"socket_connect_timeout": 2.0, "retry": Retry(NoBackoff(), 0),
-                                  "health_check_interval": 0}
-        # Replies never wait long: a Redis that stops answering is an outage after 3 s.
+        # One immediate retry on a broken connection: after Redis restarts, every pooled connection
+        # is dead and its first use fails; the retry reconnects. Timeouts are not retried, so a
+        # Redis that stopped answering is an outage after one socket_timeout. Every write is
+        # safe to repeat (the scripts recognise a second attempt).
+        common: dict[str, Any] = {"socket_connect_timeout": 2.0, "health_check_interval": 0,
+                                  "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))}
         self.r = aioredis.from_url(self.url, socket_timeout=3.0, max_connections=64, **common)
         # The feed reader blocks in XREAD for up to READ_BLOCK_MS: its own connection.
         self.rr = aioredis.from_url(self.url, socket_timeout=READ_BLOCK_MS / 1000 + 3.0, max_connections=2,
@@ -257,6 +261,7 @@ class RedisBus(Bus):
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
         self._last_sweep = 0.0
+        self._last_beat = 0.0
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -366,12 +371,21 @@ class RedisBus(Bus):
     # -- this node's sessions into Redis ------------------------------------------------------------
 
     async def claim(self, session: str, owner: str, per_token: int) -> None:
+        previous = self._outs.get(session)
+        if previous is not None and not previous.rejected:
+            # The name's last session here ended but is not all in Redis yet: it goes first.
+            deadline = time.monotonic() + 2.0
+            while self._outs.get(session) is previous and self.connected and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            if self._outs.get(session) is previous:
+                raise BusRefused("session_exists", f"session {session!r} just ended on this node and is not yet "
+                                                   "all written to Redis; try again in a moment")
         if not self.connected:
             return  # registered by the writer when Redis answers; checked on this node only meanwhile
         try:
             result = await self._claim(keys=self._claim_keys(session, owner),
                                        args=[session, self.node, self.instance, "ingest", repr(time.time()), owner,
-                                             per_token, 1, self.k.prefix])
+                                             per_token, self.k.prefix])
         except TRANSIENT as exc:
             self._set_down(exc)
             return
@@ -531,7 +545,7 @@ class RedisBus(Bus):
             if not out.registered:
                 await self._claim(keys=self._claim_keys(rec.session, rec.owner_key),
                                   args=[rec.session, self.node, self.instance, rec.kind, repr(rec.started),
-                                        rec.owner_key, 0, 0, self.k.prefix], client=pipe)
+                                        rec.owner_key, 0, self.k.prefix], client=pipe)
                 ops.append((out, "claim", -1))
             for seq, text, kind, t in self._take(out, BATCH - n):
                 reason = ""
@@ -829,9 +843,20 @@ class RedisBus(Bus):
 
     async def _heartbeat(self) -> None:
         pipe = self.r.pipeline(transaction=False)
-        pipe.set(self.k.heartbeat(self.node), self.instance, px=int(self._ttl_s * 1000))
+        pipe.set(self.k.heartbeat(self.node), self.instance, px=int(self._ttl_s * 1000), get=True)
         pipe.sadd(self.k.nodes, self.node)
-        await pipe.execute()
+        held, _ = await pipe.execute()
+        now = time.monotonic()
+        if held is None and self.connected and now - self._last_beat < self._ttl_s * 0.8:
+            # The heartbeat set moments ago is gone: Redis restarted without its data (between two
+            # beats, so no outage was seen). Check every session against what Redis holds now.
+            log.warning("Redis at %s lost this node's heartbeat (restarted without its data?): checking and "
+                        "writing again what this node holds", redact_url(self.url))
+            self._resync = True
+            for session in self._outs:
+                self._dirty[session] = None
+            self._wake.set()
+        self._last_beat = now
 
     async def _keep_loop(self) -> None:
         while True:
