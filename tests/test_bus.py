@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import validate_stream
+from conftest import validate_event, validate_stream
 from speech import espeak, have_tool, silence
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
@@ -217,7 +217,8 @@ def test_since_older_than_redis_keeps_is_refused(redis: RedisServer) -> None:
         a.hub.open("chatty")
         for seq in range(400):
             a.hub.publish({"v": 1, "type": "transcript.partial", "session": "chatty", "seq": seq, "t": seq / 10,
-                           "speaker": "ch0", "channel": 0, "text": f"word {seq}"})
+                           "speaker": "ch0", "channel": 0, "utterance_id": "ch0-1", "start": 0.0,
+                           "text": f"word {seq}"})
             await asyncio.sleep(0.001)  # as a session does: the writer keeps up
         await wait_for(lambda: a.hub.bus.metrics.written_events_total.get() >= 400, 10, "the writes")
         events, code = await subscribe(b.url, "?session=chatty&since=0", count=1)
@@ -274,7 +275,8 @@ def test_a_node_without_redis_keeps_its_sessions_and_catches_up(redis: RedisServ
     async def scenario(a: Server, b: Server) -> None:
         def event(seq: int) -> dict[str, Any]:
             return {"v": 1, "type": "transcript.partial", "session": "long", "seq": seq, "t": seq / 10,
-                    "speaker": "ch0", "channel": 0, "text": f"word {seq}"}
+                    "speaker": "ch0", "channel": 0, "utterance_id": "ch0-1", "start": 0.0,
+                    "text": f"word {seq}"}
 
         rec = a.hub.open("long")
         local_sub = a.hub.subscribe("long", 0)
@@ -305,6 +307,8 @@ def test_a_node_without_redis_keeps_its_sessions_and_catches_up(redis: RedisServ
         seqs = [e["seq"] for e in events]
         lost = [e for e in events if e["type"] == "error"]
         assert len(lost) == 1 and lost[0]["code"] == "events_lost" and lost[0]["fatal"] is False
+        for e in events:
+            validate_event(e)
         assert (lost[0]["first_seq"], lost[0]["last_seq"], lost[0]["count"]) == (5, 199, 195)
         # In order, once each; the lost ones reported by the error that takes the last one's seq.
         assert seqs == [*range(5), 199, *range(200, 301)]
@@ -368,7 +372,8 @@ def test_a_redis_that_lost_everything_is_written_again(tmp_path: Path) -> None:
         a.hub.open("kept")
         for seq in range(20):
             a.hub.publish({"v": 1, "type": "transcript.partial", "session": "kept", "seq": seq, "t": seq / 10,
-                           "speaker": "ch0", "channel": 0, "text": f"word {seq}"})
+                           "speaker": "ch0", "channel": 0, "utterance_id": "ch0-1", "start": 0.0,
+                           "text": f"word {seq}"})
         await wait_for(lambda: a.hub.bus.metrics.written_events_total.get() >= 20, 10, "the writes")
         redis.stop()
         redis.start()

@@ -262,6 +262,7 @@ class RedisBus(Bus):
         self._closing = False
         self._last_sweep = 0.0
         self._last_beat = 0.0
+        self._feed_last: str | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -287,6 +288,7 @@ class RedisBus(Bus):
                             "node runs with this name, give each its own server.node", node, self._ttl_s,
                             _text(held))
             await self._heartbeat()
+            self._feed_last = await self._feed_tail()  # subscribers from now on get all that follows
             self._set_up()
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._write_loop(), name="bus-writer"),
@@ -787,14 +789,17 @@ class RedisBus(Bus):
             f.fetching = False
             self._prune(f)
 
+    async def _feed_tail(self) -> str:
+        tail = await self.rr.xrevrange(self.k.feed, count=1)
+        return _text(tail[0][0]) if tail else "0-0"
+
     async def _read_loop(self) -> None:
         """Follow the feed: every event of every node, handed to the followers of its session."""
-        last: str | None = None
+        last = self._feed_last
         while True:
             try:
                 if last is None:
-                    tail = await self.rr.xrevrange(self.k.feed, count=1)
-                    last = _text(tail[0][0]) if tail else "0-0"
+                    last = await self._feed_tail()
                 reply: Any = await self.rr.xread({self.k.feed: last}, count=1000, block=READ_BLOCK_MS)
             except TRANSIENT + (ResponseError,):
                 await asyncio.sleep(0.2)
