@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import shlex
 import sys
@@ -182,9 +183,11 @@ def _utterance(session: str, seq: int) -> dict[str, Any]:
 
 
 def throughput(url: str, redis_pid: int, events: int, sessions: int) -> dict[str, Any]:
-    """How fast one node can write events to Redis and another read them back: ``events``
-    utterance-sized events of ``sessions`` sessions published as fast as the writer takes them,
-    followed by an all-sessions subscriber on a second node (both nodes in this process)."""
+    """How fast one node writes events to Redis and another reads them back, and what each side
+    costs: ``events`` utterance-sized events of ``sessions`` sessions published as fast as the
+    writer takes them, three times (nodes in this process): the writer alone; the writer and a
+    node that follows nothing (the feed read that every node of a cluster pays for every event);
+    the writer and a node with an all-sessions subscriber (end to end)."""
     import json
 
     from realtime_ser.config import PipelineConfig, apply_overrides
@@ -192,41 +195,60 @@ def throughput(url: str, redis_pid: int, events: int, sessions: int) -> dict[str
     from realtime_ser.server.redis_bus import RedisBus
 
     cfg = apply_overrides(PipelineConfig(), [f"server.bus={url}", "server.bus_prefix=throughput"]).server
+    # Each run's nodes close with their sessions open; the next run's nodes end those (node_lost)
+    # and would say so for each.
+    logging.getLogger("realtime_ser.server.redis_bus").setLevel(logging.ERROR)
 
-    async def main() -> dict[str, Any]:
+    async def once(run: str, reader: bool, subscribed: bool) -> dict[str, Any]:
         writer_hub = Hub(cfg.log_events, cfg.retain_ended_s, 10, bus=RedisBus(cfg))
-        reader_hub = Hub(cfg.log_events, cfg.retain_ended_s, events + 10, bus=RedisBus(cfg))
-        await writer_hub.bus.start("throughput-writer")
-        await reader_hub.bus.start("throughput-reader")
-        sub = reader_hub.subscribe(None, None)
-        names = [f"tp-{i}" for i in range(sessions)]
+        await writer_hub.bus.start(f"throughput-writer-{run}")
+        reader_hub = Hub(cfg.log_events, cfg.retain_ended_s, events + 10, bus=RedisBus(cfg)) if reader else None
+        if reader_hub is not None:
+            await reader_hub.bus.start(f"throughput-reader-{run}")
+        sub = reader_hub.subscribe(None, None) if reader_hub is not None and subscribed else None
+        names = [f"tp-{run}-{i}" for i in range(sessions)]
         for name in names:
             writer_hub.open(name)
-        texts = [json.dumps(_utterance(names[0], 0))]
         memory0 = _redis_info(url)["used_memory"]
         cpu0, redis0, t0 = time.process_time(), _stat(redis_pid)[0], time.monotonic()
         for k in range(events):
             writer_hub.publish(_utterance(names[k % sessions], k // sessions))
             if k % 50 == 49:
                 await asyncio.sleep(0)  # the writer, the reader run in between, as with live sessions
-        write_done = time.monotonic()
         while writer_hub.bus._pending_total() and time.monotonic() - t0 < 120:  # type: ignore[attr-defined]
             await asyncio.sleep(0.005)
         written = time.monotonic()
-        while sub.queue.qsize() < events and time.monotonic() - t0 < 120:
-            await asyncio.sleep(0.005)
+        if sub is not None:
+            while sub.queue.qsize() < events and time.monotonic() - t0 < 120:
+                await asyncio.sleep(0.005)
+        elif reader_hub is not None:
+            await asyncio.sleep(1.0)  # the reader's last XREAD
         read = time.monotonic()
         cpu, redis_cpu = time.process_time() - cpu0, _stat(redis_pid)[0] - redis0
-        got = sub.queue.qsize()
         memory1 = _redis_info(url)["used_memory"]
-        await reader_hub.bus.close(1.0)  # first: it would end the writer's sessions for lost
+        if reader_hub is not None:
+            await reader_hub.bus.close(1.0)  # first: it would end the writer's sessions for lost
         await writer_hub.bus.close(1.0)
-        return {"events": events, "sessions": sessions, "event_bytes": len(texts[0]), "received": got,
-                "publish_seconds": round(write_done - t0, 3), "written_seconds": round(written - t0, 3),
-                "read_seconds": round(read - t0, 3), "events_per_second": round(events / max(read - t0, 1e-9)),
-                "nodes_cpu_ms_per_1000_events": round(1000 * cpu / events * 1000, 1),
-                "redis_cpu_ms_per_1000_events": round(1000 * redis_cpu / events * 1000, 1),
-                "redis_bytes_per_event": round((memory1 - memory0) / events)}
+        return {"cpu_ms_per_event": 1000 * cpu / events, "redis_cpu_ms_per_event": 1000 * redis_cpu / events,
+                "written_seconds": written - t0, "read_seconds": read - t0,
+                "received": sub.queue.qsize() if sub is not None else None,
+                "redis_bytes_per_event": (memory1 - memory0) / events}
+
+    async def main() -> dict[str, Any]:
+        alone = await once("a", False, False)
+        idle = await once("b", True, False)
+        full = await once("c", True, True)
+        return {"events": events, "sessions": sessions,
+                "event_bytes": len(json.dumps(_utterance("tp-c-0", 0), separators=(",", ":"))),
+                "received": full["received"], "written_seconds": round(full["written_seconds"], 3),
+                "read_seconds": round(full["read_seconds"], 3),
+                "events_per_second": round(events / max(full["read_seconds"], 1e-9)),
+                "writer_cpu_ms_per_1000_events": round(1000 * alone["cpu_ms_per_event"], 1),
+                "feed_reader_cpu_ms_per_1000_events": round(
+                    1000 * max(0.0, idle["cpu_ms_per_event"] - alone["cpu_ms_per_event"]), 1),
+                "nodes_cpu_ms_per_1000_events": round(1000 * full["cpu_ms_per_event"], 1),
+                "redis_cpu_ms_per_1000_events": round(1000 * full["redis_cpu_ms_per_event"], 1),
+                "redis_bytes_per_event": round(alone["redis_bytes_per_event"])}
 
     return asyncio.run(main())
 
@@ -343,10 +365,12 @@ def markdown(result: dict[str, Any]) -> str:
               "the probes carry few events; the throughput run below is the figure to plan with).",
               f"- Throughput (one node writing {tp['events']} utterance-sized events of {tp['event_bytes']} bytes, "
               f"{tp['sessions']} sessions, as fast as it can; another reading them all back, both in one process): "
-              f"{tp['events_per_second']} events/s end to end; redis-server {f(tp['redis_cpu_ms_per_1000_events'])} "
-              f"ms of CPU per 1000 events, the two nodes {f(tp['nodes_cpu_ms_per_1000_events'])} ms per 1000 "
-              f"events; {tp['received']} of {tp['events']} received; Redis memory {tp['redis_bytes_per_event']} bytes "
-              "per event (its session's stream and the feed).",
+              f"{tp['events_per_second']} events/s end to end ({tp['received']} of {tp['events']} received); "
+              f"redis-server {f(tp['redis_cpu_ms_per_1000_events'])} ms of CPU per 1000 events; the writing node "
+              f"{f(tp['writer_cpu_ms_per_1000_events'])} ms per 1000 events (publishing included); following the "
+              f"feed, which every node does for every event of the cluster, "
+              f"{f(tp['feed_reader_cpu_ms_per_1000_events'])} ms per 1000 events; Redis memory "
+              f"{tp['redis_bytes_per_event']} bytes per event (its session's stream and the feed).",
               f"- Redis memory after the run: {f(r['used_memory_mb_after'])} MB (every session of the run retained "
               "for server.retain_ended_s, each stream capped at server.log_events).", ""]
     m, g = result["machine"], result["git"]

@@ -307,7 +307,9 @@ class RedisBus(Bus):
         self._closing = True
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        done, stuck = await asyncio.wait(self._tasks, timeout=2.0)
+        if stuck:
+            log.warning("%d bus tasks did not stop in time", len(stuck))
         if self.connected:
             try:  # the others end what this node still holds at once, instead of after the ttl
                 await self._release(keys=[self.k.heartbeat(self.node)], args=[self.instance])
@@ -462,9 +464,12 @@ class RedisBus(Bus):
                  "fatal": False, "count": count, "first_seq": first, "last_seq": last}
         return json.dumps(event, separators=(",", ":"))
 
+    # The loops below end on ``_closing`` as well as on cancellation: redis-py may turn a
+    # cancellation in the middle of a read into a connection error, which they would retry.
+
     async def _write_loop(self) -> None:
         backoff = 0.05
-        while True:
+        while not self._closing:
             if not self._dirty:
                 self._wake.clear()
                 await self._wake.wait()
@@ -478,6 +483,8 @@ class RedisBus(Bus):
                 await self._flush()
                 backoff = 0.05
             except TRANSIENT + (ResponseError,) as exc:  # ResponseError: e.g. Redis out of memory
+                if self._closing:
+                    return
                 self._set_down(exc)
                 await asyncio.sleep(backoff)
                 backoff = min(1.0, backoff * 2)
@@ -796,12 +803,14 @@ class RedisBus(Bus):
     async def _read_loop(self) -> None:
         """Follow the feed: every event of every node, handed to the followers of its session."""
         last = self._feed_last
-        while True:
+        while not self._closing:
             try:
                 if last is None:
                     last = await self._feed_tail()
                 reply: Any = await self.rr.xread({self.k.feed: last}, count=1000, block=READ_BLOCK_MS)
             except TRANSIENT + (ResponseError,):
+                if self._closing:
+                    return
                 await asyncio.sleep(0.2)
                 continue
             for _stream, entries in reply or []:
@@ -864,7 +873,7 @@ class RedisBus(Bus):
         self._last_beat = now
 
     async def _keep_loop(self) -> None:
-        while True:
+        while not self._closing:
             try:
                 await self._heartbeat()
                 self._set_up()
@@ -873,6 +882,8 @@ class RedisBus(Bus):
                     await self._sweep()
                     self._last_sweep = time.monotonic()
             except TRANSIENT + (ResponseError,) as exc:
+                if self._closing:
+                    return
                 self._set_down(exc)
             await asyncio.sleep(self._beat_s)
 
