@@ -388,3 +388,14 @@ def test_a_redis_that_lost_everything_is_written_again(tmp_path: Path) -> None:
         run_nodes([node_config(redis.url, "A"), node_config(redis.url, "B")], scenario)
     finally:
         redis.stop()
+
+
+def test_a_second_node_with_a_name_in_use_refuses_to_start(redis: RedisServer) -> None:
+    async def scenario(a: Server) -> None:
+        second = Server(node_config(redis.url, "A"), BACKENDS)
+        t0 = time.monotonic()
+        with pytest.raises(RealtimeSerError, match="node name 'A' is in use by a running node"):
+            await second.start()
+        assert time.monotonic() - t0 < 3.0
+
+    run_nodes([node_config(redis.url, "A", "server.bus_node_ttl_s=2")], scenario)

@@ -261,6 +261,7 @@ def test_a_node_killed_mid_call(cluster: Any, calls: list[np.ndarray]) -> None:
                 "other_a": other_a, "own_a": own_a, "followed_a": followed_a, "everything": everything}
 
     got = asyncio.run(scenario())
+    print(f"node_lost reached node C {max(got['ended_after'].values()):.1f} s after the kill")
     for name, events in zip(("k-b1", "k-b2"), got["lost"], strict=True):
         ended = events[-1]
         assert ended["type"] == "session.ended" and ended["reason"] == "node_lost" and ended["node"] == "B"

@@ -216,7 +216,10 @@ class Server:
         for session, (pipeline, _source, _thread) in list(self._pipelines.items()):
             log.warning("session %s did not end in time; aborting it", session)
             pipeline.abort()
-        await self.hub.bus.close(self.srv.shutdown_timeout_s)  # the sessions' last events reach the others
+        try:
+            await self.hub.bus.close(self.srv.shutdown_timeout_s)  # the sessions' last events reach the others
+        except Exception:
+            log.exception("the event bus did not close cleanly")
         for sub in list(self.hub.all_subscribers):
             sub.offer(None)
         if self._janitor is not None:

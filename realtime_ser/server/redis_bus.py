@@ -262,11 +262,20 @@ class RedisBus(Bus):
         self._closing = False
         self._last_sweep = 0.0
         self._last_beat = 0.0
+        self._clash_until = 0.0
         self._feed_last: str | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self, node: str) -> None:
+        try:
+            await self._start(node)
+        except BaseException:
+            await self.r.aclose()
+            await self.rr.aclose()
+            raise
+
+    async def _start(self, node: str) -> None:
         self.node = node
         where = redact_url(self.url)
         try:
@@ -282,11 +291,7 @@ class RedisBus(Bus):
                         exc)
             self._set_down(exc)
         else:
-            held = await self.r.get(self.k.heartbeat(node))
-            if held is not None and _text(held) != self.instance:
-                log.warning("node name %s was in use until %.0f s ago (instance %s): taking it over; if another "
-                            "node runs with this name, give each its own server.node", node, self._ttl_s,
-                            _text(held))
+            await self._wait_for_name(node)
             await self._heartbeat()
             self._feed_last = await self._feed_tail()  # subscribers from now on get all that follows
             self._set_up()
@@ -295,6 +300,28 @@ class RedisBus(Bus):
                        loop.create_task(self._read_loop(), name="bus-reader"),
                        loop.create_task(self._keep_loop(), name="bus-keeper")]
         log.info("node %s (instance %s) on the Redis bus at %s", node, self.instance, where)
+
+    async def _wait_for_name(self, node: str) -> None:
+        """A node restarted under its name waits until its earlier life's heartbeat expires (at
+        most ``bus_node_ttl_s``); a heartbeat that is renewed meanwhile belongs to a running node
+        with the same name, and this one refuses to start."""
+        key = self.k.heartbeat(node)
+        held, left = await self.r.get(key), await self.r.pttl(key)
+        if held is None:
+            return
+        log.info("node name %s was held by instance %s until moments ago: waiting up to %.1f s for it to expire",
+                 node, _text(held), max(left, 0) / 1000)
+        deadline = time.monotonic() + self._ttl_s + self._beat_s
+        while time.monotonic() < deadline:
+            await asyncio.sleep(min(0.2, self._beat_s))
+            now_held, now_left = await self.r.get(key), await self.r.pttl(key)
+            if now_held is None:
+                return
+            if now_held != held or now_left > left + 100:
+                raise RealtimeSerError(f"node name {node!r} is in use by a running node (instance "
+                                       f"{_text(now_held)}); give each node its own name (--node, server.node)")
+            left = now_left
+        raise RealtimeSerError(f"node name {node!r} is still held in Redis after {self._ttl_s + self._beat_s:.1f} s")
 
     async def close(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -664,8 +691,7 @@ class RedisBus(Bus):
             # unless it has already passed events that this subscriber lacks (they are in Redis:
             # read again), with no await between the check and the join.
             if f.ended:
-                sub.offer(None)
-                return sub
+                continue  # it ended while this read: the stream has the end now; read to it
             if f.cursor is None:
                 f.cursor = sub.next_seq
                 f.subs.add(sub)
@@ -861,6 +887,13 @@ class RedisBus(Bus):
         pipe.sadd(self.k.nodes, self.node)
         held, _ = await pipe.execute()
         now = time.monotonic()
+        if held is not None and _text(held) != self.instance and self._last_beat > 0:
+            # Another process renewed this name's heartbeat since this one did: two nodes share
+            # a name. Neither may end the other's sessions as an earlier life of its own.
+            if now >= self._clash_until:
+                log.error("another process runs as node %s (instance %s): give each node its own server.node; "
+                          "until then this node ends none of that name's sessions", self.node, _text(held))
+            self._clash_until = now + 60.0
         if held is None and self.connected and now - self._last_beat < self._ttl_s * 0.8:
             # The heartbeat set moments ago is gone: Redis restarted without its data (between two
             # beats, so no outage was seen). Check every session against what Redis holds now.
@@ -913,6 +946,8 @@ class RedisBus(Bus):
                 if instance == beat or (node == self.node and instance == self.instance):
                     continue  # that node (this one) is alive
                 if node != self.node and not judge:
+                    continue
+                if node == self.node and time.monotonic() < self._clash_until:
                     continue
                 await self._judge(node, instance, session)
         self._nodes = alive
