@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test bench bench-asr soak fuzz lint sysdeps clean models train default-model
+.PHONY: demo test bench bench-asr bench-bus soak fuzz lint sysdeps clean models train default-model
 
 # Python environment: the runtime, the vosk, whisper and redis extras, the trainer (torch, CPU
 # build, installed first and pinned so nothing pulls a CUDA build), test tools, the Korean
@@ -57,6 +57,7 @@ bench: $(STAMP) models
 	$(BIN)/python -m bench.text_encoder
 	$(BIN)/python -m bench.frontend
 	$(BIN)/python -m bench.capacity
+	$(BIN)/python -m bench.plan
 	$(BIN)/python -m bench.summary
 
 # Nine sessions (the pocketsphinx capacity) for 30 minutes of speech each, through the real
@@ -71,6 +72,13 @@ fuzz: $(STAMP)
 
 bench-asr: $(STAMP) models
 	$(BIN)/python -m bench.asr_compare
+	$(BIN)/python -m bench.summary
+
+# The Redis bus against the in-memory bus in one run (about 12 minutes; needs redis-server), then
+# the capacity plan of docs/deploy.md that uses it.
+bench-bus: $(STAMP) sysdeps models
+	$(BIN)/python -m bench.bus
+	$(BIN)/python -m bench.plan
 	$(BIN)/python -m bench.summary
 
 # Every experiment of training/RESULTS.md (each under an hour on 2 cores), then the tables.
