@@ -399,3 +399,33 @@ def test_a_second_node_with_a_name_in_use_refuses_to_start(redis: RedisServer) -
         assert time.monotonic() - t0 < 3.0
 
     run_nodes([node_config(redis.url, "A", "server.bus_node_ttl_s=2")], scenario)
+
+
+def test_a_node_taken_for_lost_gets_its_late_events_refused_and_ends_the_session(redis: RedisServer) -> None:
+    """A node that stopped beating (here: its heartbeat task stopped, as in a long stall) is taken
+    for lost by the others; what it writes for that session afterwards is refused, counted, and
+    the session is ended on it, so nothing after session.ended (node_lost) reaches anyone."""
+
+    async def scenario(a: Server, b: Server) -> None:
+        rec = a.hub.open("stalled")
+        stopped: list[bool] = []
+        rec.stop = lambda: stopped.append(True)
+        a.hub.publish({"v": 1, "type": "transcript.partial", "session": "stalled", "seq": 0, "t": 0.1,
+                       "speaker": "ch0", "channel": 0, "utterance_id": "ch0-1", "start": 0.0, "text": "hello"})
+        await wait_for(lambda: a.hub.bus.metrics.written_events_total.get() >= 1, 10, "the first write")
+        keeper = next(t for t in a.hub.bus._tasks if t.get_name() == "bus-keeper")  # type: ignore[attr-defined]
+        keeper.cancel()
+        remote = asyncio.create_task(subscribe(b.url, "?session=stalled&since=0"))
+        events, code = await asyncio.wait_for(remote, 15)
+        assert [e["type"] for e in events] == ["transcript.partial", "session.ended"]
+        assert events[-1]["reason"] == "node_lost" and events[-1]["node"] == "A" and code == 1000
+        validate_event(events[-1])
+        a.hub.publish({"v": 1, "type": "transcript.partial", "session": "stalled", "seq": 1, "t": 0.2,
+                       "speaker": "ch0", "channel": 0, "utterance_id": "ch0-1", "start": 0.0, "text": "hello again"})
+        await wait_for(lambda: bool(stopped), 10, "the session to be stopped on node A")
+        assert a.hub.bus.metrics.rejected_events_total.get() == 1
+        again, _ = await subscribe(b.url, "?session=stalled&since=0")
+        assert again == events
+
+    ttl = "server.bus_node_ttl_s=1"
+    run_nodes([node_config(redis.url, "A", ttl), node_config(redis.url, "B", ttl)], scenario)
