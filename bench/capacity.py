@@ -229,7 +229,8 @@ class Server:
 # -- one probe through the server -----------------------------------------------------------------
 
 
-async def _session(url: str, name: str, pcm: np.ndarray, start_at: float) -> dict[str, Any]:
+async def _session(url: str, name: str, pcm: np.ndarray, start_at: float,
+                   sub_url: str | None = None) -> dict[str, Any]:
     import websockets
 
     chunk = RATE * CHUNK_MS // 1000
@@ -243,7 +244,7 @@ async def _session(url: str, name: str, pcm: np.ndarray, start_at: float) -> dic
         started = json.loads(await ingest.recv())
         if started.get("type") != "session.started":
             return {"session": name, "error": f"no session.started: {started}"}
-        sub = await websockets.connect(f"{url}/subscribe?session={name}&since=0", max_size=None)
+        sub = await websockets.connect(f"{sub_url or url}/subscribe?session={name}&since=0", max_size=None)
 
         async def follow() -> None:
             try:
@@ -301,26 +302,28 @@ async def _session(url: str, name: str, pcm: np.ndarray, start_at: float) -> dic
         elif kind == "session.ended":
             ended = ev
     seqs = [ev["seq"] for _, ev in events]
-    return {"session": name, "utterances": utts, "errors": errors, "lag_max_s": lag_max,
+    return {"session": name, "utterances": utts, "errors": errors, "lag_max_s": lag_max, "events": len(events),
             "ended": bool(ended), "counts": (ended or {}).get("counts", {}), "closed": closed,
             "gapless": seqs == list(range(seqs[0], seqs[0] + len(seqs))) if seqs else False,
             "audio_seconds": len(pcm) / RATE}
 
 
-async def _probe(url: str, streams: list[np.ndarray]) -> list[dict[str, Any]]:
+async def _probe(url: str, streams: list[np.ndarray], sub_url: str | None = None) -> list[dict[str, Any]]:
     start_at = time.monotonic() + 0.5 + 0.02 * len(streams)
     return await asyncio.gather(*(_session(url, f"cap{i:03d}-{os.getpid()}-{int(start_at * 1000) % 100000}",
-                                           s, start_at) for i, s in enumerate(streams)))
+                                           s, start_at, sub_url) for i, s in enumerate(streams)))
 
 
 def probe_server(server: Server, streams: list[np.ndarray], hangover_ms: float, max_lag: float,
-                 margin_ms: float = MARGIN_MS) -> dict[str, Any]:
+                 margin_ms: float = MARGIN_MS, sub_url: str | None = None) -> dict[str, Any]:
+    """One probe: ``streams`` to ``server`` at once, their subscribers on ``sub_url`` (another
+    node of a cluster; default the same server)."""
     n = len(streams)
     idle_cpu, idle_kb = ServerMeter(server.proc.pid).snapshot()
     client_cpu0, wall0 = time.process_time(), time.monotonic()
     with ServerMeter(server.proc.pid) as meter:
         load0 = os.getloadavg()[0]
-        sessions = asyncio.run(_probe(server.url, streams))
+        sessions = asyncio.run(_probe(server.url, streams, sub_url))
         cpu1, _ = meter.snapshot()
     wall = time.monotonic() - wall0
     utts = [u for s in sessions for u in s.get("utterances", [])]
@@ -360,6 +363,8 @@ def probe_server(server: Server, streams: list[np.ndarray], hangover_ms: float, 
         "loadavg_before": round(load0, 2),
         "per_session_utterances": [len(s.get("utterances", [])) for s in sessions],
         "samples_client_ms": [round(v, 1) for v in client],
+        "samples_delivery_ms": [round(u["delivery_ms"], 2) for u in silence],
+        "events": sum(int(s.get("events", 0)) for s in sessions),
         "samples_stages": {k: [round(u[k], 2) for u in silence if k in u] for k in (*SERVER_STAGES, "delivery_ms")}
         if n == 1 else None,
     }

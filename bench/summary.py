@@ -1,7 +1,7 @@
 """One page over every benchmark result: the targets, the ratios, the floor.
 
 ``python -m bench.summary`` reads the JSON files the benchmarks wrote under ``bench/results``
-(``latency``, ``emotion``, ``text_encoder``, ``frontend``, ``capacity``, ``asr_compare``) and
+(``latency``, ``emotion``, ``text_encoder``, ``frontend``, ``capacity``, ``asr_compare``, ``bus``) and
 writes ``bench/results/README.md``. It runs nothing itself; ``make bench`` runs the standard
 set and then this.
 """
@@ -36,6 +36,7 @@ def _verdict(ok: bool | None) -> str:
 def render(out: Path) -> str:
     lat, emo, txt = _load(out, "latency"), _load(out, "emotion"), _load(out, "text_encoder")
     fe, cap, asr = _load(out, "frontend"), _load(out, "capacity"), _load(out, "asr_compare")
+    bus = _load(out, "bus")
     lines = ["# Benchmark results", "",
              "Written by `python -m bench.summary` from the JSON files beside it; `make bench` reruns the standard "
              "set (latency, emotion, text encoder, front end, capacity; about 20 minutes on 2 cores) and then this "
@@ -74,6 +75,15 @@ def render(out: Path) -> str:
         ok = all(wer[c]["wer"] <= b + 0.01 for c, b in before.items() if c in wer)
         lines.append(f"| whisper WER within +0.01 of before (asr_compare clips) | {', '.join(cells)} | "
                      f"{_verdict(ok)} | [asr_compare.md](asr_compare.md), {_commit(asr)} |")
+    if bus and not bus.get("short"):
+        c = bus["comparison"]
+        lines.append(f"| Redis bus: publish → subscriber p95 ≤ in-memory + 5 ms ({bus['backend']}) | "
+                     f"{c['worst_delta_p95_ms']:+.2f} ms | {_verdict(c['latency_met'])} | [bus.md](bus.md), "
+                     f"{_commit(bus)} |")
+        lines.append(f"| Redis bus: sessions held per node ≥ 95% of in-memory ({bus['backend']}) | "
+                     f"{bus['buses']['redis']['capacity']} of {bus['buses']['memory']['capacity']} = "
+                     f"{100 * c['sessions_ratio']:.0f}% | {_verdict(c['sessions_met'])} | [bus.md](bus.md), "
+                     f"{_commit(bus)} |")
     if txt:
         b1 = next((b for b in txt["batches"] if b["batch_size"] == 1), None)
         if b1:

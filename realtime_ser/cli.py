@@ -71,6 +71,10 @@ def _build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--whisper-model", metavar="DIR", help=_WHISPER_MODEL_HELP)
     srv.add_argument("--token", help="bearer token required on every endpoint but /healthz "
                                      "(or set REALTIME_SER_TOKEN)")
+    srv.add_argument("--bus", metavar="URL",
+                     help="share sessions with other nodes through Redis: redis://[:PASSWORD@]HOST:PORT/DB or "
+                          "rediss://... (TLS); or set REALTIME_SER_BUS (default: none, one node; docs/deploy.md)")
+    srv.add_argument("--node", help="this node's name in the cluster (default HOSTNAME:PORT)")
     srv.add_argument("--certfile", help="TLS certificate (PEM)")
     srv.add_argument("--keyfile", help="TLS private key (PEM)")
     srv.add_argument("--config", metavar="FILE", help="TOML configuration (see configs/default.toml)")
@@ -231,6 +235,11 @@ def _serve(args: argparse.Namespace) -> int:
     token = args.token or os.environ.get("REALTIME_SER_TOKEN")
     if token:
         overrides.append(f"server.token={token}")
+    bus = args.bus or os.environ.get("REALTIME_SER_BUS")  # the environment keeps a password off the command line
+    if bus:
+        overrides.append(f"server.bus={bus}")
+    if args.node:
+        overrides.append(f"server.node={args.node}")
     config, notice = _resolve_asr(apply_overrides(config, overrides + list(args.set)))
     _notify(notice)
 

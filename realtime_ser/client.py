@@ -40,8 +40,9 @@ MAX_FRAME_BYTES = 65536
 """The server's default ``max_frame_bytes``: no audio message is larger."""
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
-RETRYABLE_CLOSE_CODES = frozenset({1006, 1011, 4008})
-"""Close codes after which :func:`follow` reconnects (abnormal closure, server error, too slow)."""
+RETRYABLE_CLOSE_CODES = frozenset({1006, 1011, 1013, 4008})
+"""Close codes after which :func:`follow` reconnects (abnormal closure, server error, try again
+later: a node that cannot reach the cluster's Redis, too slow)."""
 FATAL_CLOSE_CODES = frozenset({1008, 4004, 4010})
 """Close codes after which reconnecting cannot help (token, unknown session, since too old)."""
 _CLOSE_MEANINGS = {
@@ -51,6 +52,7 @@ _CLOSE_MEANINGS = {
     1008: "policy violation: missing or wrong token",
     1009: "message too big",
     1011: "server error",
+    1013: "try again later: this node cannot reach the cluster now",
     4000: "bad start message",
     4004: "unknown session",
     4008: "subscriber too slow",
@@ -426,7 +428,7 @@ async def follow(url: str, session: str | None = None, *, since: int | None = No
     ``since`` when given) and returns after its ``session.ended``; without,
     follows all sessions until the server closes the connection.
 
-    A dropped connection (abnormal closure, close codes 1006/1011/4008, refused
+    A dropped connection (abnormal closure, close codes 1006/1011/1013/4008, refused
     while reconnecting) is reopened with ``since=last_seq+1`` after a backoff of
     0.1 s doubling to 2 s; events are de-duplicated by ``(session, seq)``, so
     each is delivered once, in seq order. Raises :class:`ClientError` on close

@@ -9,11 +9,13 @@ an error that names the allowed ones. Command-line flags override both, through
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 import typing
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from .errors import ConfigError
 from .frames import ALLOWED_FRAME_MS
@@ -191,6 +193,23 @@ class ServerConfig:
     """Browser pages allowed to open WebSockets, comma-separated (``https://dash.example.com``);
     '' = only pages served by this server; '*' = any. Clients that send no Origin header
     (not browsers) are not affected."""
+    bus: str = ""
+    """Where sessions and events are shared between nodes: '' = in this process only (one node);
+    ``redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]``, ``rediss://...`` (TLS; ``?ssl_ca_certs=PEM``
+    to trust a private CA) or ``unix:///PATH.sock``: every node on the same Redis serves every
+    session of the cluster (docs/deploy.md)."""
+    node: str = ""
+    """This node's name in the cluster ('' = HOSTNAME:PORT); shown in /sessions."""
+    bus_prefix: str = "rtser"
+    """Prefix of every Redis key, so several clusters can share one Redis."""
+    bus_node_ttl_s: float = 5.0
+    """A node that has not renewed its heartbeat for this long is lost: another node ends its
+    live sessions (``session.ended``, reason ``node_lost``) within about this plus 1 s."""
+    bus_buffer_events: int = 100000
+    """Events a node holds for Redis while Redis is unreachable (all sessions together, and at
+    most ``log_events`` per session); older ones are dropped and reported (``events_lost``)."""
+    bus_feed_events: int = 100000
+    """Length of the Redis stream of every session's events that nodes follow (about)."""
 
 
 @dataclass(frozen=True)
@@ -369,6 +388,18 @@ class PipelineConfig:
         for name in ("ingest_buffer_s", "ingest_stall_s", "retain_ended_s", "shutdown_timeout_s"):
             if getattr(srv, name) <= 0:
                 raise ConfigError(f"server.{name} must be positive")
+        check_bus_url(srv.bus)
+        if not _KEY_PART.match(srv.bus_prefix):
+            raise ConfigError(f"server.bus_prefix={srv.bus_prefix!r} is not allowed; use 1-64 letters, digits, "
+                              "'_', '.', '-' or ':'")
+        if srv.node and not _KEY_PART.match(srv.node):
+            raise ConfigError(f"server.node={srv.node!r} is not allowed; use 1-64 letters, digits, "
+                              "'_', '.', '-' or ':' ('' = HOSTNAME:PORT)")
+        if srv.bus_node_ttl_s < 1:
+            raise ConfigError("server.bus_node_ttl_s must be at least 1 second")
+        for name in ("bus_buffer_events", "bus_feed_events"):
+            if getattr(srv, name) < 100:
+                raise ConfigError(f"server.{name} must be at least 100")
         self.alerts.validate()
         e = self.emotion
         if e.max_turns < 0:
@@ -380,6 +411,53 @@ class PipelineConfig:
         if e.timeout_s <= 0:
             raise ConfigError("emotion.timeout_s must be positive")
         return self
+
+
+_KEY_PART = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+BUS_SCHEMES = ("redis", "rediss", "unix")
+BUS_QUERY = ("ssl_ca_certs", "ssl_ca_path", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs", "ssl_check_hostname")
+
+
+def check_bus_url(url: str) -> None:
+    """Raise :class:`ConfigError` unless ``url`` is '' or a Redis URL this server can use."""
+    if not url or url == "memory":
+        return
+    parts = urlsplit(url)
+    if parts.scheme not in BUS_SCHEMES:
+        raise ConfigError(f"server.bus={redact_url(url)!r} is not allowed; use '' (one node, in memory), "
+                          "redis://[[USER]:PASSWORD@]HOST[:PORT][/DB], rediss://... (TLS) or unix:///PATH.sock")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ConfigError(f"server.bus={redact_url(url)!r}: the port is not a number from 1 to 65535") from None
+    if parts.scheme == "unix":
+        if not parts.path:
+            raise ConfigError(f"server.bus={redact_url(url)!r}: give the socket's path, unix:///PATH.sock")
+    else:
+        if not parts.hostname:
+            raise ConfigError(f"server.bus={redact_url(url)!r}: no host; use redis://HOST[:PORT][/DB]")
+        if port == 0:
+            raise ConfigError(f"server.bus={redact_url(url)!r}: port 0 is not a Redis port")
+        db = parts.path.strip("/")
+        if db and not db.isdigit():
+            raise ConfigError(f"server.bus={redact_url(url)!r}: the database must be a number (/0 .. /15), "
+                              f"got /{db}")
+    query = parse_qs(parts.query, keep_blank_values=True)
+    unknown = sorted(set(query) - set(BUS_QUERY) - ({"db"} if parts.scheme == "unix" else set()))
+    if unknown:
+        raise ConfigError(f"server.bus: unknown option(s) {', '.join(unknown)}; allowed: {', '.join(BUS_QUERY)}")
+    if any(k.startswith("ssl_") for k in query) and parts.scheme != "rediss":
+        raise ConfigError("server.bus: ssl_* options need a rediss:// URL")
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password (if any) replaced by ``<set>``: what logs and events may show."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit((parts.scheme, f"{user}:<set>@{host}", parts.path, parts.query, parts.fragment))
 
 
 _SECTIONS: dict[str, type] = {
@@ -503,4 +581,6 @@ def public_dict(config: PipelineConfig) -> dict[str, Any]:
     for section, key in SECRET_FIELDS:
         if data.get(section, {}).get(key):
             data[section][key] = "<set>"
+    if data.get("server", {}).get("bus"):
+        data["server"]["bus"] = redact_url(data["server"]["bus"])
     return data

@@ -94,7 +94,7 @@ def test_tls_with_a_self_signed_certificate(tmp_path: Path) -> None:
         req = urllib.request.Request(url.replace("wss://", "https://") + "/sessions",
                                      headers={"Authorization": "Bearer t0k"})
         with urllib.request.urlopen(req, context=ctx, timeout=5) as r:
-            assert json.loads(r.read()) == {"sessions": []}
+            assert json.loads(r.read())["sessions"] == []
         # A client that does not trust the certificate cannot connect.
         with pytest.raises(urllib.error.URLError):
             urllib.request.urlopen(url.replace("wss://", "https://") + "/healthz", timeout=5)

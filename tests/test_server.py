@@ -111,7 +111,9 @@ def test_http_endpoints(backends: dict[str, Any]) -> None:
         (hs, _, hb), (ms, mt, mb), (ss, _, sb), (ds, dt, db), (ns, _, _) = results
         assert (hs, hb) == (200, "ok\n")
         assert ms == 200 and "text/plain; version=0.0.4" in mt and "realtime_ser_sessions_active" in mb
-        assert ss == 200 and json.loads(sb) == {"sessions": []}
+        listing = json.loads(sb)
+        assert ss == 200 and listing["sessions"] == [] and listing["bus"] == "memory" and listing["complete"]
+        assert listing["nodes"] == [listing["node"]]
         assert ds == 200 and "text/html" in dt and "/subscribe" in db
         assert ns == 404
 

@@ -16,11 +16,12 @@ import http
 import json
 import logging
 import re
+import socket
 import ssl
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from importlib import resources
 from typing import Any
@@ -37,6 +38,7 @@ from ..errors import RealtimeSerError
 from ..memory import release_free_memory
 from ..pipeline import Pipeline
 from ..sources import PushSource
+from .bus import BusRefused, BusUnavailable, create_bus, owner_key
 from .hub import Hub, SinceUnavailable, Subscriber
 from .metrics import Registry, server_metrics
 from .vosk_compat import VoskCompatSession
@@ -51,6 +53,7 @@ _ROLE = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
 CLOSE_UNSUPPORTED = 1003
+CLOSE_TRY_AGAIN = 1013
 CLOSE_POLICY = 1008
 CLOSE_BAD_REQUEST = 4000
 CLOSE_UNKNOWN_SESSION = 4004
@@ -146,7 +149,7 @@ class Server:
         self.registry = Registry()
         self.metrics = server_metrics(self.registry)
         self.hub = Hub(self.srv.log_events, self.srv.retain_ended_s, self.srv.subscriber_queue,
-                       observe=self.metrics.observe_event)
+                       observe=self.metrics.observe_event, bus=create_bus(self.srv, self.registry))
         self._backends: dict[str, RecognizerBackend | None] = dict(backends or {})
         if not self._backends:
             self._backends[config.asr.backend] = create_backend(config.asr)
@@ -189,6 +192,11 @@ class Server:
         except OSError as exc:
             raise RealtimeSerError(f"cannot listen on {self.srv.host}:{self.srv.port}: {exc.strerror or exc}") from None
         self.port = self._server.sockets[0].getsockname()[1]
+        try:
+            await self.hub.bus.start(self.srv.node or f"{socket.gethostname()}:{self.port}")
+        except BaseException:
+            self._server.close()
+            raise
         self._janitor = asyncio.create_task(self._expire_loop())
         log.info("listening on %s", self.url)
 
@@ -208,6 +216,10 @@ class Server:
         for session, (pipeline, _source, _thread) in list(self._pipelines.items()):
             log.warning("session %s did not end in time; aborting it", session)
             pipeline.abort()
+        try:
+            await self.hub.bus.close(self.srv.shutdown_timeout_s)  # the sessions' last events reach the others
+        except Exception:
+            log.exception("the event bus did not close cleanly")
         for sub in list(self.hub.all_subscribers):
             sub.offer(None)
         if self._janitor is not None:
@@ -269,12 +281,14 @@ class Server:
         parts = urlsplit(origin)
         return bool(host) and parts.scheme in ("http", "https") and parts.netloc.lower() == host.lower()
 
-    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+    def _process_request(self, connection: ServerConnection,
+                         request: Request) -> Response | Awaitable[Response] | None:
         parts = urlsplit(request.path)
         path, query = parts.path, parse_qs(parts.query)
         upgrade = "websocket" in request.headers.get("Upgrade", "").lower()
         if path == "/healthz" and not upgrade:
-            return _response(200, "ok\n", "text/plain; charset=utf-8")
+            degraded = self.hub.bus.health()  # still 200: the node serves its own sessions (docs/deploy.md)
+            return _response(200, f"degraded: {degraded}\n" if degraded else "ok\n", "text/plain; charset=utf-8")
         if path.startswith("/static/") and not upgrade:  # the dashboard's code: no data, no token needed
             return _static(path[len("/static/"):])
         if not self._authorized(request, query):
@@ -295,14 +309,22 @@ class Server:
             self._update_gauges()
             return _response(200, self.registry.render(), "text/plain; version=0.0.4; charset=utf-8")
         if path == "/sessions":
-            body = json.dumps({"sessions": [r.describe() for r in self.hub.sessions.values()]})
-            return _response(200, body, "application/json")
+            return self._sessions_response()
         if path in ("/", "/index.html"):
             page = resources.files("realtime_ser").joinpath("data/dashboard.html").read_text("utf-8")
             return _response(200, page, "text/html; charset=utf-8", [("Content-Security-Policy", DASHBOARD_CSP)])
         return _response(404, f"not found: {path}\n")
 
+    async def _sessions_response(self) -> Response:
+        """Every session of the cluster (docs/protocol.md), this node's and the others'."""
+        bus = self.hub.bus
+        sessions, complete = await bus.sessions()
+        body = json.dumps({"sessions": sessions, "node": bus.node, "bus": bus.kind, "complete": complete,
+                           "nodes": bus.live_nodes()})
+        return _response(200, body, "application/json")
+
     def _update_gauges(self) -> None:
+        self.hub.bus.update_metrics()
         self.metrics.sessions_active.set(len(self.hub.live_sessions()))
         self.metrics.subscribers_active.set(self.hub.subscriber_count)
         buffered = sum(src.buffered_seconds for _p, src, _t in self._pipelines.values())
@@ -364,9 +386,20 @@ class Server:
                       asr=replace(self.config.asr, backend=start["asr"]),
                       source=replace(self.config.source, split_channels=channels == 2, realtime=False))
         source = PushSource(cfg.source, start["sample_rate"], channels, self.srv.ingest_buffer_s)
+        tokens = self._tokens()
+        key = owner_key(tokens[owner] if tokens else "")
+        try:  # the cluster's view: the name and the token's sessions on every node
+            await self.hub.bus.claim(session, key, per_token)
+        except BusRefused as exc:
+            raise ProtocolError(CLOSE_LIMIT if exc.code == "too_many_sessions" else CLOSE_BAD_REQUEST, exc.code,
+                                str(exc)) from None
+        existing = self.hub.sessions.get(session)  # again: another connection may have opened it meanwhile
+        if existing is not None and existing.live:
+            raise ProtocolError(CLOSE_BAD_REQUEST, "session_exists", f"session {session!r} is already live")
         loop = asyncio.get_running_loop()
         rec = self.hub.open(session)
         rec.owner = owner
+        rec.owner_key = key
         rec.stop = source.end
         sub = self.hub.subscribe(session, None)
         # Without events the client still gets session.started, so it learns the session id.
@@ -457,7 +490,9 @@ class Server:
                                     f"got {since_text!r}")
             since = int(since_text)
         try:
-            sub = self.hub.subscribe(session, since)
+            sub = await self.hub.subscribe_any(session, since)
+        except BusUnavailable as exc:
+            raise ProtocolError(CLOSE_TRY_AGAIN, "bus_unavailable", str(exc)) from None
         except KeyError:
             raise ProtocolError(CLOSE_UNKNOWN_SESSION, "unknown_session", f"no session {session!r} is known "
                                 f"(live or ended within the last {self.srv.retain_ended_s:g} s)") from None
@@ -546,7 +581,7 @@ class Server:
         rate = 8000  # vosk-server's default when the client sends no config
         proc: VoskCompatSession | None = None
         self._vosk_count += 1
-        session = f"vosk-{self._vosk_count}"
+        session = self.hub.bus.session_name(f"vosk-{self._vosk_count}")
         rec = None
 
         def publish(e: dict[str, Any]) -> None:
