@@ -157,6 +157,8 @@ def finetune(texts: Sequence[str], labels: Sequence[str], classes: Sequence[str]
 def save_delta(delta: dict[str, np.ndarray], path: Path, info: dict[str, Any]) -> Path:
     """Write the trained layers (float16) and what they were trained on into one ``.npz``."""
     import json
+    import os
+    import tempfile
 
     from realtime_ser.features.text import packaged_fingerprint
 
@@ -164,8 +166,13 @@ def save_delta(delta: dict[str, np.ndarray], path: Path, info: dict[str, Any]) -
     arrays = {f"w/{k}": v.astype(np.float16) for k, v in delta.items()}
     meta = {"base": "all-MiniLM-L6-v2", "base_sha256": packaged_fingerprint(), **info}
     arrays["meta"] = np.frombuffer(json.dumps(meta, sort_keys=True).encode("utf-8"), dtype=np.uint8)
-    with open(path, "wb") as fh:
-        np.savez(fh, **arrays)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npz")
+    try:  # written whole, then renamed: a parallel run never reads half a file
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **arrays)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
     return path
 
 
