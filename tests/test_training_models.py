@@ -252,3 +252,42 @@ def test_evaluate_refuses_bad_manifests_naming_rows(tmp_path: Path) -> None:
     ], cols)
     rc, out = _run_evaluate(model, no_audio)
     assert rc == 2 and "gone.wav" in out and "row 2" in out and "row 3" in out, out
+
+
+def test_evaluate_prints_every_metric_and_names_its_file_after_the_model(tmp_path: Path) -> None:
+    """Accuracy is called what it is, weighted F1 and ECE are printed, and two exports of one config
+    write different default report files (the name carries the model's hash)."""
+    import subprocess
+    import sys
+
+    import soundfile as sf
+
+    from realtime_ser.features.audio import AudioFrontEnd
+
+    card = AudioFrontEnd.create("acoustic").card()
+    models = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        out = tmp_path / f"m{seed}"
+        export_model(EmotionModel(ModelConfig(modalities=("audio",), dims={"audio": card["dim"]}, hidden=16,
+                                              heads=2)).eval(),
+                     out, name="same-config", version="1", features={"audio": card}, max_turns=3, training={})
+        models.append(out)
+    rng = np.random.default_rng(0)
+    rows = []
+    for i, label in enumerate(["neutral", "happy", "sad", "angry"] * 2):
+        sf.write(tmp_path / f"c{i}.wav", (0.3 * rng.standard_normal(16000)).astype(np.float32), 16000)
+        rows.append({"dialogue_id": f"d{i}", "utt_index": "0", "speaker": f"s{i}", "label": label, "text": "",
+                     "audio": f"c{i}.wav"})
+    manifest = _write(tmp_path / "clips.csv", rows, ["dialogue_id", "utt_index", "speaker", "label", "text", "audio"])
+    repo = Path(__file__).resolve().parents[1]
+    written = []
+    for model in models:
+        p = subprocess.run([sys.executable, "-m", "training", "evaluate", "--model", str(model), "--manifest",
+                            str(manifest)], capture_output=True, text=True, cwd=tmp_path, timeout=120,
+                           env={**__import__("os").environ, "PYTHONPATH": str(repo)})
+        assert p.returncode == 0, p.stderr
+        assert "accuracy (WA, weighted accuracy: share of utterances right)" in p.stdout
+        assert "weighted F1" in p.stdout and "ECE" in p.stdout
+        written.append(p.stdout.strip().splitlines()[-1])
+    assert written[0] != written[1] and all("same-config-1-" in w for w in written), written
