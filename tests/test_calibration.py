@@ -121,3 +121,12 @@ def test_config_names_labels_once_and_set_pins_a_grid_key(tmp_path: Path) -> Non
         export_final(pinned, tmp_path / "out")
     with pytest.raises(ConfigError, match="augment"):
         load_config(path, ["augment.nonsense=1"])
+
+
+def test_an_audio_only_card_loads_no_text_encoder() -> None:
+    from training.features import FeatureExtractor, FeatureSettings
+
+    ex = FeatureExtractor(FeatureSettings(audio="acoustic", text_encoder_dir="/nonexistent"))
+    card = ex.settings_card(("audio",))
+    assert set(card) == {"audio"} and card["audio"]["kind"] == "acoustic"
+    assert ex._text is None
