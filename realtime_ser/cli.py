@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -200,18 +201,43 @@ def _run(args: argparse.Namespace) -> int:
     if show:
         sinks.append(TerminalView(sys.stdout if config.output.jsonl != "-" else sys.stderr))
     pipeline = Pipeline(config, source, sinks, session=args.session)
+    stops = 0
 
     def on_signal(signum: int, frame: Any) -> None:
+        # Ctrl-C reaches every process of the terminal's foreground group: recognizer workers
+        # ignore it, and this process stops the session, flushing what was heard (at most
+        # ~1.8 s). A second Ctrl-C does not wait for the flush.
+        nonlocal stops
+        stops += 1
+        if stops > 1 and signum == signal.SIGINT:
+            raise KeyboardInterrupt
         log.info("signal %d: stopping after flushing what was heard", signum)
         pipeline.stop()
 
     signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     try:
         pipeline.run()
     finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the exit below is no longer interruptible
         if jsonl is not None:
             jsonl.close()
+        if pipeline.backend_running:
+            # A native decode is still running and cannot be interrupted; tearing the process
+            # down normally under it would abort it (CTranslate2 threads). What was heard has
+            # been written: leave now.
+            log.info("exiting while the recognizer finishes a decode")
+            _hard_exit(0 if sys.exc_info()[0] is None else 1)
     return 0
+
+
+def _hard_exit(status: int) -> None:
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+    os._exit(status)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -240,7 +266,8 @@ def _serve(args: argparse.Namespace) -> int:
               f"{server.url}/subscribe, vosk-server protocol {server.url}/; dashboard {scheme}://{host}/, "
               f"health {scheme}://{host}/healthz, metrics {scheme}://{host}/metrics)", flush=True)
 
-    asyncio.run(serve_forever(config, ready=ready))
+    if not asyncio.run(serve_forever(config, ready=ready)):
+        _hard_exit(0)  # a native decode is still running: see _run
     return 0
 
 
@@ -291,6 +318,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
+        # The reader went away (`realtime-ser run ... | head`): stop quietly. Python would
+        # complain when it flushes stdout at exit, so stdout goes nowhere from now on.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
         return 1
     parser.error(f"unknown command {args.command}")  # pragma: no cover
     return 2

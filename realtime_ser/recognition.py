@@ -184,6 +184,15 @@ class RecognitionStage:
         return ("error", t, {"code": "recognizer_failed", "message": message, "fatal": False,
                              "speaker": self.speaker(ch)})
 
+    def interrupt(self) -> None:
+        """The session is stopping and cannot wait: a stream that is decoding gives up
+        (its utterance goes out with an empty text and an error). Safe from any thread:
+        it only tells the streams that have an ``interrupt()`` method."""
+        for state in list(self._channels.values()):
+            interrupt = getattr(state.stream, "interrupt", None)
+            if interrupt is not None:
+                interrupt()
+
     def close(self) -> None:
         """Release every recognizer stream (the backend may reuse them)."""
         for state in self._channels.values():

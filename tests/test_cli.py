@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import REPO, parse_jsonl, run_cli, utterances, validate_stream
+from conftest import parse_jsonl, run_cli, utterances, validate_stream
 from speech import cer, espeak, have_tool, silence, vosk_ko_model_dir, write_wav
 
 
@@ -105,39 +102,6 @@ def test_terminal_view_prints_one_line_per_utterance() -> None:
     lines = proc.stdout.decode().splitlines()
     assert lines[0].startswith("session ") and lines[-1].startswith("session ended")
     assert len([line for line in lines if line.startswith("[") and "ALERT" not in line]) == 6
-
-
-def test_ctrl_c_flushes_and_exits_within_two_seconds() -> None:
-    proc = subprocess.Popen(
-        # pocketsphinx finalizes in tens of ms; with whisper the open utterance's decode
-        # (about 1 s on 2 cores) comes on top of the flush.
-        [sys.executable, "-m", "realtime_ser", "run", "--input", "demo", "--realtime", "--jsonl", "-",
-         "--asr", "pocketsphinx"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO,
-        # A test run started as a background job hands its children SIGINT ignored; Ctrl-C
-        # must reach the command whatever started the tests.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
-    assert proc.stdout is not None
-    lines: list[bytes] = []
-    # Wait for the first utterance, then interrupt in the middle of the second
-    # (the demo's second turn starts ~1 s after the first ends and lasts ~4 s).
-    for line in proc.stdout:
-        lines.append(line)
-        if b'"type":"utterance"' in line:
-            break
-    time.sleep(2.5)
-    proc.send_signal(signal.SIGINT)
-    t0 = time.monotonic()
-    out, err = proc.communicate(timeout=10)
-    assert time.monotonic() - t0 < 2.0
-    assert proc.returncode == 0, err.decode()
-    assert "Traceback" not in err.decode()
-    events = parse_jsonl(b"".join(lines) + out)
-    validate_stream(events)
-    assert events[-1]["reason"] == "stopped"
-    utts = utterances(events)
-    assert len(utts) == 2 and utts[-1]["end_reason"] == "end_of_input"
 
 
 @pytest.mark.skipif(vosk_ko_model_dir() is None or not have_tool("espeak-ng"),

@@ -302,10 +302,13 @@ class _Decoder:
         return RecognizerError(f"the whisper decoder has been stuck on one utterance for over "
                                f"{self._timeout_ns / 1e9:g} s (asr.worker_timeout_s); no transcripts until it returns")
 
-    def close(self, timeout: float = 2.0) -> None:
+    def close(self, timeout: float = 2.0) -> bool:
+        """Stop the thread (after the decode in progress, which cannot be interrupted); False
+        when it is still decoding after ``timeout`` seconds."""
         self._stop.set()
         self._thread.join(timeout)
         self._fail_pending("the Whisper decoder was closed")
+        return not self._thread.is_alive()
 
     def _fail_pending(self, message: str) -> None:
         while True:
@@ -413,11 +416,14 @@ class WhisperBackend:
         """Decoding requests waiting (not counting the one being decoded)."""
         return self._decoder.depth()
 
-    def close(self) -> None:
-        """Stop the decoding thread; waiting requests fail with a RecognizerError."""
-        self._decoder.close()
+    def close(self, timeout: float = 2.0) -> bool:
+        """Stop the decoding thread; waiting requests fail with a RecognizerError. False when
+        a decode was still running after ``timeout`` seconds: the process must then not exit
+        normally while it runs (CTranslate2 aborts the process when its threads are torn down
+        mid-decode)."""
+        return self._decoder.close(timeout)
 
-    def _wait(self, request: _Request) -> Transcript:
+    def _wait(self, request: _Request, interrupted: threading.Event | None = None) -> Transcript:
         """The result of ``request``: as long as it waits its turn, then at most
         ``asr.worker_timeout_s`` of decoding. One shared thread decodes for every stream, so
         when any decode runs past that limit the decoder is stuck (a thread cannot be
@@ -430,6 +436,8 @@ class WhisperBackend:
                 pass
             if not self._decoder.alive and not request.future.done():
                 raise RecognizerError("the Whisper decoder has stopped")
+            if interrupted is not None and interrupted.is_set():
+                raise RecognizerError("the session stopped before whisper finished this utterance")
             started = request.started_ns
             if started and time.monotonic_ns() - started > self._timeout * 1e9:
                 raise RecognizerError(f"whisper did not finish an utterance within {self._timeout:g} s")
@@ -452,6 +460,7 @@ class WhisperStream:
         self._partial_text = ""
         self._pending: _Request | None = None
         self._overflow = False
+        self._interrupted = threading.Event()
         self.partial_step = backend._partial_samples
         """Samples of growth between partial passes (0 = none); ``asr.whisper_partial_s``."""
 
@@ -501,13 +510,18 @@ class WhisperStream:
         request = self._backend._decoder.submit(audio, final=True)
         assert request is not None
         try:
-            return self._backend._wait(request)
+            return self._backend._wait(request, self._interrupted)
         finally:
             request.future.cancel()  # a no-op once it ran; otherwise it is skipped
 
     def reset(self) -> None:
         """Drop the open utterance without producing a result."""
         self._clear()
+
+    def interrupt(self) -> None:
+        """The session is stopping: a :meth:`finish` waiting for its decode (now or later)
+        raises RecognizerError at once. Safe from any thread."""
+        self._interrupted.set()
 
     def close(self) -> None:
         self._clear()

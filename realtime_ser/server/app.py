@@ -31,7 +31,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from ..asr import RecognizerBackend, create_backend
+from ..asr import RecognizerBackend, close_backend, create_backend
 from ..config import PipelineConfig
 from ..errors import RealtimeSerError
 from ..memory import release_free_memory
@@ -159,6 +159,12 @@ class Server:
         self._closing = False
         self._vosk_count = 0
         self._janitor: asyncio.Task[None] | None = None
+        self._handlers: set[asyncio.Task[Any]] = set()
+        """Connections that end a session of their own (ingest, vosk); shutdown waits for them to
+        send the last events and close with 1001."""
+        self._owns_backends = not backends
+        self.backends_running = False
+        """After shutdown: True when a recognizer this server loaded was still decoding."""
         self.port = self.srv.port
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -210,6 +216,9 @@ class Server:
             pipeline.abort()
         for sub in list(self.hub.all_subscribers):
             sub.offer(None)
+        handlers = [t for t in self._handlers if not t.done()]
+        if handlers:  # they send each session's last events, then close with 1001
+            await asyncio.wait(handlers, timeout=1.0)
         if self._janitor is not None:
             self._janitor.cancel()
         if self._server is not None:
@@ -219,6 +228,12 @@ class Server:
             except TimeoutError:
                 log.warning("some connections did not close in time")
         self._workers.shutdown(wait=False, cancel_futures=True)
+        if self._owns_backends:
+            # Every session has ended: an idle decoder thread stops at once, and one still
+            # decoding (an interrupted utterance) is not waited for.
+            closed = await asyncio.to_thread(
+                lambda: [close_backend(b, 0.2) for b in self._backends.values() if b is not None])
+            self.backends_running = not all(closed)
         log.info("shut down in %.2f s", time.monotonic() - t0)
 
     async def _expire_loop(self) -> None:
@@ -316,19 +331,21 @@ class Server:
     async def _handle(self, ws: ServerConnection) -> None:
         assert ws.request is not None
         parts = urlsplit(ws.request.path)
+        task = asyncio.current_task()
         try:
-            if parts.path == "/ingest":
-                await self._ingest(ws)
-            elif parts.path == "/subscribe":
+            if parts.path == "/subscribe":
                 await self._subscribe(ws, parse_qs(parts.query))
-            else:
-                await self._vosk(ws)
+            elif task is not None:
+                self._handlers.add(task)
+                await (self._ingest(ws) if parts.path == "/ingest" else self._vosk(ws))
         except ProtocolError as exc:
             self.metrics.errors_total.inc(code=exc.error_code)
             log.info("closing %s: %s (%d)", ws.remote_address, exc, exc.close_code)
             await _fail(ws, exc)
         except ConnectionClosed:
             pass
+        finally:
+            self._handlers.discard(task)  # type: ignore[arg-type]
 
     # -- ingest -------------------------------------------------------------------------------
 
@@ -367,7 +384,6 @@ class Server:
         loop = asyncio.get_running_loop()
         rec = self.hub.open(session)
         rec.owner = owner
-        rec.stop = source.end
         sub = self.hub.subscribe(session, None)
         # Without events the client still gets session.started, so it learns the session id.
         sender = asyncio.create_task(self._pump(ws, sub) if start["events"] else self._pump_started(ws, sub))
@@ -379,6 +395,7 @@ class Server:
         pipeline = Pipeline(cfg, source, [publish],
                             backend=self._backends[start["asr"]], session=session, input_name="websocket",
                             speakers=start["roles"])
+        rec.stop = pipeline.stop  # server shutdown: flush what was heard, within the pipeline's deadline
         thread = threading.Thread(target=self._run_pipeline, args=(pipeline, session), name=f"ser-session-{session}",
                                   daemon=True)
         self._pipelines[session] = (pipeline, source, thread)
@@ -386,9 +403,18 @@ class Server:
         thread.start()
         log.info("session %s started: %d Hz x %d, asr %s", session, start["sample_rate"], channels, start["asr"])
         eof = False
+        reader = asyncio.create_task(self._read_audio(ws, source, session))
+        ended = asyncio.create_task(rec.done.wait())
         try:
-            eof = await self._read_audio(ws, source, session)
+            # Until the client's eof, or until the session ends without it (the server is
+            # shutting down): audio that still arrives then is not read.
+            await asyncio.wait({reader, ended}, return_when=asyncio.FIRST_COMPLETED)
+            if reader.done():
+                eof = reader.result()
         finally:
+            reader.cancel()
+            ended.cancel()
+            await asyncio.gather(reader, ended, return_exceptions=True)
             if not eof:
                 pipeline.input_lost()  # no eof: session.ended says "stopped"
             source.end()  # also when the client vanished: everything it sent is still processed
@@ -426,6 +452,8 @@ class Server:
                 raise ProtocolError(CLOSE_BAD_REQUEST, "bad_audio",
                                     f"audio message of {len(msg)} bytes is not a whole number of {source.channels}-"
                                     f"channel PCM16 samples")
+            if source.ended:  # the session was stopped (server shutdown): later audio is not read
+                return False
             self.metrics.ingest_bytes_total.inc(len(msg))
             waited = 0.0
             while not source.try_push(msg):
@@ -437,6 +465,8 @@ class Server:
                                         f"{self.srv.ingest_stall_s:g} s")
                 await asyncio.sleep(0.01)
                 waited += 0.01
+                if source.ended:
+                    return False
         return False
 
     # -- subscribe ------------------------------------------------------------------------------
@@ -642,8 +672,9 @@ def _response(status: int, body: str, content_type: str = "text/plain; charset=u
     return Response(status, http.HTTPStatus(status).phrase, headers, data)
 
 
-async def serve_forever(config: PipelineConfig, ready: Any = None) -> None:
-    """Run the server until SIGINT/SIGTERM, then shut down gracefully."""
+async def serve_forever(config: PipelineConfig, ready: Any = None) -> bool:
+    """Run the server until SIGINT/SIGTERM, then shut down gracefully (docs: README, "Stopping").
+    False when a recognizer was still decoding at the end (the process should then exit at once)."""
     import signal
 
     server = Server(config)
@@ -656,3 +687,4 @@ async def serve_forever(config: PipelineConfig, ready: Any = None) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     await server.shutdown()
+    return not server.backends_running
