@@ -36,7 +36,7 @@ SUPPORTED_FORMATS = "WAV, FLAC, OGG/Vorbis, AIFF, AU and other formats libsndfil
 class _Framer:
     """Resamples blocks of one channel to 16 kHz and cuts them into frames."""
 
-    def __init__(self, in_rate: int, frame_len: int) -> None:
+    def __init__(self, in_rate: float, frame_len: int) -> None:
         self._resampler = None
         if in_rate != SAMPLE_RATE:
             import soxr

@@ -11,12 +11,12 @@ from dataclasses import replace
 
 from ..config import ASR_BACKENDS, AsrConfig
 from ..errors import ConfigError
-from .base import RecognizerBackend, StreamRecognizer, Transcript, Word
+from .base import Alternative, RecognizerBackend, RecognizerOptions, StreamRecognizer, Transcript, Word
 
 BACKENDS = ASR_BACKENDS
 
-__all__ = ["BACKENDS", "RecognizerBackend", "StreamRecognizer", "Transcript", "Word", "close_backend",
-           "create_backend", "resolve_auto"]
+__all__ = ["BACKENDS", "Alternative", "RecognizerBackend", "RecognizerOptions", "StreamRecognizer", "Transcript",
+           "Word", "close_backend", "create_backend", "resolve_auto"]
 
 log = logging.getLogger(__name__)
 

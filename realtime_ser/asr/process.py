@@ -34,7 +34,7 @@ import numpy as np
 
 from ..config import AsrConfig
 from ..errors import ModelError, RecognizerError
-from .base import Transcript
+from .base import RecognizerOptions, Transcript
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,9 @@ def _worker(conn: Connection, config: AsrConfig) -> None:
                 pending_error = None
                 if stream is not None:
                     stream.reset()
+            elif op == "configure":
+                configure = getattr(stream, "configure", None)
+                conn.send(("ok", configure(msg[1]) if configure is not None else None))
             elif op == "partial":
                 conn.send(("ok", stream.partial() if stream is not None and pending_error is None else ""))
             elif op == "finish":
@@ -168,6 +171,7 @@ class ProcessStream:
     def __init__(self, worker: _Worker, backend: ProcessBackend) -> None:
         self._worker: _Worker | None = worker
         self._backend = backend
+        self._options: RecognizerOptions | None = None
 
     def _w(self, starting: bool = False) -> _Worker:
         if self._worker is None or not self._worker.alive:
@@ -175,10 +179,20 @@ class ProcessStream:
             if self._worker is not None:
                 self._worker.kill()
             self._worker = self._backend._spawn()
+            if self._options is not None:  # a new worker: the stream's options again
+                self._worker.call(("configure", self._options))
             if lost and not starting:
                 # The open utterance's audio went with the dead process.
                 raise RecognizerError("the recognizer process died; a new one takes over from the next utterance")
         return self._worker
+
+    def configure(self, options: RecognizerOptions) -> list[str]:
+        """Apply ``options`` in the worker (see the backend's ``configure``); its warnings."""
+        result = self._w(starting=True).call(("configure", options))
+        self._options = options
+        if result is None:
+            return [f"the {self._backend.name} recognizer takes no options (max_alternatives, phrase_list)"]
+        return [str(w) for w in result]
 
     def start(self) -> None:
         self._w(starting=True).send(("start",))

