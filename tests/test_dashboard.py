@@ -537,7 +537,8 @@ def _check_wall(page: Page, truth: dict[str, list[dict[str, Any]]]) -> list[dict
     """The wallboard against the events each call has sent so far: per tile, the same alert state and
     levels as computed here from the events up to the last one the page applied; tiles sorted by
     alert, then negativity."""
-    state = page.evaluate("window.realtimeSerWall.state()")
+    state, dom = page.evaluate("""() => [window.realtimeSerWall.state(),
+        [...document.querySelectorAll('#calls > li')].map(li => li.dataset.session)]""")
     for tile in state:
         known = truth.get(tile["session"], [])
         if not known or known[-1]["seq"] < tile["lastSeq"]:
@@ -552,7 +553,6 @@ def _check_wall(page: Page, truth: dict[str, list[dict[str, Any]]]) -> list[dict
                 assert abs(sp["level"] - level) < 1e-9 and sp["turns"] == turns, (tile["session"], sp, level)
     keys = [(t["alert"], t["level"]) for t in state]
     assert keys == sorted(keys, key=lambda k: (not k[0], -k[1])), keys
-    dom = page.evaluate("[...document.querySelectorAll('#calls > li')].map(li => li.dataset.session)")
     assert dom == [t["session"] for t in state]
     return state  # type: ignore[no-any-return]
 
@@ -585,7 +585,7 @@ def test_wallboard_shows_eight_live_calls_sorted_and_opens_one(call_server: Live
     assert rate == 16000
     mono = pcm.astype(np.int32).sum(axis=1).clip(-32768, 32767).astype(np.int16)
     server = call_server
-    speed = 2.0
+    speed = 3.0
     truth: dict[str, list[dict[str, Any]]] = {}
     done: dict[str, Any] = {}
 
@@ -597,12 +597,12 @@ def test_wallboard_shows_eight_live_calls_sorted_and_opens_one(call_server: Live
         await asyncio.sleep(0.3)
 
         async def ingest(i: int) -> None:
-            await asyncio.sleep(2.5 * i)  # staggered: at any moment some calls are further on than others
+            await asyncio.sleep(2.0 * i)  # staggered: at any moment some calls are further on than others
             await stream_audio(server.url, paced(pcm, speed), sample_rate=16000, channels=2, session=f"call-{i}",
                                roles=["agent", "customer"])
 
         async def vosk(i: int) -> None:
-            await asyncio.sleep(2.5 * i)
+            await asyncio.sleep(2.0 * i)
             await _vosk_call(server.url, mono, speed, done.setdefault(f"replies-{i}", []))
 
         await asyncio.gather(*(ingest(i) for i in range(6)), *(vosk(i) for i in (1, 4)))
@@ -615,7 +615,7 @@ def test_wallboard_shows_eight_live_calls_sorted_and_opens_one(call_server: Live
     page = tab.page
     try:
         streamer.start()
-        time.sleep(4.0)  # two calls are under way before the page opens: it catches up on them
+        time.sleep(3.0)  # two calls are under way before the page opens: it catches up on them
         page.goto(server.http + "/wallboard")
         page.wait_for_function("() => window.realtimeSerWall.state().length === 8", timeout=40000)
         sessions = {t["session"] for t in page.evaluate("window.realtimeSerWall.state()")}
