@@ -9,8 +9,9 @@ never raises or clears another's alert.
 For each turn that carries an emotion, the *negative score* is the probability
 mass the model puts on the negative labels (``alerts.negative``; labels the
 model does not have count as 0). A speaker's *level* is the mean negative
-score over their last ``window_turns`` such turns: the dashboard's trend line
-is the same number.
+score over their last ``window_turns`` such turns (fewer at the start of a
+call): the one definition every view shows, in the words of :func:`describe_level`
+(the terminal view, the dashboard and the wallboard say the same).
 
 - **Raise** when both the level and the turn's own negative score are at
   least ``raise_level`` on ``raise_turns`` consecutive turns of that speaker,
@@ -43,6 +44,13 @@ from .events import round_t
 log = logging.getLogger(__name__)
 
 ALERT_KIND = "escalation"
+
+
+def describe_level(level: float, turns: int, window: int) -> str:
+    """The level in words, the same in alert messages and in every view: ``negative 69% over the
+    last 4 turns``, and at the start of a call ``negative 100% over the last 4 turns (2 so far)``."""
+    text = f"negative {level:.0%} over the last {window} turns"
+    return text + (f" ({turns} so far)" if turns < window else "")
 
 
 def negative_score(scores: dict[str, float], negative: frozenset[str]) -> float:
@@ -131,12 +139,11 @@ class AlertTracker:
             state.alerts += 1
             state.alert_id = f"{ALERT_KIND}-{speaker}-{state.alerts}"
         turns = len(state.window)
+        said = describe_level(level, turns, cfg.window_turns)
         if state.raised:
-            message = (f"{speaker}: negative emotion at {level:.0%} over the last {turns} turns "
-                       f"(at least {cfg.raise_level:.0%} since {state.run_since:.1f} s)")
+            message = f"{speaker}: {said}; at least {cfg.raise_level:.0%} since {state.run_since:.1f} s"
         else:
-            message = (f"{speaker}: calmer, negative emotion down to {level:.0%} over the last {turns} turns "
-                       f"(at most {cfg.clear_level:.0%} since {state.run_since:.1f} s)")
+            message = f"{speaker}: calmer, {said}; at most {cfg.clear_level:.0%} since {state.run_since:.1f} s"
         log.debug("alert %s %s: %s", state.alert_id, "raised" if state.raised else "cleared", message)
         return [{
             "t": float(event.get("t", end)),

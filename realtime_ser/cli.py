@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -66,6 +67,9 @@ def _build_parser() -> argparse.ArgumentParser:
                                      "Protocol: docs/protocol.md.")
     srv.add_argument("--host", help="interface to listen on (default 127.0.0.1)")
     srv.add_argument("--port", type=int, help="TCP port (default 8765; 0 = any free port)")
+    srv.add_argument("--vosk-port", type=int, metavar="PORT",
+                     help="also listen on PORT for the vosk-server protocol alone, e.g. 2700, the port vosk-server's "
+                          "clients use (default: none; the protocol is also served on --port at /)")
     srv.add_argument("--asr", choices=_ASR_CHOICES, help=_ASR_HELP)
     srv.add_argument("--vosk-model", metavar="DIR", help="Vosk model directory")
     srv.add_argument("--whisper-model", metavar="DIR", help=_WHISPER_MODEL_HELP)
@@ -98,7 +102,10 @@ def _build_parser() -> argparse.ArgumentParser:
     from . import download
 
     download.add_arguments(dl)
-    msub.add_parser("list", help="list the Vosk models that 'download' knows")
+    msub.add_parser("list", help="list every model (bundled, 'prepare', 'download'), whether it is here, and where",
+                    description="Every model realtime-ser knows: those in the installed packages, those "
+                                "'models prepare' builds and those 'models download' fetches; for each, whether it "
+                                "is present and where, or the command that gets it.")
     prep = msub.add_parser("prepare", help="build the local model cache (text encoder ONNX export, Whisper assembly)")
     prep.add_argument("names", nargs="*", metavar="MODEL", help="what to prepare (default: everything available)")
     prep.add_argument("--force", action="store_true", help="rebuild even when the cache is valid")
@@ -201,22 +208,49 @@ def _run(args: argparse.Namespace) -> int:
         jsonl = JsonlSink(config.output.jsonl)
         sinks.append(jsonl)
     view = config.output.view
-    show = view == "on" or (view == "auto" and sys.stdout.isatty() and config.output.jsonl != "-")
+    # The readable lines go to stdout unless the JSON lines do: on a terminal with colour and a
+    # status line, into a pipe or a file as plain lines (`realtime-ser run ... | grep angry`).
+    show = view == "on" or (view == "auto" and config.output.jsonl != "-")
     if show:
         sinks.append(TerminalView(sys.stdout if config.output.jsonl != "-" else sys.stderr))
     pipeline = Pipeline(config, source, sinks, session=args.session)
+    stops = 0
 
     def on_signal(signum: int, frame: Any) -> None:
+        # Ctrl-C reaches every process of the terminal's foreground group: recognizer workers
+        # ignore it, and this process stops the session, flushing what was heard (at most
+        # ~1.8 s). A second Ctrl-C does not wait for the flush.
+        nonlocal stops
+        stops += 1
+        if stops > 1 and signum == signal.SIGINT:
+            raise KeyboardInterrupt
         log.info("signal %d: stopping after flushing what was heard", signum)
         pipeline.stop()
 
     signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     try:
         pipeline.run()
     finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the exit below is no longer interruptible
         if jsonl is not None:
             jsonl.close()
+        if pipeline.backend_running:
+            # A native decode is still running and cannot be interrupted; tearing the process
+            # down normally under it would abort it (CTranslate2 threads). What was heard has
+            # been written: leave now.
+            log.info("exiting while the recognizer finishes a decode")
+            _hard_exit(0 if sys.exc_info()[0] is None else 1)
     return 0
+
+
+def _hard_exit(status: int) -> None:
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+    os._exit(status)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -227,8 +261,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     config = load(args.config)
     overrides: list[str] = _asr_overrides(args)
-    for flag, key in (("host", "server.host"), ("port", "server.port"), ("certfile", "server.certfile"),
-                      ("keyfile", "server.keyfile")):
+    for flag, key in (("host", "server.host"), ("port", "server.port"), ("vosk_port", "server.vosk_port"),
+                      ("certfile", "server.certfile"), ("keyfile", "server.keyfile")):
         value = getattr(args, flag)
         if value is not None:
             overrides.append(f"{key}={value}")
@@ -246,11 +280,29 @@ def _serve(args: argparse.Namespace) -> int:
     def ready(server: Any) -> None:
         scheme = "https" if server.scheme == "wss" else "http"
         host = f"{config.server.host}:{server.port}"
+        vosk = f"{server.url}/"
+        if server.vosk_port:
+            vosk = f"{server.scheme}://{config.server.host}:{server.vosk_port} (and {server.url}/)"
         print(f"realtime-ser serving on {server.url}  (ingest {server.url}/ingest, subscribe "
-              f"{server.url}/subscribe, vosk-server protocol {server.url}/; dashboard {scheme}://{host}/, "
-              f"health {scheme}://{host}/healthz, metrics {scheme}://{host}/metrics)", flush=True)
+              f"{server.url}/subscribe, vosk-server protocol {vosk}; dashboard {scheme}://{host}/, "
+              f"wallboard {scheme}://{host}/wallboard, health {scheme}://{host}/healthz, "
+              f"metrics {scheme}://{host}/metrics)", flush=True)
 
-    asyncio.run(serve_forever(config, ready=ready))
+    if not asyncio.run(serve_forever(config, ready=ready)):
+        _hard_exit(0)  # a native decode is still running: see _run
+    return 0
+
+
+def _models_list() -> int:
+    from . import prepare
+
+    entries = prepare.inventory()
+    width = max(len(e.name) for e in entries)
+    for e in entries:
+        state = "present" if e.present else "missing"
+        where = str(e.path) if e.present else f"get it: {e.get}"
+        print(f"{e.name:<{width}}  {e.kind:<8}  {state:<7}  {where}")
+        print(f"{'':<{width}}  {e.description}")
     return 0
 
 
@@ -280,12 +332,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if path is not None:
                     print(path)
             return 0
+        if args.command == "models" and args.models_command == "list":
+            return _models_list()
         if args.command == "models":
             from . import download
 
-            if args.models_command == "list":
-                args.list = True
-                args.name = None
             return download.run(args)
         if args.command == "devices":
             return _devices()
@@ -301,6 +352,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
+        # The reader went away (`realtime-ser run ... | head`): stop quietly. Python would
+        # complain when it flushes stdout at exit, so stdout goes nowhere from now on.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
         return 1
     parser.error(f"unknown command {args.command}")  # pragma: no cover
     return 2

@@ -420,7 +420,8 @@ async def stream_file(url: str, path: str | Path, **kw: Any) -> list[Event]:
 
 async def follow(url: str, session: str | None = None, *, since: int | None = None, token: str | None = None,
                  on_event: EventCallback | None = None, reconnect: bool = True, max_retries: int = 10,
-                 ssl: Any = None) -> list[Event]:
+                 ssl: Any = None, wait: float | None = 0.0,
+                 on_wait: Callable[[str], None] | None = None) -> list[Event]:
     """Subscribe to ``URL/subscribe`` and return the events received.
 
     ``url`` may be ``ws://host:port`` or ``ws://host:port/subscribe?session=x&since=n``
@@ -434,6 +435,12 @@ async def follow(url: str, session: str | None = None, *, since: int | None = No
     each is delivered once, in seq order. Raises :class:`ClientError` on close
     codes 4004/4010/1008 (and other error closes) or after ``max_retries``
     failed attempts in a row.
+
+    ``wait``: with ``session``, how many seconds to wait for a session the server does
+    not know yet (it asks again every 0.5 s, as a dashboard opened before the call
+    would), and then follows it from its first event; ``None`` waits as long as it
+    takes, 0 (the default) fails at once with 4004. ``on_wait`` is called once, with
+    a line saying so, when waiting starts.
     """
     from websockets.exceptions import ConnectionClosed, InvalidMessage, InvalidStatus
 
@@ -458,6 +465,7 @@ async def follow(url: str, session: str | None = None, *, since: int | None = No
     failures = 0
     delay = 0.1
     connected_once = False
+    waiting_since: float | None = None
 
     def resume_from() -> int | None:
         if session is None:
@@ -521,6 +529,21 @@ async def follow(url: str, session: str | None = None, *, since: int | None = No
                     log.warning("the server closed the subscription (%d %s) before session %s ended",
                                 code, reason, session)
                 return received
+            if (code == 4004 and session is not None and not received and wait != 0
+                    and (waiting_since is None or wait is None or time.monotonic() - waiting_since < wait)):
+                # Not started yet: ask again until it starts (or ``wait`` runs out).
+                if waiting_since is None:
+                    waiting_since = time.monotonic()
+                    if since is None:  # it has not started: everything it will send is new to us
+                        since = 0
+                    limit = "" if wait is None else f" (at most {wait:g} s)"
+                    if on_wait is not None:
+                        on_wait(f"waiting for session {session} to start{limit}")
+                await asyncio.sleep(0.5)
+                continue
+            if code == 4004 and waiting_since is not None:
+                raise ClientError(f"session {session} did not start within {wait:g} s", code=code, reason=reason,
+                                  error=last_error, events=received)
             if code is None or code in RETRYABLE_CLOSE_CODES:
                 retry_why = _close_text(code, reason, None)
             else:
@@ -563,15 +586,22 @@ def follow_sync(url: str, session: str | None = None, **kw: Any) -> list[Event]:
 
 def add_stream_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``realtime-ser stream FILE --server URL ...``."""
-    parser.add_argument("file", metavar="FILE", help="audio file to stream (WAV, FLAC, ... any rate, mono or stereo)")
+    parser.add_argument("file", metavar="mic|PATH|-|demo|demo-voices",
+                        help="what to stream, named as for 'run --input': an audio file (WAV, FLAC, ... any rate, "
+                             "mono or stereo), a bundled recording ('demo', 'demo-voices'), 'mic' for the "
+                             "microphone (live), or '-' for raw PCM16 on stdin (--rate, --channels)")
     parser.add_argument("--server", default="ws://127.0.0.1:8765", metavar="URL",
                         help="server URL, ws://HOST:PORT or wss://HOST:PORT (default ws://127.0.0.1:8765)")
     parser.add_argument("--session", metavar="ID", help="session id (default: one the server makes up)")
-    parser.add_argument("--asr", choices=["pocketsphinx", "vosk", "none"], help="recognizer (default: the server's)")
+    parser.add_argument("--asr", choices=["whisper", "pocketsphinx", "vosk", "none"],
+                        help="recognizer (default: the server's; a server loads whisper or pocketsphinx on first use)")
     parser.add_argument("--realtime", action="store_true", help="send at the speed of speech, like a live call")
     parser.add_argument("--roles", metavar="NAME[,NAME]", help="speaker name per channel, e.g. agent,customer")
     parser.add_argument("--chunk-ms", type=int, metavar="MS",
                         help="audio per message (default 100 with --realtime, else 1000)")
+    parser.add_argument("--rate", type=int, metavar="HZ", help="sample rate of raw PCM16 on stdin ('-'; default 16000)")
+    parser.add_argument("--channels", type=int, choices=[1, 2],
+                        help="channel count of raw PCM16 on stdin ('-'; default 1); with 2, one speaker each")
     _add_common(parser)
 
 
@@ -581,6 +611,9 @@ def add_follow_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--session", metavar="ID", help="follow this session only (default: all sessions)")
     parser.add_argument("--since", type=int, metavar="N", help="start with the session's event of seq N")
     parser.add_argument("--no-reconnect", action="store_true", help="fail instead of reconnecting when dropped")
+    parser.add_argument("--timeout", type=float, metavar="SECONDS",
+                        help="with --session: how long to wait for a session that has not started yet "
+                             "(default: as long as it takes)")
     _add_common(parser)
 
 
@@ -629,23 +662,65 @@ def _token(args: argparse.Namespace) -> str | None:
 def run_stream(args: argparse.Namespace) -> int:
     """``realtime-ser stream``: 0 when the session ended normally; raises :class:`ClientError`/``InputError``."""
     roles = [r.strip() for r in args.roles.split(",") if r.strip()] if getattr(args, "roles", None) else None
-    chunk_ms = getattr(args, "chunk_ms", None) or (100 if args.realtime else 1000)
-    printer = _Printer(getattr(args, "jsonl", None), latency=bool(args.realtime))
+    spec = str(args.file)
+    live = spec in ("mic", "-")
+    chunk_ms = getattr(args, "chunk_ms", None) or (100 if args.realtime or live else 1000)
+    if (getattr(args, "rate", None) is not None or getattr(args, "channels", None) is not None) and spec != "-":
+        raise InputError("--rate and --channels describe raw PCM16 on stdin: use them with '-'")
+    printer = _Printer(getattr(args, "jsonl", None), latency=bool(args.realtime) or live)
+    common: dict[str, Any] = {"session": args.session, "roles": roles, "asr": args.asr, "token": _token(args),
+                              "chunk_ms": chunk_ms, "on_event": printer}
     try:
-        stream_file_sync(args.server, args.file, session=args.session, roles=roles, asr=args.asr, token=_token(args),
-                         realtime=bool(args.realtime), chunk_ms=chunk_ms, on_event=printer)
+        if live:
+            source = _live_source(spec, getattr(args, "rate", None), getattr(args, "channels", None))
+            try:
+                asyncio.run(stream_audio(args.server, source, sample_rate=16000, channels=source.out_channels,
+                                         realtime=False, **common))
+            finally:
+                source.close()
+        else:
+            from .sources import BUNDLED, demo_path
+
+            if spec in BUNDLED:
+                spec = str(demo_path(spec))
+            stream_file_sync(args.server, spec, realtime=bool(args.realtime), **common)
     finally:
         printer.close()
     return 0
+
+
+def _live_source(spec: str, rate: int | None, channels: int | None) -> Any:
+    """The microphone or raw PCM16 on stdin as 16 kHz frames (one stream per channel: one speaker each)."""
+    from dataclasses import replace
+
+    from .config import SourceConfig
+    from .sources import open_source
+
+    cfg = replace(SourceConfig(), split_channels=True)
+    if rate is not None:
+        cfg = replace(cfg, stdin_rate=rate)
+    if channels is not None:
+        cfg = replace(cfg, stdin_channels=channels)
+    return open_source(spec, cfg)
 
 
 def run_follow(args: argparse.Namespace) -> int:
     """``realtime-ser follow``: 0 when the session ended or the server closed; raises :class:`ClientError`."""
     one_session = getattr(args, "session", None) is not None or "session=" in args.url
     printer = _Printer(getattr(args, "jsonl", None), latency=True, show_session=not one_session)
+    timeout = getattr(args, "timeout", None)
+    if timeout is not None and timeout < 0:
+        raise ClientError(f"--timeout must be 0 or more seconds, got {timeout:g}")
+
+    def waiting(line: str) -> None:
+        if sys.stderr.isatty():
+            print(f"realtime-ser: {line}", file=sys.stderr, flush=True)
+        log.info("%s", line)
+
     try:
         follow_sync(args.url, getattr(args, "session", None), since=getattr(args, "since", None), token=_token(args),
-                    on_event=printer, reconnect=not getattr(args, "no_reconnect", False))
+                    on_event=printer, reconnect=not getattr(args, "no_reconnect", False), wait=timeout,
+                    on_wait=waiting)
     finally:
         printer.close()
     return 0

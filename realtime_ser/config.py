@@ -158,6 +158,10 @@ class ServerConfig:
 
     host: str = "127.0.0.1"
     port: int = 8765
+    vosk_port: int = 0
+    """A second port that speaks only the vosk-server protocol, on any path, for vosk-server's
+    clients (they connect to ws://localhost:2700): e.g. 2700; 0 = none (the protocol is still
+    served on ``port`` at ``/``)."""
     token: str = ""
     """Bearer token required on every endpoint but /healthz ('' = none); several, one per client,
     separated by commas."""
@@ -375,6 +379,8 @@ class PipelineConfig:
         srv = self.server
         if not 0 <= srv.port <= 65535:
             raise ConfigError(f"server.port={srv.port} is not a TCP port (0-65535)")
+        if not 0 <= srv.vosk_port <= 65535:
+            raise ConfigError(f"server.vosk_port={srv.vosk_port} is not a TCP port (1-65535, or 0 for none)")
         if bool(srv.certfile) != bool(srv.keyfile):
             raise ConfigError("server.certfile and server.keyfile must be given together")
         for name in ("max_sessions", "max_frame_bytes", "max_messages_per_s", "log_events", "subscriber_queue",

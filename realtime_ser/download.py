@@ -454,6 +454,11 @@ def _write_marker(model_root: Path, spec: ModelSpec, archive_bytes: int) -> None
     (model_root / MARKER_NAME).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
 
 
+def is_installed(target: Path, spec: ModelSpec) -> bool:
+    """True when ``target`` holds a verified download of ``spec`` (its marker records the checksum)."""
+    return _is_complete(target, spec.sha256)
+
+
 def _is_complete(target: Path, sha256: str) -> bool:
     """True if ``target`` holds a verified extraction of the archive with ``sha256``."""
     try:

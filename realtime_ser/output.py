@@ -144,8 +144,8 @@ class TerminalView:
         self._line(p + f"session {stats.session}: {event.get('input', '?')} · {event.get('sample_rate', '?')} Hz × "
                    f"{event.get('channels', '?')} · asr {backend} ({model or '-'})")
         speakers = ", ".join(stats.speakers) or "-"
-        self._line(p + f"  speakers: {speakers} · alerts when {'/'.join(sorted(stats.negative))} reach "
-                   f"{stats.raise_level:.0%} over {stats.window} turns")
+        negative = NEGATIVE_DEFINITION.format(labels="/".join(sorted(stats.negative)), window=stats.window)
+        self._line(p + f"  speakers: {speakers} · {negative}; alert from {stats.raise_level:.0%}")
         self._line(p + self._paint(f"{'time':^17} {'speaker':<{stats.speaker_width}} {'emotion':<10} conf  "
                                    "transcript", "2"))
 
@@ -189,6 +189,8 @@ class TerminalView:
         self._status = True
 
 
+NEGATIVE_DEFINITION = "negative = share of {labels} over a speaker's last {window} turns"
+"""How every view states what its "negative NN%" figures are (the dashboard and wallboard too)."""
 _ALERT_COLOR = "1;37;41"
 _EMOTION_COLORS = {"angry": "1;31", "frustrated": "31", "sad": "34", "fear": "35", "disgust": "36",
                    "happy": "32", "excited": "33", "surprise": "36", "neutral": ""}

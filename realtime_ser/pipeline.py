@@ -23,6 +23,14 @@ Control is out of band: stopping sets an event that every thread checks at
 least every 100 ms, so no thread waits forever on a queue; every join is
 bounded. End of input flows down the queues as a marker so that every
 utterance already heard is flushed before the session ends.
+
+Stopping (:meth:`Pipeline.stop`: Ctrl-C, SIGTERM, a server shutting down) has a
+deadline, ``flush_timeout`` of :meth:`Pipeline.run` (1.8 s): the source closes,
+the open utterances are ended and recognized, and ``session.ended`` follows. A
+recognizer still decoding ``flush_timeout - 0.3`` s after the stop is
+interrupted (a stream with an ``interrupt()`` method, Whisper's): its utterance
+goes out with an empty text and a ``recognizer_failed`` error rather than not
+at all. At the deadline whatever was produced is delivered and the session ends.
 """
 
 from __future__ import annotations
@@ -33,21 +41,21 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from . import __version__
-from .alerts import AlertTracker
-from .asr import RecognizerBackend, create_backend
+from .asr import RecognizerBackend, close_backend, create_backend
 from .config import PipelineConfig, public_dict
-from .emotion.stage import EmotionStage
 from .errors import InputError, RealtimeSerError, RecognizerError
 from .events import EventLog, Sink, round_t, speaker_name
 from .frames import AudioFrame, SpeechAudio
 from .output import OutputError
-from .recognition import RecognitionStage, finalize_latency, merge_audio
+from .recognition import RecognitionStage, merge_audio
+from .session import SessionEvents, Stats
 from .sources import Source
 from .vad import Segmenter
+
+__all__ = ["Pipeline", "Stats", "new_session_id"]
 
 log = logging.getLogger(__name__)
 
@@ -60,20 +68,6 @@ class _EndOfStream:
 
     def __init__(self, reason: str) -> None:
         self.reason = reason
-
-
-@dataclass
-class Stats:
-    frames: int = 0
-    dropped_frames: int = 0
-    dropped_speech_frames: int = 0
-    discarded_segments: int = 0
-    utterances: int = 0
-    partials: int = 0
-    dropped_partials: int = 0
-    errors: int = 0
-    stage_seconds: dict[str, float] = field(default_factory=lambda: {"vad": 0.0, "asr": 0.0})
-    audio_seconds: float = 0.0
 
 
 def _error_code(exc: BaseException) -> str:
@@ -112,15 +106,18 @@ class Pipeline:
         self.session = session or new_session_id()
         self.log = EventLog(self.session, sinks)
         self.stats = Stats()
-        self.alerts = AlertTracker(config.alerts)
         self._clock = clock
+        self._owns_backend = isinstance(backend, str)
         self._backend: RecognizerBackend | None = (
             create_backend(config.asr) if isinstance(backend, str) else backend
         )
-        self._emotion: EmotionStage | None = None
-        if config.emotion.enabled:
-            # Loaded now: a missing or mismatched model is a startup error, not a silent null.
-            self._emotion = EmotionStage(config.emotion, audio_only=self._backend is None)
+        try:
+            self._events = SessionEvents(config, self.log, audio_only=self._backend is None, clock=clock,
+                                         stats=self.stats)
+        except BaseException:
+            self.close_backend()
+            raise
+        self.alerts = self._events.alerts
         self._input_name = input_name or source.name
         self._speakers = speakers
         self._stop = threading.Event()
@@ -138,7 +135,12 @@ class Pipeline:
         # the session ends with a fatal error instead of hanging.
         self._asr_since: float | None = None
         self._watch_asr = self._backend is not None and not getattr(self._backend, "bounds_its_calls", False)
-        self._last_t = 0.0
+        self._stopped_at: float | None = None
+        self._flush_timeout = 1.8
+        self._stage: RecognitionStage | None = None
+        self._interrupted = False
+        self.backend_running = False
+        """True after :meth:`run` when the recognizer it loaded was still decoding at the end."""
 
     # -- public ---------------------------------------------------------------------
 
@@ -150,9 +152,13 @@ class Pipeline:
         return names
 
     def stop(self) -> None:
-        """Stop taking input; what was heard is still flushed. Safe from any thread."""
+        """Stop taking input; what was heard is still flushed, and the session ends within
+        ``flush_timeout`` (see the module docstring). Safe from any thread, and from a signal
+        handler."""
         if self._end_reason == "end_of_input":
             self._end_reason = "stopped"
+        if self._stopped_at is None:
+            self._stopped_at = time.monotonic()
         self.source.close()
 
     def input_lost(self) -> None:
@@ -166,8 +172,20 @@ class Pipeline:
         self._stop.set()
         self.source.close()
 
-    def run(self, flush_timeout: float = 1.5) -> Stats:
-        """Run the session to its end; raise the first fatal error, if any."""
+    def close_backend(self, timeout: float = 2.0) -> bool:
+        """Release the recognizer if this pipeline loaded it (``backend="auto"`` or a name);
+        False when its threads did not stop within ``timeout``. Called by :meth:`run`."""
+        backend, self._backend = self._backend, None
+        if not self._owns_backend or backend is None:
+            return True
+        return close_backend(backend, timeout)
+
+    def run(self, flush_timeout: float = 1.8) -> Stats:
+        """Run the session to its end; raise the first fatal error, if any.
+
+        After :meth:`stop` (or a KeyboardInterrupt in this thread) the session ends within
+        ``flush_timeout`` seconds, with every utterance already heard."""
+        self._flush_timeout = flush_timeout
         self.log.emit(
             "session.started",
             0.0,
@@ -188,18 +206,28 @@ class Pipeline:
         for t in self._threads:
             t.start()
         try:
-            self._output_loop()
-        except KeyboardInterrupt:
-            log.info("interrupted: flushing what was heard")
-            self.stop()
-            self._drain_after_stop(flush_timeout)
+            try:
+                self._output_loop()
+            except KeyboardInterrupt:
+                log.info("interrupted: flushing what was heard")
+                self.stop()
+                self._output_loop()
         finally:
             self._stop.set()
             self.source.close()
+            # One bound for all the joins and the recognizer's release. After a stop the whole
+            # session ends within about flush_timeout + 0.1 s: a decode still running then is
+            # left to the caller (``backend_running``).
+            if self._stopped_at is not None:
+                deadline = max(time.monotonic() + 0.05, self._stopped_at + flush_timeout + 0.1)
+            else:
+                deadline = time.monotonic() + flush_timeout
             for t in self._threads:
-                t.join(timeout=flush_timeout)
+                t.join(timeout=max(0.0, deadline - time.monotonic()))
                 if t.is_alive():
-                    log.warning("thread %s did not stop within %.1f s", t.name, flush_timeout)
+                    log.warning("thread %s did not stop in time", t.name)
+            self._events.close()
+            self.backend_running = not self.close_backend(timeout=max(0.05, deadline - time.monotonic()))
         if self._failed is not None and not isinstance(self._failed, KeyboardInterrupt):
             raise self._failed
         return self.stats
@@ -318,7 +346,10 @@ class Pipeline:
 
     def _asr_loop(self) -> None:
         stage = RecognitionStage(self._backend, self.config.asr, self.speakers, self._clock,
-                                 keep_audio=self._emotion is not None)
+                                 keep_audio=self._events.emotion is not None)
+        self._stage = stage
+        if self._interrupted:
+            stage.interrupt()
         try:
             while not self._stop.is_set():
                 try:
@@ -338,35 +369,20 @@ class Pipeline:
                         except queue.Full:  # superseded by a later partial or the final
                             self.stats.dropped_partials += 1
                     else:
-                        after = self._annotate(out)
+                        after = self._events.annotate(out)
                         self._put(self._q_events, out, force=True)
                         for extra in after:
                             self._put(self._q_events, extra, force=True)
         finally:
             self.stats.stage_seconds["asr"] += stage.busy_seconds
             stage.close()
-            if self._emotion is not None:
-                self._emotion.close()
-
-    def _annotate(self, out: tuple[str, float, dict[str, Any]]) -> list[tuple[str, float, dict[str, Any]]]:
-        """Add the emotion to an utterance; the events to send after it (``emotion.revised``
-        for earlier turns, or an ``error`` when scoring failed)."""
-        if out[0] != "utterance" or self._emotion is None:
-            return []
-        t0 = time.perf_counter()
-        message = self._emotion.annotate(out[2])
-        seconds = time.perf_counter() - t0
-        self.stats.stage_seconds["emotion"] = self.stats.stage_seconds.get("emotion", 0.0) + seconds
-        if message is None:
-            return [("emotion.revised", out[1], fields) for fields in self._emotion.revisions]
-        log.warning("%s", message)
-        return [("error", out[1], {"code": "emotion_failed", "message": message, "fatal": False,
-                                   "speaker": out[2].get("speaker")})]
 
     def _output_loop(self) -> None:
         """Runs on the caller's thread: numbers events and hands them to the sinks."""
         while True:
             self._report_drops()
+            if self._stopped_at is not None and self._flush_overdue():
+                return
             try:
                 item = self._q_events.get(timeout=_POLL)
             except queue.Empty:
@@ -379,6 +395,31 @@ class Pipeline:
                 self._finish(item.reason)
                 return
             self._deliver(item)
+
+    def _flush_overdue(self) -> bool:
+        """After a stop: interrupt a recognizer that is still decoding 0.3 s before the
+        deadline; at the deadline, deliver what is there and end the session (True)."""
+        assert self._stopped_at is not None
+        waited = time.monotonic() - self._stopped_at
+        if waited >= self._flush_timeout - 0.3 and not self._interrupted:
+            self._interrupted = True
+            stage = self._stage
+            if stage is not None:
+                stage.interrupt()
+        if waited < self._flush_timeout:
+            return False
+        log.warning("flush did not finish within %.1f s of the stop; ending the session", self._flush_timeout)
+        self._stop.set()
+        while True:
+            try:
+                item = self._q_events.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, _EndOfStream):
+                break
+            self._deliver(item)
+        self._finish("stopped")
+        return True
 
     def _recognizer_hung(self) -> bool:
         """End the session if the in-process recognizer has stopped returning.
@@ -403,37 +444,13 @@ class Pipeline:
                 break
             if not isinstance(item, _EndOfStream):
                 self._deliver(item)
-        self._deliver(("error", self._last_t, {"code": "recognizer_hung", "message": message, "fatal": True}))
+        self._deliver(("error", self._events.last_t, {"code": "recognizer_hung", "message": message,
+                                                      "fatal": True}))
         self._finish("error")
         return True
 
-    def _drain_after_stop(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                item = self._q_events.get(timeout=_POLL)
-            except queue.Empty:
-                continue
-            if isinstance(item, _EndOfStream):
-                self._finish(item.reason)
-                return
-            self._deliver(item)
-        log.warning("flush did not finish within %.1f s; ending the session", timeout)
-        self._finish("stopped")
-
     def _deliver(self, item: tuple[str, float, dict[str, Any]]) -> None:
-        type_, t, fields = item
-        self._last_t = max(self._last_t, t)
-        if type_ == "utterance":
-            finalize_latency(fields, self._clock())
-            self.stats.utterances += 1
-        elif type_ == "transcript.partial":
-            self.stats.partials += 1
-        elif type_ == "error":
-            self.stats.errors += 1
-        event = self.log.emit(type_, t, **fields)
-        for alert in self.alerts.observe(event):  # same log: every sink and subscriber gets them
-            self.log.emit("alert", **alert)
+        self._events.deliver(item)
 
     def _finish(self, reason: str) -> None:
         self._report_drops()

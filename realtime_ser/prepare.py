@@ -45,6 +45,9 @@ class Step:
     run: Callable[[PrepareOptions], Path]
     optional: bool = False
     """An optional step is skipped with a notice (not an error) when what it needs is not installed."""
+    present: Callable[[Path], Path | None] | None = None
+    """Given the cache, the directory this step prepared when it is there (cheap: no hashing
+    of weights, nothing loaded), else None; for ``realtime-ser models list``."""
 
 
 STEPS: dict[str, Step] = {}
@@ -92,3 +95,52 @@ def run(names: list[str] | None = None, force: bool = False, out=sys.stderr) -> 
         print(f"realtime-ser: {step.name}: ready in {path}", file=out)
         done[step.name] = path
     return done
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One line of ``realtime-ser models list``."""
+
+    name: str
+    kind: str
+    """``bundled`` (in the installed packages), ``prepare`` or ``download``."""
+    path: Path | None
+    """Where it is, when it is present."""
+    description: str
+    get: str
+    """The command that makes it present ('' for bundled models)."""
+
+    @property
+    def present(self) -> bool:
+        return self.path is not None
+
+
+def inventory() -> list[ModelEntry]:
+    """Every model the runtime knows: bundled, built by ``models prepare``, fetched by ``models
+    download``; each with where it is, or how to get it."""
+    from . import download
+    from .emotion.service import PACKAGED
+
+    _load_steps()
+    cache = cache_dir()
+    out: list[ModelEntry] = []
+    for name in sorted(p.name for p in PACKAGED.iterdir() if (p / "card.json").is_file()):
+        out.append(ModelEntry(f"emotion-{name}", "bundled", PACKAGED / name, "emotion model in the package", ""))
+    try:
+        import pocketsphinx
+
+        ps: Path | None = Path(pocketsphinx.get_model_path()) / "en-us"
+    except Exception:  # not installed, or an unexpected layout
+        ps = None
+    out.append(ModelEntry("pocketsphinx-en-us", "bundled", ps if ps is not None and ps.exists() else None,
+                          "pocketsphinx's US English model, in its wheel", "pip install pocketsphinx"))
+    for step in STEPS.values():
+        where = step.present(cache) if step.present is not None else None
+        out.append(ModelEntry(step.name, "prepare", where, step.help, f"realtime-ser models prepare {step.name}"))
+    models = download.default_cache_dir()
+    for spec in download.KNOWN_MODELS.values():
+        target = models / spec.name
+        where = target if download.is_installed(target, spec) else None
+        out.append(ModelEntry(spec.name, "download", where, spec.description,
+                              f"realtime-ser models download {spec.name}"))
+    return out

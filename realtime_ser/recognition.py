@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .asr import RecognizerBackend, StreamRecognizer
+from .asr import RecognizerBackend, RecognizerOptions, StreamRecognizer
 from .config import AsrConfig
 from .errors import RecognizerError
 from .events import round_ms, round_t
@@ -36,6 +36,9 @@ SPEECH = "_speech"
 """Private utterance field: the recognizer's speech-encoder output of the utterance's audio
 (:class:`~realtime_ser.features.speech.EncodedUtterance`), when it has one, so that the emotion
 stage need not encode the audio again (never emitted)."""
+ALTERNATIVES = "_alternatives"
+"""Private utterance field: the n best transcripts, when asked for (the vosk-server protocol's
+``max_alternatives``; never emitted): ``[{"text", "confidence", "words": [...]}]``, best first."""
 
 
 @dataclass
@@ -61,9 +64,13 @@ class RecognitionStage:
         speakers: Sequence[str],
         clock: Callable[[], int] = time.monotonic_ns,
         keep_audio: bool = False,
+        options: RecognizerOptions | None = None,
     ) -> None:
         self.backend = backend
         self.keep_audio = keep_audio
+        self.options = options or RecognizerOptions()
+        self.warnings: list[str] = []
+        """What the recognizer cannot do of ``options`` (one line each, no repeats)."""
         self.config = config
         self.speakers = list(speakers)
         self._clock = clock
@@ -83,7 +90,26 @@ class RecognitionStage:
         if state is None:
             state = _Channel(self.backend.new_stream() if self.backend is not None else None)
             self._channels[ch] = state
+            if not self.options.default:
+                self._configure(state.stream)
         return state
+
+    def _configure(self, stream: StreamRecognizer | None) -> None:
+        if stream is None:
+            found = ["max_alternatives and phrase_list are ignored: recognition is off (asr none)"]
+        else:
+            configure = getattr(stream, "configure", None)
+            if configure is None:
+                found = [f"max_alternatives and phrase_list are ignored: the {self.config.backend} recognizer "
+                         f"takes no options"]
+            else:
+                try:
+                    found = list(configure(self.options))
+                except RecognizerError as exc:
+                    found = [f"max_alternatives and phrase_list are ignored: {exc}"]
+        for line in found:
+            if line not in self.warnings:
+                self.warnings.append(line)
 
     def feed(self, item: SegmentEvent) -> list[Out]:
         ch = item.channel
@@ -141,14 +167,21 @@ class RecognitionStage:
         taken_ns = self._clock()
         text, words, error = "", [], state.failed
         speech = None
+        alternatives: list[dict[str, Any]] = []
+        base = state.audio_start
+
+        def timed(ws: Sequence[Any]) -> list[dict[str, Any]]:
+            return [{"word": w.word, "start": round_t(base + w.start), "end": round_t(base + w.end),
+                     "conf": round(w.conf, 4)} for w in ws]
+
         if rec is not None and error is None:
             try:
                 result = rec.finish()
                 text = result.text
                 speech = result.speech
-                base = state.audio_start
-                words = [{"word": w.word, "start": round_t(base + w.start), "end": round_t(base + w.end),
-                          "conf": round(w.conf, 4)} for w in result.words]
+                words = timed(result.words)
+                alternatives = [{"text": a.text, "confidence": a.confidence, "words": timed(a.words)}
+                                for a in result.alternatives]
             except RecognizerError as exc:
                 error = str(exc)
                 out.append(self._error(error, item.end, ch))
@@ -181,6 +214,11 @@ class RecognitionStage:
             END_CAPTURE_NS: item.end_capture_ns,
             QUEUED_NS: done_ns,
         }))
+        if self.options.max_alternatives:
+            if not alternatives:  # a recognizer without an n-best list: its one transcript
+                conf = sum(w["conf"] for w in words) / len(words) if words else 0.0
+                alternatives = [{"text": text, "confidence": round(conf, 4), "words": words}]
+            out[-1][2][ALTERNATIVES] = alternatives[: self.options.max_alternatives]
         if state.audio is not None:
             out[-1][2][AUDIO] = np.concatenate(state.audio) if state.audio else np.zeros(0, np.int16)
             state.audio = None
@@ -191,6 +229,15 @@ class RecognitionStage:
     def _error(self, message: str, t: float, ch: int) -> Out:
         return ("error", t, {"code": "recognizer_failed", "message": message, "fatal": False,
                              "speaker": self.speaker(ch)})
+
+    def interrupt(self) -> None:
+        """The session is stopping and cannot wait: a stream that is decoding gives up
+        (its utterance goes out with an empty text and an error). Safe from any thread:
+        it only tells the streams that have an ``interrupt()`` method."""
+        for state in list(self._channels.values()):
+            interrupt = getattr(state.stream, "interrupt", None)
+            if interrupt is not None:
+                interrupt()
 
     def close(self) -> None:
         """Release every recognizer stream (the backend may reuse them)."""
@@ -244,5 +291,6 @@ def finalize_latency(fields: dict[str, Any], now_ns: int) -> None:
     queued = fields.pop(QUEUED_NS)
     fields.pop(AUDIO, None)
     fields.pop(SPEECH, None)
+    fields.pop(ALTERNATIVES, None)
     fields["latency_ms"]["emit"] = round_ms(max(0, now_ns - queued) / 1e6)
     fields["latency_ms"]["total"] = round_ms(max(0, now_ns - end_capture) / 1e6)

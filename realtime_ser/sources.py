@@ -36,7 +36,7 @@ SUPPORTED_FORMATS = "WAV, FLAC, OGG/Vorbis, AIFF, AU and other formats libsndfil
 class _Framer:
     """Resamples blocks of one channel to 16 kHz and cuts them into frames."""
 
-    def __init__(self, in_rate: int, frame_len: int) -> None:
+    def __init__(self, in_rate: float, frame_len: int) -> None:
         self._resampler = None
         if in_rate != SAMPLE_RATE:
             import soxr
@@ -269,13 +269,18 @@ class PushSource(Source):
                              f"{self.channels}-channel PCM16 samples ({self._bytes_per_sample} bytes each)")
         with self._cond:
             if self._ended:
-                raise InputError("audio after the end of the stream")
+                raise InputError("audio after the end of the stream")  # callers check .ended first
             if self._buffered and self._buffered + len(data) > self._capacity:
                 return False
             self._chunks.append((time.monotonic_ns(), data))
             self._buffered += len(data)
             self._cond.notify()
         return True
+
+    @property
+    def ended(self) -> bool:
+        """True once :meth:`end` (or :meth:`close`) was called: no more audio is taken."""
+        return self._ended
 
     def end(self) -> None:
         with self._cond:

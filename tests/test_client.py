@@ -426,7 +426,7 @@ def test_run_stream_and_run_follow_write_jsonl(tmp_path: Path, capsys: pytest.Ca
         assert await asyncio.to_thread(run_stream, args) == 0
         args = follow_parser.parse_args([url + "/subscribe?session=s1", "--since", "7", "--jsonl", "-"])
         assert await asyncio.to_thread(run_follow, args) == 0
-        args = follow_parser.parse_args([url, "--session", "nope"])
+        args = follow_parser.parse_args([url, "--session", "nope", "--timeout", "0"])  # 0: no waiting for it
         with pytest.raises(ClientError, match="4004"):
             await asyncio.to_thread(run_follow, args)
 

@@ -412,3 +412,251 @@ def test_dashboard_follows_a_live_call_and_resumes_after_a_drop(call_server: Liv
                           "away_s": round(t_back - t_drop, 2)}))
     finally:
         streamer.join(60)
+
+
+# -- the page's rough edges ---------------------------------------------------------------------------
+
+
+def _alert_turns() -> list[tuple[str, str | None, float, str]]:
+    return [("agent", "neutral", 0.8, "hello, how can I help"), ("customer", "angry", 0.8, "this is broken"),
+            ("customer", "angry", 0.9, "again broken"), ("agent", "neutral", 0.7, "let me look")]
+
+
+@needs_browser
+def test_alert_banner_goes_when_the_call_ends_and_slash_opens_the_latest_call(scripted_server: LiveServer,
+                                                                               csp_tab: Tab) -> None:
+    server, page = scripted_server, csp_tab.page
+    older = scripted_session("older", [("agent", "happy", 0.8, "hi")])
+    server.publish_session("older", older)
+    time.sleep(0.3)
+    events = scripted_session("angry-call", _alert_turns())
+    assert [e["state"] for e in events if e["type"] == "alert"] == ["raised"]  # still raised at the end
+    live = events[:-1]
+    server.publish_session("angry-call", live)
+    page.goto(server.http + "/?session=angry-call")
+    page.wait_for_function("() => window.realtimeSer.state() && window.realtimeSer.state().utterances.length === 4")
+    page.wait_for_timeout(300)
+    assert page.locator("#banner").is_visible()  # a live call with an alert raised
+    server.loop.call_soon_threadsafe(server.server.hub.publish, events[-1])
+    wait_ended(page)
+    assert page.locator("#banner").is_hidden(), "the banner is for calls in progress"
+    assert page.locator("#alerts li.raised").count() == 1  # what was raised stays in the list
+    # Opened at / with no live call: the call that ended last, not "no session selected".
+    page.goto(server.http + "/")
+    page.wait_for_function("() => window.realtimeSer.state() && window.realtimeSer.state().session", timeout=10000)
+    assert page.evaluate("window.realtimeSer.state().session") == "angry-call"
+    wait_ended(page)
+    assert "session angry-call" in (page.locator("#session-title").text_content() or "")
+    assert csp_tab.problems == []
+
+
+@needs_browser
+def test_one_definition_of_the_negative_level_everywhere(scripted_server: LiveServer, csp_tab: Tab) -> None:
+    from realtime_ser.alerts import describe_level
+
+    server, page = scripted_server, csp_tab.page
+    events = scripted_session("levels", _alert_turns())
+    server.publish_session("levels", events)
+    page.goto(server.http + "/?session=levels")
+    wait_ended(page)
+    tracker = AlertTracker(PipelineConfig().alerts)
+    said: dict[str, str] = {}
+    for e in events:
+        if e["type"] == "utterance" and e["emotion"]:
+            tracker.observe(e)
+            level = tracker.level(e["speaker"], e["channel"])
+            assert level is not None
+            turns = min(4, sum(1 for u in events if u["type"] == "utterance" and u["speaker"] == e["speaker"]
+                               and u["seq"] <= e["seq"] and u["emotion"]))
+            said[e["speaker"]] = describe_level(level, turns, 4)
+        if e["type"] == "alert":
+            assert said[e["speaker"]] in e["message"]  # the alert words it as the views do
+    for speaker, text in said.items():
+        assert page.locator(f'.lane-row[data-speaker="{speaker}"] .trend').get_attribute("title") == text
+    definition = page.locator("#definition").text_content() or ""
+    assert definition == "negative = share of angry/frustrated/sad over a speaker's last 4 turns"
+    assert csp_tab.problems == []
+
+
+@needs_browser
+def test_no_scrollbars_where_nothing_overflows(scripted_server: LiveServer, csp_tab: Tab) -> None:
+    server, page = scripted_server, csp_tab.page
+    server.publish_session("short", scripted_session("short", _alert_turns()))
+    labels = ["neutral", "happy", "sad", "angry"]
+    server.publish_session("long", scripted_session("long", [("agent" if i % 2 else "customer", labels[i % 4], 0.7,
+                                                              "words") for i in range(80)]))
+    page.goto(server.http + "/?session=short")
+    wait_ended(page)
+    sizes = page.evaluate("""() => { const t = document.getElementById('timeline'), d = document.documentElement;
+        return [d.scrollHeight, d.clientHeight, d.scrollWidth, d.clientWidth, t.scrollWidth, t.clientWidth]; }""")
+    page_h, view_h, page_w, view_w, tl_w, tl_view = sizes
+    assert page_h <= view_h and page_w <= view_w, sizes
+    assert tl_w <= tl_view, sizes  # a 14 s call fits the panel: no sideways scrollbar
+    page.goto(server.http + "/?session=long")  # 4 minutes: the timeline scrolls, the page does not widen
+    wait_ended(page)
+    tl_w, tl_view, page_w, view_w = page.evaluate("""() => { const t = document.getElementById('timeline'),
+        d = document.documentElement; return [t.scrollWidth, t.clientWidth, d.scrollWidth, d.clientWidth]; }""")
+    assert tl_w > tl_view and page_w <= view_w
+    assert csp_tab.problems == []
+
+
+def test_a_missing_token_page_says_how_to_pass_it(none_server: LiveServer) -> None:
+    for url in (none_server.http + "/", none_server.http + "/wallboard", none_server.http + "/?token=wrong"):
+        status, headers, body = get(url, {"Accept": "text/html"})
+        assert status == 401 and headers["Content-Type"].startswith("text/html")
+        assert b"?token=TOKEN" in body and b"Authorization: Bearer" in body
+    status, headers, body = get(none_server.http + "/sessions")
+    assert status == 401 and b"?token=TOKEN" in body and b"Authorization: Bearer TOKEN" in body
+    assert get(none_server.http + "/wallboard?token=s3cret")[0] == 200
+
+
+# -- the wallboard: every live call at once ---------------------------------------------------------
+
+
+def _level(events: list[dict[str, Any]], speaker: str) -> tuple[float | None, int]:
+    tracker = AlertTracker(PipelineConfig().alerts)
+    turns = 0
+    channel = 0
+    for e in events:
+        if e["type"] == "utterance" and e["speaker"] == speaker and e["emotion"]:
+            tracker.observe(e)
+            turns += 1
+            channel = e["channel"]
+    return tracker.level(speaker, channel), min(turns, 4)
+
+
+def _alerting(events: list[dict[str, Any]]) -> bool:
+    raised: set[str] = set()
+    for e in events:
+        if e["type"] == "alert":
+            (raised.add if e["state"] == "raised" else raised.discard)(e["speaker"])
+    return bool(raised)
+
+
+def _check_wall(page: Page, truth: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The wallboard against the events each call has sent so far: per tile, the same alert state and
+    levels as computed here from the events up to the last one the page applied; tiles sorted by
+    alert, then negativity."""
+    state, dom = page.evaluate("""() => [window.realtimeSerWall.state(),
+        [...document.querySelectorAll('#calls > li')].map(li => li.dataset.session)]""")
+    for tile in state:
+        known = truth.get(tile["session"], [])
+        if not known or known[-1]["seq"] < tile["lastSeq"]:
+            continue  # the page is ahead of this test's own subscriber: compare next time
+        seen = [e for e in known if e["seq"] <= tile["lastSeq"]]
+        assert tile["alert"] == _alerting(seen), (tile, seen[-3:])
+        for sp in tile["speakers"]:
+            level, turns = _level(seen, sp["name"])
+            if level is None:
+                assert sp["level"] is None
+            else:
+                assert abs(sp["level"] - level) < 1e-9 and sp["turns"] == turns, (tile["session"], sp, level)
+    keys = [(t["alert"], t["level"]) for t in state]
+    assert keys == sorted(keys, key=lambda k: (not k[0], -k[1])), keys
+    assert dom == [t["session"] for t in state]
+    return state  # type: ignore[no-any-return]
+
+
+async def _vosk_call(url: str, pcm: np.ndarray, speed: float, replies: list[dict[str, Any]]) -> None:
+    """vosk-server's test.py, message for message, paced like a live call."""
+    from websockets.asyncio.client import connect
+
+    async with connect(url) as ws:
+        await ws.send('{ "config" : { "sample_rate" : %d } }' % 16000)  # noqa: UP031
+        step = 3200  # 0.2 s
+        t0 = time.monotonic()
+        for k, i in enumerate(range(0, len(pcm), step)):
+            await asyncio.sleep(max(0.0, t0 + k * 0.2 / speed - time.monotonic()))
+            await ws.send(pcm[i : i + step].astype("<i2").tobytes())
+            replies.append(json.loads(await ws.recv()))
+        await ws.send('{"eof" : 1}')
+        replies.append(json.loads(await ws.recv()))
+
+
+@pytest.mark.slow
+@needs_browser
+def test_wallboard_shows_eight_live_calls_sorted_and_opens_one(call_server: LiveServer, browser: Any) -> None:
+    """Eight calls streaming at once (six over /ingest, two over the vosk-server protocol), some
+    started before the page opened: one tile each, the state each call's events say, alerts first
+    and then the most negative, live; a click opens the call; ended calls leave."""
+    from realtime_ser.client import follow
+
+    pcm, rate = sf.read(demo_path(), dtype="int16")
+    assert rate == 16000
+    mono = pcm.astype(np.int32).sum(axis=1).clip(-32768, 32767).astype(np.int16)
+    server = call_server
+    speed = 3.0
+    truth: dict[str, list[dict[str, Any]]] = {}
+    done: dict[str, Any] = {}
+
+    async def calls() -> None:
+        def record(e: dict[str, Any]) -> None:
+            truth.setdefault(e["session"], []).append(e)
+
+        watcher = asyncio.create_task(follow(server.url, on_event=record, reconnect=False))
+        await asyncio.sleep(0.3)
+
+        async def ingest(i: int) -> None:
+            await asyncio.sleep(2.0 * i)  # staggered: at any moment some calls are further on than others
+            await stream_audio(server.url, paced(pcm, speed), sample_rate=16000, channels=2, session=f"call-{i}",
+                               roles=["agent", "customer"])
+
+        async def vosk(i: int) -> None:
+            await asyncio.sleep(2.0 * i)
+            await _vosk_call(server.url, mono, speed, done.setdefault(f"replies-{i}", []))
+
+        await asyncio.gather(*(ingest(i) for i in range(6)), *(vosk(i) for i in (1, 4)))
+        await asyncio.sleep(1.0)
+        watcher.cancel()
+
+    streamer = threading.Thread(target=lambda: done.setdefault("result", asyncio.run(calls())), name="test-calls")
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    tab = Tab(context.new_page())
+    page = tab.page
+    try:
+        streamer.start()
+        time.sleep(3.0)  # two calls are under way before the page opens: it catches up on them
+        page.goto(server.http + "/wallboard")
+        page.wait_for_function("() => window.realtimeSerWall.state().length === 8", timeout=40000)
+        sessions = {t["session"] for t in page.evaluate("window.realtimeSerWall.state()")}
+        assert sessions == {f"call-{i}" for i in range(6)} | {"vosk-1", "vosk-2"}
+        seen_mixed = False
+        shot = False
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            state = _check_wall(page, truth)
+            alerting = sum(t["alert"] for t in state)
+            if 0 < alerting < len(state):
+                seen_mixed = True
+                if not shot and alerting >= 2 and len(state) == 8:
+                    page.screenshot(path=str(ARTIFACTS / "wallboard.png"))
+                    shot = True
+            if len(state) < 8:
+                break  # calls are ending
+            page.wait_for_timeout(400)
+        assert seen_mixed, "alerts first: some calls alerting while others were not"
+        assert shot
+        # A click opens the call on the dashboard.
+        first = page.locator("#calls > li").first
+        target = first.get_attribute("data-session")
+        first.locator("a").click()
+        page.wait_for_function("() => window.realtimeSer && window.realtimeSer.state() "
+                               "&& window.realtimeSer.state().utterances.length > 0", timeout=15000)
+        assert page.evaluate("window.realtimeSer.state().session") == target
+        page.goto(server.http + "/wallboard")
+        streamer.join(120)
+        assert not streamer.is_alive()
+        page.wait_for_function("() => window.realtimeSerWall.state().length === 0", timeout=15000)
+        assert page.locator("#wall-empty").is_visible()
+        # Every call had its emotion on every utterance, the vosk-protocol ones included.
+        for session, events in truth.items():
+            validate_stream(events)
+            assert all(u["emotion"] for u in events if u["type"] == "utterance"), session
+        assert any(e["type"] == "alert" for e in truth["vosk-1"])
+        assert tab.problems == []
+        if os.environ.get("REALTIME_SER_DOC_IMAGES"):
+            DOC_IMAGES.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(ARTIFACTS / "wallboard.png", DOC_IMAGES / "wallboard.png")
+    finally:
+        streamer.join(120)
+        context.close()

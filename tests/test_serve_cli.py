@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 from conftest import REPO, parse_jsonl, validate_stream
 
+from realtime_ser.asr.whisper_backend import model_available
+from realtime_ser.config import AsrConfig
 from realtime_ser.sources import demo_path
 
 
@@ -108,3 +110,69 @@ def test_tls_with_a_self_signed_certificate(tmp_path: Path) -> None:
     finally:
         took, _ = stop(proc)
         assert took < 3.0
+
+
+def test_stream_takes_the_same_input_names_as_run(tmp_path: Path) -> None:
+    """`stream demo`, `stream -` (raw PCM16 on stdin, any rate `run` takes) and files, as `run --input`."""
+    import numpy as np
+    import soundfile as sf
+
+    proc, url = start_server("--asr", "none")
+    try:
+        demo = cli("stream", "demo", "--server", url, "--session", "named-demo", "--jsonl", "-")
+        assert demo.returncode == 0, demo.stderr.decode()
+        events = parse_jsonl(demo.stdout)
+        validate_stream(events)
+        assert [u["speaker"] for u in events if u["type"] == "utterance"] == ["ch0", "ch1"] * 3  # stereo: 2 speakers
+        pcm, rate = sf.read(demo_path(), dtype="int16")
+        import soxr
+
+        raw = np.clip(np.round(soxr.resample(pcm.astype(np.float32) / 32768, rate, 22050) * 32768), -32768,
+                      32767).astype("<i2").tobytes()
+        piped = subprocess.run([sys.executable, "-m", "realtime_ser", "stream", "-", "--rate", "22050", "--channels",
+                                "2", "--server", url, "--jsonl", "-"], input=raw, capture_output=True, timeout=120,
+                               cwd=REPO)
+        assert piped.returncode == 0, piped.stderr.decode()
+        events = parse_jsonl(piped.stdout)
+        validate_stream(events)
+        assert [u["speaker"] for u in events if u["type"] == "utterance"] == ["ch0", "ch1"] * 3
+        wrong = cli("stream", str(demo_path()), "--rate", "8000", "--server", url)
+        assert wrong.returncode == 1 and "use them with '-'" in wrong.stderr.decode()
+    finally:
+        stop(proc)
+
+
+def test_follow_waits_for_a_session_that_has_not_started() -> None:
+    proc, url = start_server("--asr", "none")
+    try:
+        follower = subprocess.Popen([sys.executable, "-m", "realtime_ser", "follow", url, "--session", "later",
+                                     "--jsonl", "-"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO)
+        time.sleep(2.0)  # the follower asks, is told there is no such session yet, and waits
+        assert follower.poll() is None, follower.stderr.read().decode() if follower.stderr else ""
+        done = cli("stream", "demo", "--server", url, "--session", "later", "--jsonl", "-")
+        assert done.returncode == 0, done.stderr.decode()
+        out, err = follower.communicate(timeout=30)
+        assert follower.returncode == 0, err.decode()
+        assert parse_jsonl(out) == parse_jsonl(done.stdout)
+        t0 = time.monotonic()
+        gone = cli("follow", url, "--session", "never", "--timeout", "1.5")
+        assert 1.4 < time.monotonic() - t0 < 20
+        assert gone.returncode == 1 and "session never did not start within 1.5 s" in gone.stderr.decode()
+    finally:
+        stop(proc)
+
+
+@pytest.mark.skipif(not model_available(AsrConfig(backend="whisper")),
+                    reason="needs faster-whisper and `realtime-ser models prepare whisper-base`")
+def test_stream_asks_for_whisper_or_pocketsphinx_whatever_the_server_runs() -> None:
+    proc, url = start_server("--asr", "whisper")
+    try:
+        for asr in ("pocketsphinx", "whisper"):
+            done = cli("stream", "demo", "--server", url, "--asr", asr, "--jsonl", "-", timeout=180)
+            assert done.returncode == 0, done.stderr.decode()
+            events = parse_jsonl(done.stdout)
+            validate_stream(events)
+            assert events[0]["asr"]["backend"] == asr
+            assert any(e["type"] == "utterance" and e["text"] for e in events)
+    finally:
+        stop(proc)

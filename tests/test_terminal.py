@@ -84,13 +84,15 @@ def test_plain_lines_when_not_a_terminal() -> None:
     assert not ANY_ESCAPE.search(text) and "\r" not in text
     lines = text.splitlines()
     assert lines[0] == "session call-9: scripted · 16000 Hz × 2 · asr pocketsphinx (en-us)"
-    assert lines[1].startswith("  speakers: agent, customer")
+    # One definition of the negative level, stated once in the header and used in the alert.
+    assert lines[1] == ("  speakers: agent, customer · negative = share of angry/frustrated/sad over a speaker's "
+                        "last 4 turns; alert from 50%")
     utts = [m.groups() for line in lines if (m := UTTERANCE_LINE.match(line))]
     assert utts == [("agent", "neutral", "80", "turn 1 of agent"), ("customer", "angry", "80", "turn 2 of customer"),
                     ("customer", "angry", "80", "turn 3 of customer"), ("agent", "–", None, "turn 5 of agent"),
                     ("customer", "frustrated", "80", "turn 6 of customer")]
     alerts = [line for line in lines if "ALERT" in line]
-    assert len(alerts) == 1 and "customer: negative emotion at" in alerts[0]
+    assert len(alerts) == 1 and "customer: negative 90% over the last 4 turns (2 so far); " in alerts[0]
     assert lines[-1].startswith("session ended (end_of_input): 5 utterances, 17.0 s of audio, 0 frames dropped, "
                                 "1 alert · agent: neutral 1 · customer: angry 2 frustrated 1")
     assert "let me" not in text  # partials only on the status line of a terminal

@@ -11,12 +11,12 @@ from dataclasses import replace
 
 from ..config import ASR_BACKENDS, AsrConfig
 from ..errors import ConfigError
-from .base import RecognizerBackend, StreamRecognizer, Transcript, Word
+from .base import Alternative, RecognizerBackend, RecognizerOptions, StreamRecognizer, Transcript, Word
 
 BACKENDS = ASR_BACKENDS
 
-__all__ = ["BACKENDS", "RecognizerBackend", "StreamRecognizer", "Transcript", "Word", "create_backend",
-           "resolve_auto"]
+__all__ = ["BACKENDS", "Alternative", "RecognizerBackend", "RecognizerOptions", "StreamRecognizer", "Transcript",
+           "Word", "close_backend", "create_backend", "resolve_auto"]
 
 log = logging.getLogger(__name__)
 
@@ -82,3 +82,17 @@ def create_backend(config: AsrConfig, in_process: bool | None = None) -> Recogni
 
         return WhisperBackend(config)
     raise ConfigError(f"unknown ASR backend {config.backend!r}; use one of {', '.join(BACKENDS)}")
+
+
+def close_backend(backend: RecognizerBackend | None, timeout: float = 2.0) -> bool:
+    """Release a backend's threads and worker processes (those that have any); False when
+    something of it was still running after ``timeout`` seconds (a decode that cannot be
+    interrupted). A process must not exit while a native decoder thread still runs."""
+    close = getattr(backend, "close", None)
+    if close is None:
+        return True
+    try:
+        result = close(timeout=timeout)
+    except TypeError:  # a close() without a timeout
+        result = close()
+    return result is not False

@@ -30,16 +30,50 @@ class Word:
 
 
 @dataclass(frozen=True, slots=True)
+class Alternative:
+    """One of the n best transcripts of an utterance (with ``RecognizerOptions.max_alternatives``).
+
+    ``confidence`` is the recognizer's own score of it: higher is better, comparable only
+    between alternatives of one utterance (Vosk: a lattice score such as 215.6; pocketsphinx:
+    a posterior in [0, 1]). ``words`` may be empty where the recognizer gives no alignment
+    for this alternative."""
+
+    text: str
+    confidence: float
+    words: tuple[Word, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True, slots=True)
 class Transcript:
     """A (partial or final) transcript of one utterance."""
 
     text: str
     words: tuple[Word, ...] = field(default_factory=tuple)
     final: bool = False
+    alternatives: tuple[Alternative, ...] = field(default_factory=tuple)
+    """The n best transcripts, best first (empty unless alternatives were asked for)."""
     speech: EncodedUtterance | None = None
     """Whisper's encoder output for this utterance's audio, when the recognizer computed it on the
     speech encoder's default settings (:mod:`realtime_ser.features.speech`): the emotion model
     uses it instead of encoding the audio again (it checks ``speech.key`` first)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RecognizerOptions:
+    """What a client may ask of the recognizer of its stream (the vosk-server protocol's
+    ``max_alternatives`` and ``phrase_list``). The default asks for nothing.
+
+    A stream that has a ``configure(options) -> list[str]`` method applies them and returns
+    one line per request it cannot honour (fully); streams without one honour none."""
+
+    max_alternatives: int = 0
+    """Also return up to this many best transcripts (``Transcript.alternatives``); 0 = none."""
+    phrases: tuple[str, ...] = ()
+    """Recognize only these phrases (a grammar), where the recognizer can; empty = anything."""
+
+    @property
+    def default(self) -> bool:
+        return self.max_alternatives == 0 and not self.phrases
 
 
 def mono_int16(samples: np.ndarray, who: str) -> np.ndarray:

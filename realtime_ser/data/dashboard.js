@@ -1,7 +1,7 @@
 // realtime-ser dashboard: follows one session's events over /subscribe (docs/protocol.md).
 //
 // - Sessions: GET /sessions every few seconds; ?session=ID in the page URL picks one,
-//   otherwise the newest live session is followed.
+//   otherwise the newest live session is followed, or, when none is live, the latest one.
 // - Events: /subscribe?session=ID&since=N, starting at since=0 (the whole retained log),
 //   and after a drop resuming at the last seq seen + 1, so nothing is missed or shown twice.
 // - Rendering: events are queued and drawn once per animation frame, appending only what
@@ -9,17 +9,13 @@
 //   textContent and title only, never as HTML.
 "use strict";
 (() => {
-  const params = new URLSearchParams(location.search);
-  const token = params.get("token");
-  const wsBase = (location.protocol === "https:" ? "wss://" : "ws://") + location.host;
+  const C = window.realtimeSerCommon;
+  const { el, clock, pct, colorOf, topLabel } = C;
+  const params = C.params;
+  const wsBase = C.wsBase;
   const $ = (id) => document.getElementById(id);
   const PX_PER_S = 14;
   const MAX_SPARK = 120;
-  const PALETTE = {
-    neutral: "#8c99a6", happy: "#e0a800", excited: "#f28c28", sad: "#3f6fc6", angry: "#d32f2f",
-    frustrated: "#e8590c", fear: "#7b4fc9", disgust: "#3d8b4f", surprise: "#1aa3a3", calm: "#5fa88a",
-  };
-  const DEFAULT_ALERTS = { negative: ["angry", "sad", "frustrated"], window_turns: 4, raise_level: 0.5 };
 
   let current = params.get("session") || "";
   let chosen = Boolean(current);  // false: follow the newest live session
@@ -28,33 +24,8 @@
   let retry = 250, reconnectTimer = null, pauseUntil = 0;
   let pending = [], frameRequested = false;
 
-  function el(tag, cls, text) {
-    const e = document.createElement(tag);
-    if (cls) e.className = cls;
-    if (text !== undefined && text !== null) e.textContent = String(text);
-    return e;
-  }
-  function clock(s) {
-    s = Math.max(0, Number(s) || 0);
-    const m = Math.floor(s / 60), r = s - 60 * m;
-    return m + ":" + (r < 10 ? "0" : "") + r.toFixed(1);
-  }
-  function pct(x) { return Math.round(100 * (Number(x) || 0)) + "%"; }
-  function colorOf(label) {
-    if (PALETTE[label]) return PALETTE[label];
-    let h = 0;
-    for (const ch of String(label)) h = (h * 31 + ch.codePointAt(0)) % 360;
-    return `hsl(${h}, 55%, 48%)`;
-  }
   function scoresText(scores) {
     return Object.entries(scores || {}).sort((a, b) => b[1] - a[1]).map(([k, v]) => `${k} ${pct(v)}`).join(" · ");
-  }
-  function topLabel(emotion) {
-    const scores = emotion && emotion.scores;
-    if (!scores || typeof scores !== "object" || !Object.keys(scores).length) return null;
-    const label = emotion.label in scores ? emotion.label
-      : Object.keys(scores).reduce((a, b) => (scores[b] > scores[a] ? b : a));
-    return { label: String(label), conf: Number(scores[label]) || 0 };
   }
 
   // -- connection status -------------------------------------------------------------------
@@ -68,7 +39,7 @@
   function newState(session) {
     return {
       session, lastSeq: -1, ended: false, down: false, drops: 0, reconnects: 0, droppedAt: 0, gap: "",
-      alertsCfg: { ...DEFAULT_ALERTS, negative: new Set(DEFAULT_ALERTS.negative) },
+      alertsCfg: C.alertSettings(null),
       speakers: new Map(), utterances: new Map(), order: [], alerts: 0, active: new Map(),
       labels: new Set(), duration: 0, ticks: 0,
     };
@@ -85,6 +56,7 @@
     $("counts").textContent = "";
     $("session-title").textContent = session ? "session " + session : "no session selected";
     $("session-meta").textContent = "";
+    $("definition").textContent = C.definition(S.alertsCfg);
     document.title = session ? `${session} · realtime-ser` : "realtime-ser";
   }
 
@@ -96,7 +68,7 @@
     const label = el("div", "lane-label");
     const nameEl = el("span", "name", name);
     const trend = el("span", "trend", "–");
-    trend.title = "share of negative emotion over the last turns";
+    trend.title = C.definition(S.alertsCfg);
     const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
     svg.setAttribute("viewBox", `0 0 ${MAX_SPARK} 20`);
     svg.setAttribute("preserveAspectRatio", "none");
@@ -185,20 +157,14 @@
     }
   }
 
-  function negativeShare(scores) {
-    let s = 0;
-    for (const [k, v] of Object.entries(scores || {})) if (S.alertsCfg.negative.has(k)) s += Number(v) || 0;
-    return Math.min(1, Math.max(0, s));
-  }
-
   function updateTrend(sp) {
     if (!sp.recent.length) return;
-    const level = sp.recent.reduce((a, b) => a + b, 0) / sp.recent.length;
+    const level = C.level(sp.recent);
     sp.levels.push(level);
     if (sp.levels.length > MAX_SPARK) sp.levels.shift();
     sp.trend.textContent = "negative " + pct(level);
-    sp.trend.title = `share of negative emotion (${[...S.alertsCfg.negative].join(", ")}) over the last `
-      + `${sp.recent.length} turns`;
+    sp.trend.title = C.describeLevel(level, sp.recent.length, S.alertsCfg.window_turns);
+    sp.trend.dataset.level = level.toFixed(4);
     const n = sp.levels.length, step = n > 1 ? MAX_SPARK / (n - 1) : 0;
     sp.line.setAttribute("points", sp.levels.map((v, i) => `${(i * step).toFixed(1)},${(20 - 20 * v).toFixed(1)}`).join(" "));
   }
@@ -227,11 +193,7 @@
     S.utterances.set(e.utterance_id, u);
     S.order.push(e.utterance_id);
     paintEmotion(u);
-    if (topLabel(e.emotion)) {
-      sp.recent.push(negativeShare(e.emotion.scores));
-      if (sp.recent.length > S.alertsCfg.window_turns) sp.recent.shift();
-      updateTrend(sp);
-    }
+    if (C.pushScore(sp.recent, e.emotion, S.alertsCfg)) updateTrend(sp);
     const p = $("partial");
     if (p.dataset.speaker === e.speaker) { p.textContent = ""; delete p.dataset.speaker; }
   }
@@ -273,20 +235,21 @@
         sp.band = null;
       }
     }
+    showBanner();
+  }
+
+  // The red banner is for alerts of a call in progress: once the call ends, it goes (the
+  // alert list and the lanes still show what was raised).
+  function showBanner() {
     const banner = $("banner");
-    banner.hidden = S.active.size === 0;
+    banner.hidden = S.active.size === 0 || S.ended;
     banner.textContent = [...S.active.values()].map((a) => "ALERT " + (a.message || a.speaker)).join("  ·  ");
   }
 
   function onStarted(e) {
-    const alerts = e.config && e.config.alerts;
-    if (alerts && typeof alerts === "object") {
-      if (typeof alerts.negative === "string") {
-        S.alertsCfg.negative = new Set(alerts.negative.split(",").map((x) => x.trim()).filter(Boolean));
-      }
-      if (Number.isInteger(alerts.window_turns) && alerts.window_turns > 0) S.alertsCfg.window_turns = alerts.window_turns;
-      if (typeof alerts.raise_level === "number") S.alertsCfg.raise_level = alerts.raise_level;
-    }
+    S.alertsCfg = C.alertSettings(e);
+    $("definition").textContent = C.definition(S.alertsCfg);
+    for (const sp of S.speakers.values()) sp.trend.title = C.definition(S.alertsCfg);
     const asr = e.asr || {};
     $("session-meta").textContent = `${e.input || "?"} · ${e.channels || "?"} ch · asr ${asr.backend || "?"}`
       + (asr.model ? ` (${asr.model})` : "");
@@ -309,6 +272,8 @@
       case "session.ended":
         S.ended = true;
         $("partial").textContent = "";
+        showBanner();
+        for (const sp of S.speakers.values()) sp.row.classList.remove("alerting");
         listSessions();  // its state in the list, now rather than at the next poll
         if (typeof e.duration === "number") extendTimeline(e.duration);
         break;
@@ -355,10 +320,8 @@
     if (!current) return;
     const wait = pauseUntil - Date.now();
     if (wait > 0) { reconnectTimer = setTimeout(connect, wait); return; }
-    const q = new URLSearchParams({ session: current, since: String(S.lastSeq + 1) });
-    if (token) q.set("token", token);
     const since = S.lastSeq + 1;
-    const sock = new WebSocket(`${wsBase}/subscribe?${q}`);
+    const sock = new WebSocket(wsBase + "/" + C.withToken("subscribe", { session: current, since: String(since) }));
     ws = sock;
     sock.onopen = () => {
       if (ws !== sock) return;
@@ -421,17 +384,14 @@
     for (const li of $("sessions").children) li.classList.toggle("current", li.dataset.session === current);
   }
   async function listSessions() {
-    let data;
+    let sessions;
     try {
-      const r = await fetch("sessions" + (token ? "?token=" + encodeURIComponent(token) : ""),
-                            token ? { headers: { Authorization: "Bearer " + token } } : {});
-      if (!r.ok) throw new Error(`HTTP ${r.status}`);
-      data = await r.json();
+      sessions = await C.fetchSessions();
     } catch (err) {
       $("sessions-note").textContent = "cannot list sessions: " + err.message;
       return;
     }
-    known = (data.sessions || []).slice().sort((a, b) =>
+    known = sessions.slice().sort((a, b) =>
       (a.state === b.state ? 0 : a.state === "live" ? -1 : 1) || (b.started || 0) - (a.started || 0));
     const ul = $("sessions");
     ul.textContent = "";
@@ -456,9 +416,12 @@
     const live = known.filter((s) => s.state === "live").length;
     $("sessions-note").textContent = known.length ? `${live} live, ${known.length - live} recently ended` : "no sessions yet";
     markCurrent();
-    if (!chosen && !current) {
-      const newest = known.find((s) => s.state === "live");
-      if (newest) follow(newest.session);
+    if (!chosen) {
+      // Not picked by hand: the newest live call; with none live, the one that ended last. A
+      // call that starts later takes over from one that has ended.
+      const live = known.find((s) => s.state === "live");
+      const latest = live || known.slice().sort((a, b) => (b.ended || 0) - (a.ended || 0))[0];
+      if (latest && (!current || (live && S && S.ended && live.session !== current))) follow(latest.session);
     }
   }
 
@@ -481,6 +444,7 @@
     },
   };
 
+  $("to-wallboard").href = C.withToken("wallboard");
   resetView(current);
   if (current) follow(current);
   listSessions();

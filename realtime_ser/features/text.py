@@ -704,5 +704,6 @@ prepare.register(
         help="export the sentence encoder (all-MiniLM-L6-v2) to ONNX for the text features; needs realtime-ser[train]",
         run=prepare_text_encoder,
         optional=True,
+        present=lambda cache: d if (d := default_encoder_dir(cache)).joinpath(_META).is_file() else None,
     )
 )

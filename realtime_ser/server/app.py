@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import hmac
 import http
 import json
@@ -32,8 +33,8 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from ..asr import RecognizerBackend, create_backend
-from ..config import PipelineConfig
+from ..asr import RecognizerBackend, close_backend, create_backend
+from ..config import AsrConfig, PipelineConfig
 from ..errors import RealtimeSerError
 from ..memory import release_free_memory
 from ..pipeline import Pipeline
@@ -41,7 +42,7 @@ from ..sources import PushSource
 from .bus import BusRefused, BusUnavailable, create_bus, owner_key
 from .hub import Hub, SinceUnavailable, Subscriber
 from .metrics import Registry, server_metrics
-from .vosk_compat import VoskCompatSession
+from .vosk_compat import VoskCompatSession, VoskConfig, VoskProtocolError, apply_config, parse_message
 
 log = logging.getLogger(__name__)
 
@@ -151,17 +152,31 @@ class Server:
         self.hub = Hub(self.srv.log_events, self.srv.retain_ended_s, self.srv.subscriber_queue,
                        observe=self.metrics.observe_event, bus=create_bus(self.srv, self.registry))
         self._backends: dict[str, RecognizerBackend | None] = dict(backends or {})
+        self.available_asr: set[str] = set(self._backends)
+        """Recognizers an ingest may ask for: the server's own, ``none``, and those it can load on
+        first use (pocketsphinx, bundled; whisper when its model is prepared; vosk with a model)."""
         if not self._backends:
             self._backends[config.asr.backend] = create_backend(config.asr)
             if config.asr.backend != "none":
                 self._backends["none"] = None
+            self.available_asr = set(self._backends) | loadable_backends(config.asr)
+        self._loading: dict[str, asyncio.Lock] = {}
         self._pipelines: dict[str, tuple[Pipeline, PushSource, threading.Thread]] = {}
         self._workers = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="ser-vosk")
         self._server: Any = None
+        self._vosk_server: Any = None
+        self.vosk_port: int | None = None
+        """The port of the vosk-server protocol listener (``server.vosk_port``), once started."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
         self._vosk_count = 0
         self._janitor: asyncio.Task[None] | None = None
+        self._handlers: set[asyncio.Task[Any]] = set()
+        """Connections that end a session of their own (ingest, vosk); shutdown waits for them to
+        send the last events and close with 1001."""
+        self._owns_backends = not backends
+        self.backends_running = False
+        """After shutdown: True when a recognizer this server loaded was still decoding."""
         self.port = self.srv.port
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -197,6 +212,20 @@ class Server:
         except BaseException:
             self._server.close()
             raise
+        if self.srv.vosk_port:
+            # vosk-server's clients hard-code ws://localhost:2700 (any path): a second listener
+            # that speaks only that protocol, so they run unchanged.
+            try:
+                self._vosk_server = await serve(
+                    functools.partial(self._handle, vosk_only=True), self.srv.host, self.srv.vosk_port,
+                    process_request=self._process_vosk_request, max_size=self.srv.max_frame_bytes, ssl=ssl_context,
+                    ping_interval=20, ping_timeout=20, close_timeout=2, max_queue=16,
+                    write_limit=self.srv.write_limit_bytes)
+            except OSError as exc:
+                self._server.close()
+                raise RealtimeSerError(f"cannot listen on {self.srv.host}:{self.srv.vosk_port} (server.vosk_port): "
+                                       f"{exc.strerror or exc}") from None
+            self.vosk_port = self._vosk_server.sockets[0].getsockname()[1]
         self._janitor = asyncio.create_task(self._expire_loop())
         log.info("listening on %s", self.url)
 
@@ -222,15 +251,26 @@ class Server:
             log.exception("the event bus did not close cleanly")
         for sub in list(self.hub.all_subscribers):
             sub.offer(None)
+        handlers = [t for t in self._handlers if not t.done()]
+        if handlers:  # they send each session's last events, then close with 1001
+            await asyncio.wait(handlers, timeout=1.0)
         if self._janitor is not None:
             self._janitor.cancel()
-        if self._server is not None:
-            self._server.close(close_connections=True)
+        for listener in (self._server, self._vosk_server):
+            if listener is None:
+                continue
+            listener.close(close_connections=True)
             try:
-                await asyncio.wait_for(self._server.wait_closed(), timeout=1.0)
+                await asyncio.wait_for(listener.wait_closed(), timeout=1.0)
             except TimeoutError:
                 log.warning("some connections did not close in time")
         self._workers.shutdown(wait=False, cancel_futures=True)
+        if self._owns_backends:
+            # Every session has ended: an idle decoder thread stops at once, and one still
+            # decoding (an interrupted utterance) is not waited for.
+            closed = await asyncio.to_thread(
+                lambda: [close_backend(b, 0.2) for b in self._backends.values() if b is not None])
+            self.backends_running = not all(closed)
         log.info("shut down in %.2f s", time.monotonic() - t0)
 
     async def _expire_loop(self) -> None:
@@ -293,8 +333,7 @@ class Server:
             return _static(path[len("/static/"):])
         if not self._authorized(request, query):
             self.metrics.errors_total.inc(code="unauthorized")
-            return _response(401, "missing or wrong bearer token\n", "text/plain; charset=utf-8",
-                             [("WWW-Authenticate", 'Bearer realm="realtime-ser"')])
+            return _unauthorized(page=path in ("/", "/index.html", "/wallboard") and not upgrade)
         if upgrade:
             origin = request.headers.get("Origin")
             if origin is not None and not self._origin_allowed(origin, request.headers.get("Host", "")):
@@ -310,8 +349,9 @@ class Server:
             return _response(200, self.registry.render(), "text/plain; version=0.0.4; charset=utf-8")
         if path == "/sessions":
             return self._sessions_response()
-        if path in ("/", "/index.html"):
-            page = resources.files("realtime_ser").joinpath("data/dashboard.html").read_text("utf-8")
+        if path in ("/", "/index.html", "/wallboard"):
+            name = "wallboard.html" if path == "/wallboard" else "dashboard.html"
+            page = resources.files("realtime_ser").joinpath("data", name).read_text("utf-8")
             return _response(200, page, "text/html; charset=utf-8", [("Content-Security-Policy", DASHBOARD_CSP)])
         return _response(404, f"not found: {path}\n")
 
@@ -322,6 +362,23 @@ class Server:
         body = json.dumps({"sessions": sessions, "node": bus.node, "bus": bus.kind, "complete": complete,
                            "nodes": bus.live_nodes()})
         return _response(200, body, "application/json")
+
+    async def _backend(self, name: str) -> RecognizerBackend | None:
+        """The loaded recognizer ``name``, loading it (off the event loop) on first use."""
+        if name in self._backends:
+            return self._backends[name]
+        lock = self._loading.setdefault(name, asyncio.Lock())
+        async with lock:
+            if name not in self._backends:
+                log.info("loading the %s recognizer for the first session that asks for it", name)
+                try:
+                    self._backends[name] = await asyncio.to_thread(
+                        create_backend, replace(self.config.asr, backend=name))
+                except RealtimeSerError as exc:
+                    self.available_asr.discard(name)
+                    raise ProtocolError(CLOSE_BAD_REQUEST, "unsupported_asr",
+                                        f"asr {name!r} could not be loaded on this server: {exc}") from None
+        return self._backends[name]
 
     def _update_gauges(self) -> None:
         self.hub.bus.update_metrics()
@@ -335,22 +392,47 @@ class Server:
         pending += sum(sub.queue.qsize() for sub in self.hub.all_subscribers)
         self.metrics.queue_depth.set(pending, queue="subscriber_events")
 
-    async def _handle(self, ws: ServerConnection) -> None:
+    def _process_vosk_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        """The vosk-server port: a WebSocket on any path is the vosk protocol; /healthz answers."""
+        parts = urlsplit(request.path)
+        upgrade = "websocket" in request.headers.get("Upgrade", "").lower()
+        if parts.path == "/healthz" and not upgrade:
+            return _response(200, "ok\n", "text/plain; charset=utf-8")
+        if not self._authorized(request, parse_qs(parts.query)):
+            self.metrics.errors_total.inc(code="unauthorized")
+            return _unauthorized()
+        if not upgrade:
+            return _response(426, f"this port speaks the vosk-server protocol over WebSocket "
+                                  f"(ws://HOST:{self.vosk_port}); the dashboard and the other endpoints are on "
+                                  f"port {self.port}\n", "text/plain; charset=utf-8", [("Upgrade", "websocket")])
+        origin = request.headers.get("Origin")
+        if origin is not None and not self._origin_allowed(origin, request.headers.get("Host", "")):
+            self.metrics.errors_total.inc(code="origin")
+            return _response(403, f"origin {origin[:100]!r} may not open WebSockets here\n")
+        return None
+
+    async def _handle(self, ws: ServerConnection, vosk_only: bool = False) -> None:
         assert ws.request is not None
         parts = urlsplit(ws.request.path)
+        task = asyncio.current_task()
         try:
-            if parts.path == "/ingest":
-                await self._ingest(ws)
+            if vosk_only:
+                if task is not None:
+                    self._handlers.add(task)
+                await self._vosk(ws)
             elif parts.path == "/subscribe":
                 await self._subscribe(ws, parse_qs(parts.query))
-            else:
-                await self._vosk(ws)
+            elif task is not None:
+                self._handlers.add(task)
+                await (self._ingest(ws) if parts.path == "/ingest" else self._vosk(ws))
         except ProtocolError as exc:
             self.metrics.errors_total.inc(code=exc.error_code)
             log.info("closing %s: %s (%d)", ws.remote_address, exc, exc.close_code)
             await _fail(ws, exc)
         except ConnectionClosed:
             pass
+        finally:
+            self._handlers.discard(task)  # type: ignore[arg-type]
 
     # -- ingest -------------------------------------------------------------------------------
 
@@ -364,7 +446,7 @@ class Server:
         return msg
 
     async def _ingest(self, ws: ServerConnection) -> None:
-        start = parse_start(await self._recv_text(ws, "start message"), self.config.asr.backend, set(self._backends))
+        start = parse_start(await self._recv_text(ws, "start message"), self.config.asr.backend, self.available_asr)
         if len(self.hub.live_sessions()) >= self.srv.max_sessions:
             raise ProtocolError(CLOSE_LIMIT, "too_many_sessions",
                                 f"the server holds its maximum of {self.srv.max_sessions} live sessions; try later")
@@ -382,6 +464,7 @@ class Server:
         if existing is not None and existing.live:
             raise ProtocolError(CLOSE_BAD_REQUEST, "session_exists", f"session {session!r} is already live")
         channels = start["channels"]
+        backend = await self._backend(start["asr"])
         cfg = replace(self.config,
                       asr=replace(self.config.asr, backend=start["asr"]),
                       source=replace(self.config.source, split_channels=channels == 2, realtime=False))
@@ -400,7 +483,6 @@ class Server:
         rec = self.hub.open(session)
         rec.owner = owner
         rec.owner_key = key
-        rec.stop = source.end
         sub = self.hub.subscribe(session, None)
         # Without events the client still gets session.started, so it learns the session id.
         sender = asyncio.create_task(self._pump(ws, sub) if start["events"] else self._pump_started(ws, sub))
@@ -410,8 +492,9 @@ class Server:
             loop.call_soon_threadsafe(self.hub.publish, event)
 
         pipeline = Pipeline(cfg, source, [publish],
-                            backend=self._backends[start["asr"]], session=session, input_name="websocket",
+                            backend=backend, session=session, input_name="websocket",
                             speakers=start["roles"])
+        rec.stop = pipeline.stop  # server shutdown: flush what was heard, within the pipeline's deadline
         thread = threading.Thread(target=self._run_pipeline, args=(pipeline, session), name=f"ser-session-{session}",
                                   daemon=True)
         self._pipelines[session] = (pipeline, source, thread)
@@ -419,9 +502,18 @@ class Server:
         thread.start()
         log.info("session %s started: %d Hz x %d, asr %s", session, start["sample_rate"], channels, start["asr"])
         eof = False
+        reader = asyncio.create_task(self._read_audio(ws, source, session))
+        ended = asyncio.create_task(rec.done.wait())
         try:
-            eof = await self._read_audio(ws, source, session)
+            # Until the client's eof, or until the session ends without it (the server is
+            # shutting down): audio that still arrives then is not read.
+            await asyncio.wait({reader, ended}, return_when=asyncio.FIRST_COMPLETED)
+            if reader.done():
+                eof = reader.result()
         finally:
+            reader.cancel()
+            ended.cancel()
+            await asyncio.gather(reader, ended, return_exceptions=True)
             if not eof:
                 pipeline.input_lost()  # no eof: session.ended says "stopped"
             source.end()  # also when the client vanished: everything it sent is still processed
@@ -459,6 +551,8 @@ class Server:
                 raise ProtocolError(CLOSE_BAD_REQUEST, "bad_audio",
                                     f"audio message of {len(msg)} bytes is not a whole number of {source.channels}-"
                                     f"channel PCM16 samples")
+            if source.ended:  # the session was stopped (server shutdown): later audio is not read
+                return False
             self.metrics.ingest_bytes_total.inc(len(msg))
             waited = 0.0
             while not source.try_push(msg):
@@ -470,6 +564,8 @@ class Server:
                                         f"{self.srv.ingest_stall_s:g} s")
                 await asyncio.sleep(0.01)
                 waited += 0.01
+                if source.ended:
+                    return False
         return False
 
     # -- subscribe ------------------------------------------------------------------------------
@@ -571,69 +667,98 @@ class Server:
     # -- vosk-server protocol ----------------------------------------------------------------------
 
     async def _vosk(self, ws: ServerConnection) -> None:
+        """The vosk-server protocol (vosk_compat.py): each message answered in order, on a worker
+        thread; the connection is a session ``vosk-N`` with events like any other."""
         if len(self.hub.live_sessions()) >= self.srv.max_sessions:
             raise ProtocolError(CLOSE_LIMIT, "too_many_sessions",
                                 f"the server holds its maximum of {self.srv.max_sessions} live sessions")
+        if self._closing:
+            raise ProtocolError(CLOSE_GOING_AWAY, "shutting_down", "the server is shutting down")
         loop = asyncio.get_running_loop()
         limit = _RateLimit(self.srv.max_messages_per_s)
-        backend_name = self.config.asr.backend
-        backend = self._backends.get(backend_name)
-        rate = 8000  # vosk-server's default when the client sends no config
+        backend = self._backends.get(self.config.asr.backend)
+        vosk = VoskConfig()
         proc: VoskCompatSession | None = None
         self._vosk_count += 1
         session = self.hub.bus.session_name(f"vosk-{self._vosk_count}")
         rec = None
+        stopping = asyncio.Event()
+        reason = "stopped"  # unless the client sends eof
 
         def publish(e: dict[str, Any]) -> None:
             loop.call_soon_threadsafe(self.hub.publish, e)
 
+        async def run(fn: Callable[..., Any], *args: Any) -> Any:
+            return await loop.run_in_executor(self._workers, fn, *args)
+
+        messages = aiter(ws)
         try:
-            async for msg in ws:
+            while True:
+                # The next message, unless the server stops first (then the session ends as if
+                # the client had sent eof, and the connection closes with 1001).
+                receive = asyncio.ensure_future(anext(messages))
+                stop = asyncio.ensure_future(stopping.wait())
+                await asyncio.wait({receive, stop}, return_when=asyncio.FIRST_COMPLETED)
+                stop.cancel()
+                if not receive.done():
+                    receive.cancel()
+                    await asyncio.gather(receive, return_exceptions=True)
+                    break
+                try:
+                    msg = receive.result()
+                except StopAsyncIteration:
+                    break
                 limit.check()
                 if isinstance(msg, str):
                     try:
-                        obj = json.loads(msg)
-                    except (json.JSONDecodeError, RecursionError):
-                        raise ProtocolError(CLOSE_BAD_REQUEST, "bad_json", "message is not valid JSON") from None
-                    if not isinstance(obj, dict):
-                        raise ProtocolError(CLOSE_BAD_REQUEST, "bad_json", "message must be a JSON object")
-                    if "config" in obj:
-                        cfg = obj["config"]
-                        if not isinstance(cfg, dict):
-                            raise ProtocolError(CLOSE_BAD_REQUEST, "bad_config", "config must be an object")
-                        if "sample_rate" in cfg:
-                            r = cfg["sample_rate"]
-                            if isinstance(r, bool) or not isinstance(r, int | float) or int(r) not in INGEST_RATES:
-                                raise ProtocolError(CLOSE_BAD_REQUEST, "unsupported_sample_rate",
-                                                    f"sample_rate {r!r} is not supported; use one of "
-                                                    f"{', '.join(map(str, INGEST_RATES))}")
+                        obj = parse_message(msg)
+                        if "config" in obj:
                             if proc is not None:
-                                raise ProtocolError(CLOSE_BAD_REQUEST, "bad_config",
-                                                    "config must come before the audio")
-                            rate = int(r)
-                        continue
+                                raise VoskProtocolError("bad_config", "config must come before the audio")
+                            vosk = apply_config(vosk, obj["config"])
+                            continue
+                    except VoskProtocolError as exc:
+                        raise ProtocolError(CLOSE_BAD_REQUEST, exc.code, str(exc)) from None
                     if "eof" in obj:
-                        if proc is None:
-                            await ws.send(json.dumps({"text": ""}))
-                        else:
-                            reply = await loop.run_in_executor(self._workers, proc.finish)
-                            proc = None
-                            await ws.send(json.dumps(reply))
+                        reason = "end_of_input"
                         break
-                    raise ProtocolError(CLOSE_BAD_REQUEST, "bad_json", 'expected {"config": ...} or {"eof": 1}')
+                    if "reset" in obj:
+                        await ws.send(json.dumps(await run(proc.reset) if proc is not None else {"text": ""}))
+                        continue
+                    raise ProtocolError(CLOSE_BAD_REQUEST, "bad_json",
+                                        'expected {"config": {...}}, {"reset": 1} or {"eof": 1}')
                 if proc is None:
                     rec = self.hub.open(session, kind="vosk")
+                    rec.stop = stopping.set
                     self.metrics.sessions_total.inc()
-                    proc = await loop.run_in_executor(
-                        self._workers, VoskCompatSession, session, self.config, backend, publish, rate)
-                    rec.stop = lambda: None  # ends when the client sends eof or leaves
+                    try:
+                        proc = await run(VoskCompatSession, session, self.config, backend, publish, vosk)
+                    except RealtimeSerError as exc:  # e.g. a model that cannot load: said, not a traceback
+                        self.hub.sessions.pop(session, None)  # nothing was published: it never started
+                        raise ProtocolError(1011, "session_failed", f"the session could not start: {exc}") from None
                 self.metrics.ingest_bytes_total.inc(len(msg))
-                reply = await loop.run_in_executor(self._workers, proc.feed, msg)
-                await ws.send(json.dumps(reply))
+                await ws.send(json.dumps(await run(proc.feed, msg)))
+            final = await run(proc.finish, reason) if proc is not None else {"text": ""}
+            proc = None
+            if reason == "end_of_input" or stopping.is_set():
+                await ws.send(json.dumps(final))
         finally:
-            if proc is not None:  # the client left without eof: end the session anyway
-                await loop.run_in_executor(self._workers, proc.finish)
-        await ws.close(CLOSE_NORMAL, "")
+            if proc is not None:  # the client left, or broke the protocol: end the session anyway
+                await run(proc.finish, "stopped")
+        await ws.close(CLOSE_GOING_AWAY if stopping.is_set() else CLOSE_NORMAL, "server shutting down"
+                       if stopping.is_set() else "")
+
+
+def loadable_backends(asr: AsrConfig) -> set[str]:
+    """Recognizers a server can load when a session asks for one (files checked, nothing loaded)."""
+    names = {"pocketsphinx", "none"}  # pocketsphinx's model is in its wheel
+    from ..asr.whisper_backend import model_available
+
+    if model_available(replace(asr, backend="whisper")):
+        names.add("whisper")
+    if asr.vosk_model:
+        names.add("vosk")
+    return names
 
 
 def close_reason(text: str, limit: int = 123) -> str:
@@ -657,7 +782,8 @@ async def _fail(ws: ServerConnection, exc: ProtocolError) -> None:
 # HTML somewhere, no inline script or event handler in it would execute.
 DASHBOARD_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
                  "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
-STATIC_FILES = {"dashboard.js": "text/javascript; charset=utf-8", "dashboard.css": "text/css; charset=utf-8"}
+STATIC_FILES = {"dashboard.js": "text/javascript; charset=utf-8", "dashboard.css": "text/css; charset=utf-8",
+                "common.js": "text/javascript; charset=utf-8", "wallboard.js": "text/javascript; charset=utf-8"}
 
 
 def _static(name: str) -> Response:
@@ -669,6 +795,27 @@ def _static(name: str) -> Response:
     return _response(200, body, content_type, [("X-Content-Type-Options", "nosniff")])
 
 
+def _unauthorized(page: bool = False) -> Response:
+    """401 that says how to pass the token: a header for programs, ``?token=`` for browsers
+    (which cannot set headers on the page or its WebSockets)."""
+    text = ("missing or wrong token. Pass the server's token (--token, server.token or REALTIME_SER_TOKEN "
+            "where the server runs) as the header 'Authorization: Bearer TOKEN', or, in a browser, in the "
+            "address: ?token=TOKEN (for example /?token=TOKEN).")
+    headers = [("WWW-Authenticate", 'Bearer realm="realtime-ser"')]
+    if not page:
+        return _response(401, text + "\n", "text/plain; charset=utf-8", headers)
+    html = ("<!doctype html><html lang=en><head><meta charset=utf-8><title>realtime-ser: token needed</title>"
+            "</head><body style='font:15px/1.5 system-ui,sans-serif;max-width:42em;margin:3em auto'>"
+            "<h1 style='font-size:20px'>This dashboard needs the server's token</h1>"
+            "<p>The token was missing or wrong. Add it to the address, like this:</p>"
+            "<p><code>http://HOST:PORT/?token=TOKEN</code></p>"
+            "<p>The token is the one the server was started with (<code>realtime-ser serve --token TOKEN</code>, "
+            "<code>server.token</code> in its config, or <code>REALTIME_SER_TOKEN</code>). Programs send it as "
+            "the header <code>Authorization: Bearer TOKEN</code>.</p></body></html>")
+    return _response(401, html, "text/html; charset=utf-8",
+                     [*headers, ("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'")])
+
+
 def _response(status: int, body: str, content_type: str = "text/plain; charset=utf-8",
               extra: list[tuple[str, str]] | None = None) -> Response:
     data = body.encode("utf-8")
@@ -677,8 +824,9 @@ def _response(status: int, body: str, content_type: str = "text/plain; charset=u
     return Response(status, http.HTTPStatus(status).phrase, headers, data)
 
 
-async def serve_forever(config: PipelineConfig, ready: Any = None) -> None:
-    """Run the server until SIGINT/SIGTERM, then shut down gracefully."""
+async def serve_forever(config: PipelineConfig, ready: Any = None) -> bool:
+    """Run the server until SIGINT/SIGTERM, then shut down gracefully (docs: README, "Stopping").
+    False when a recognizer was still decoding at the end (the process should then exit at once)."""
     import signal
 
     server = Server(config)
@@ -691,3 +839,4 @@ async def serve_forever(config: PipelineConfig, ready: Any = None) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     await server.shutdown()
+    return not server.backends_running
