@@ -93,17 +93,15 @@ train: $(STAMP) models
 	for c in $(TRAIN_CONFIGS); do $(BIN)/python -m training train --config configs/train/$$c.toml || exit 1; done
 	$(BIN)/python -m training.report
 
-# The packaged emotion models (realtime_ser/data/models/{default,audio,offline}), the fine-tuned text
-# encoder they read (realtime_ser/data/text/), the held-out figures of their recipe over every voice
-# group and corpus, and their report (training/results/default_model.md). About 4 hours on 2 cores.
+# The packaged emotion models (realtime_ser/data/models/{default,audio,offline}), the held-out figures
+# of their recipe over every voice group and corpus, and their report (training/results/default_model.md).
+# About 3 hours on 2 cores.
 default-model: $(STAMP) models
 	$(BIN)/python -m training convert ravdess --out runs/manifests/ravdess-4.csv
 	$(BIN)/python -m training convert tess --out runs/manifests/tess-4.csv
 	$(BIN)/python -m training.transcribe runs/manifests/ravdess-4.csv --sample 80 --out runs/manifests/ravdess-4-asr-sample.csv
 	$(BIN)/python -m training.transcribe runs/manifests/tess-4.csv --sample 80 --out runs/manifests/tess-4-asr-sample.csv
 	$(BIN)/python -m training.default_model
-	$(BIN)/python -m training.text_finetune --out realtime_ser/data/text/all-MiniLM-L6-v2-ser.npz
-	$(BIN)/realtime-ser models prepare --force text-encoder-ser
 	for c in voices_ravdess voices_crema_d voices_cross voices_cross_crema_d voices_ravdess8 voices_crema_d6 \
 	  text_finetuned default_cv; do $(BIN)/python -m training train --config configs/train/$$c.toml || exit 1; done
 	$(BIN)/python -m training train --config configs/train/default.toml --no-eval --export realtime_ser/data/models/default

@@ -628,11 +628,6 @@ def _check_parity(work: Path, model: Any, tokenizer: Any, inputs: list[str], max
     return {"max_abs_diff": diff, "texts": len(texts), "tolerance": PARITY_TOLERANCE}
 
 
-#: Fine-tuned top layers of all-MiniLM-L6-v2 shipped with the package (see training/text_finetune.py).
-FINETUNED_DELTA = Path(__file__).resolve().parent.parent / "data" / "text" / "all-MiniLM-L6-v2-ser.npz"
-FINETUNED_NAME = "all-MiniLM-L6-v2-ser"
-
-
 def read_delta(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """The weights and the description of a fine-tuned delta file."""
     try:
@@ -644,15 +639,15 @@ def read_delta(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     return weights, meta
 
 
-def prepare_finetuned_encoder(options: prepare.PrepareOptions, delta: Path = FINETUNED_DELTA,
-                              name: str = FINETUNED_NAME) -> Path:
-    """Rebuild the fine-tuned encoder (the installed all-MiniLM-L6-v2 with the trained layers of
-    ``delta``) and export it to ONNX into ``options.cache/text-encoder/<name>``, like the plain one.
+def prepare_finetuned_encoder(options: prepare.PrepareOptions, delta: Path, name: str) -> Path:
+    """Rebuild a fine-tuned encoder (the installed all-MiniLM-L6-v2 with the trained layers of
+    ``delta``, from :mod:`training.text_finetune`) and export it to ONNX into
+    ``options.cache/text-encoder/<name>``, like the plain one.
 
     Refuses a delta trained from other base weights than the installed ones. Kept as is when
     already prepared from the same delta, unless ``options.force``."""
     if not delta.is_file():
-        raise prepare.StepUnavailable(f"no fine-tuned text encoder in this package ({delta} is missing)")
+        raise ModelError(f"no fine-tuned text encoder delta at {delta}")
     base = _packaged_source()
     weights, meta = read_delta(delta)
     if meta.get("base_sha256") != _source_fingerprint(base):
@@ -685,17 +680,6 @@ def prepare_finetuned_encoder(options: prepare.PrepareOptions, delta: Path = FIN
         (source / "model.safetensors").unlink(missing_ok=True)
         model.save_pretrained(str(source))
         return prepare_text_encoder(options, source=source, name=name, fingerprint=fingerprint)
-
-
-prepare.register(
-    prepare.Step(
-        name="text-encoder-ser",
-        help="the text encoder fine-tuned for emotion (all-MiniLM-L6-v2 + the packaged trained layers), "
-             "exported to ONNX; needs realtime-ser[train]",
-        run=prepare_finetuned_encoder,
-        optional=True,
-    )
-)
 
 
 prepare.register(
