@@ -172,15 +172,22 @@ def live_scores(manifest_path: Path, model_dir: Path, asr: str) -> dict[tuple[st
     return out
 
 
-def compare_live(manifest_path: Path, model_dir: Path, predictions_csv: Path) -> dict[str, Any]:
-    """The live path's labels and scores against the evaluator's, clip by clip (reference transcripts
-    for the evaluator; the live path hears the clip with no recognizer for the audio model)."""
-    with open(predictions_csv, newline="") as f:
-        offline = {(r["dialogue_id"], int(r["utt_index"])): r for r in csv.DictReader(f)}
+def compare_live(manifest_path: Path, model_dir: Path, asr: str, out: Path) -> dict[str, Any]:
+    """The live path's labels and scores against the evaluator's, clip by clip. The live path hears each
+    clip as ``realtime-ser run --input CLIP --asr ASR`` does; the evaluator then scores the same clips with
+    the transcripts the live run heard (none for the audio model), so both see the same input."""
     model = EmotionModel.load(model_dir)
     labels = list(model.labels)
     t0 = time.perf_counter()
-    live = live_scores(manifest_path, model_dir, "none")
+    live = live_scores(manifest_path, model_dir, asr)
+    manifest = read_manifest(manifest_path)
+    heard = [Utterance(u.dialogue_id, u.utt_index, u.speaker, u.label,
+                       " ".join(e["text"] for e in live.get((u.dialogue_id, u.utt_index), [])) if asr != "none"
+                       else u.text, str(manifest.audio_path(u)), u.extra) for u in manifest.utterances]
+    pred = out.with_suffix(".pred.csv")
+    evaluate(model_dir, write_manifest(out, heard), pred)
+    with open(pred, newline="") as f:
+        offline = {(r["dialogue_id"], int(r["utt_index"])): r for r in csv.DictReader(f)}
     same, diffs, skipped = 0, [], 0
     for key, utts in live.items():
         if len(utts) != 1 or utts[0]["emotion"] is None:
@@ -192,7 +199,7 @@ def compare_live(manifest_path: Path, model_dir: Path, predictions_csv: Path) ->
         q = np.array([float(row[f"p_{lab}"]) for lab in labels])
         diffs.append(float(np.abs(p - q).max()))
         same += int(labels[int(p.argmax())] == row["predicted"])
-    return {"clips": len(live), "compared": len(diffs), "skipped_multi_or_empty": skipped,
+    return {"asr": asr, "clips": len(live), "compared": len(diffs), "skipped_multi_or_empty": skipped,
             "same_label_as_evaluator": same, "max_abs_score_difference": max(diffs) if diffs else None,
             "seconds": round(time.perf_counter() - t0, 1)}
 
@@ -206,8 +213,9 @@ def packaged(results: dict[str, Any], live: bool) -> None:
         pred = RUNS / "default" / f"pred-{name}-held-out.csv"
         r = evaluate(directory, manifest, pred)
         entry: dict[str, Any] = {"metrics": r["metrics"], "modalities": r.get("modalities", {})}
-        if live and name == "audio":
-            entry["live"] = compare_live(manifest, directory, pred)
+        if live and name in ("default", "audio"):
+            asr = "whisper" if name == "default" else "none"
+            entry["live"] = compare_live(manifest, directory, asr, RUNS / "default" / f"live-{name}-held-out.csv")
         results.setdefault("packaged", {})[name] = entry
         m = r["metrics"]
         print(f"packaged {name}: {m['n']} held-out clips, UAR {100 * m['uar']:.1f} ECE {m['ece']:.3f}")
@@ -217,8 +225,11 @@ def packaged(results: dict[str, Any], live: bool) -> None:
 
 
 def _pm(stat: dict[str, float], pct: bool = True) -> str:
+    """Mean ± spread over seeds; a single seed's figure alone (no spread to show)."""
     scale = 100 if pct else 1
     fmt = ".1f" if pct else ".3f"
+    if "min" in stat and stat["min"] == stat["max"]:
+        return f"{scale * stat['mean']:{fmt}}"
     return f"{scale * stat['mean']:{fmt}} ± {scale * stat['std']:{fmt}}"
 
 
@@ -263,8 +274,10 @@ def markdown(r: dict[str, Any]) -> str:
                              f"{_pm(f['weighted_accuracy'])} | {_pm(f['ece'], False)} | "
                              f"{_pm(a['uar']) if a else '–'} | {_pm(t['uar']) if t else '–'} | "
                              f"{f.get('audio_weight_mean', float('nan')):.2f} |")
-        if d.get("seeds_note"):
-            lines.append(d["seeds_note"])
+        if all(e["fused"]["uar"].get("min") == e["fused"]["uar"].get("max") for by in d["by"].values()
+               for e in by.values()):
+            lines += ["", "One seed (a run of this recipe takes about 20 minutes on 2 cores); the spread over "
+                      "seeds of the audio model's recipe is in the first table."]
     t = r.get("text")
     if t:
         lines += ["", "## IEMOCAP transcripts, session folds (text model)", "",
@@ -297,9 +310,11 @@ def markdown(r: dict[str, Any]) -> str:
         for name, e in pk.items():
             if "live" in e:
                 lv = e["live"]
-                lines.append(f"\nLive path against the evaluator ({name}): {lv['same_label_as_evaluator']} of "
-                             f"{lv['compared']} clips with the same label, largest score difference "
-                             f"{lv['max_abs_score_difference']:.1e}.")
+                heard = "no recognizer" if lv.get("asr", "none") == "none" else \
+                    f"`--asr {lv['asr']}`, the evaluator given the transcripts the live run heard"
+                lines.append(f"\nLive path (`realtime-ser run`, {heard}) against `python -m training evaluate` "
+                             f"({name}): {lv['same_label_as_evaluator']} of {lv['compared']} clips with the same "
+                             f"label, largest score difference {lv['max_abs_score_difference']:.1e}.")
     return "\n".join(lines) + "\n"
 
 

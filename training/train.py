@@ -801,7 +801,9 @@ def export_final(cfg: ExperimentConfig, out_dir: Path, version: str = "", metric
                                      dialogues, seed)[0] for m in cfg.model.modalities}
     model, info = train_model(cfg, dialogues, seed, pretrained)
     features = data.extractor.settings_card(cfg.model.modalities)
-    corpora = sorted({u.meta("corpus") or Path(s).stem for s, man in data.manifests for u in man.utterances[:1]})
+    # every corpus whose words or voices went in: a constructed dialogue names its text's corpus and its voice's
+    corpora = sorted({c for s, man in data.manifests for u in man.utterances
+                      for c in (u.meta("corpus") or Path(s).stem, u.meta("voice_corpus")) if c})
     training = {
         "config": cfg.to_dict(),
         "data": {s: {"utterances": len(m), "labels": m.label_counts()} for s, m in data.manifests},
