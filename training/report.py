@@ -131,6 +131,16 @@ def main() -> int:
                             "one seed)", generic_table),
         ("strategies", "Fusion training strategies (constructed pairing, causal, late concat, perspective loss)",
          generic_table),
+        ("text_finetuned", "Text only, IEMOCAP transcripts, the text encoder fine-tuned per fold", text_table),
+        ("voices_ravdess", "Every voice: RAVDESS 4 classes, five groups of four actors, trained on every other "
+                           "voice (front ends compared)", generic_table),
+        ("voices_ravdess8", "Every voice: RAVDESS 8 classes, five groups of four actors", generic_table),
+        ("voices_crema_d", "Every voice: CREMA-D 4 classes, five groups of 15 actors", generic_table),
+        ("voices_crema_d6", "Every voice: CREMA-D 6 classes, five groups of 15 actors", generic_table),
+        ("voices_cross", "Cross-corpus: trained on RAVDESS + CREMA-D, tested on TESS", generic_table),
+        ("voices_cross_crema_d", "Cross-corpus: trained on RAVDESS + TESS, tested on CREMA-D", generic_table),
+        ("default_cv", "The packaged default model's recipe, voice group and IEMOCAP session held out together",
+         generic_table),
     ]
     for name, title, fn in spec:
         doc = _load(name)
