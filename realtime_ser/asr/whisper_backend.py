@@ -48,7 +48,6 @@ import hashlib
 import importlib.util
 import json
 import logging
-import os
 import re
 import shutil
 import tempfile
@@ -65,6 +64,7 @@ import numpy as np
 from .. import prepare
 from ..config import AsrConfig
 from ..errors import ModelError, RecognizerError
+from ..features.speech import cpu_threads
 from .base import RecognizerOptions, Transcript, Word, mono_int16
 
 __all__ = [
@@ -226,20 +226,10 @@ def _load(path: Path, config: AsrConfig) -> Any:
     ct2 = _import_ctranslate2()
     try:
         return ct2.models.Whisper(str(path), device="cpu", compute_type=config.whisper_compute_type,
-                                  intra_threads=_threads(config.whisper_threads), inter_threads=1)
+                                  intra_threads=cpu_threads(config.whisper_threads), inter_threads=1)
     except Exception as exc:  # CTranslate2 raises RuntimeError/ValueError for unreadable weights
         raise ModelError(f"cannot load the Whisper model in {path}: {exc}; the directory may be corrupt or "
                          f"not a CTranslate2 Whisper model; {_HINT}") from exc
-
-
-def _threads(setting: int) -> int:
-    if setting > 0:
-        return setting
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
-    return max(1, min(8, cores))
 
 
 # -- text ------------------------------------------------------------------------------------------
@@ -912,7 +902,7 @@ class WhisperBackend:
         self._decoder = _Decoder(self.engine, config)
         log.info("whisper model %s loaded from %s in %.1f s (%s, %d threads, language %s, window %s, word times %s)",
                  self.model, path, time.perf_counter() - t0, config.whisper_compute_type,
-                 _threads(config.whisper_threads), config.whisper_language or "detected per utterance",
+                 cpu_threads(config.whisper_threads), config.whisper_language or "detected per utterance",
                  f"{config.whisper_window_s} s" if config.whisper_window_s else "per utterance",
                  config.whisper_word_times)
 

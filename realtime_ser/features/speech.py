@@ -272,7 +272,8 @@ _encoders: dict[tuple[str, str, SpeechEncoderConfig], SpeechEncoder] = {}
 _load_lock = threading.Lock()
 
 
-def _threads(setting: int) -> int:
+def cpu_threads(setting: int) -> int:
+    """CTranslate2's intra-op threads: ``setting`` when positive, else the usable cores (at most 8)."""
     if setting > 0:
         return setting
     try:
@@ -322,12 +323,12 @@ def load(model_dir: str | Path = "", threads: int = 0, config: SpeechEncoderConf
                 raise ModelError("the speech encoder needs the 'ctranslate2' package: pip install ctranslate2") from exc
             try:
                 model = ctranslate2.models.Whisper(str(directory), device="cpu", compute_type=config.compute_type,
-                                                  intra_threads=_threads(threads), inter_threads=1)
+                                                  intra_threads=cpu_threads(threads), inter_threads=1)
             except Exception as exc:
                 raise ModelError(f"cannot load the Whisper model in {directory} for the speech encoder: {exc}") from exc
             _models[key] = (model, _model_sha256(directory), whisper_backend.model_name(directory))
             log.info("speech encoder %s loaded from %s (%s, %d threads)", _models[key][2], directory,
-                     config.compute_type, _threads(threads))
+                     config.compute_type, cpu_threads(threads))
         model, sha, name = _models[key]
         encoder = SpeechEncoder(model, directory, sha, config, name)
         encoder.embed([np.zeros(SAMPLE_RATE // 2, np.float32)])  # sets d_model; the first call is the slow one
