@@ -71,27 +71,29 @@ def compute(out: Path) -> dict[str, Any]:
     ratio = min(1.0, float(bus["comparison"]["sessions_ratio"])) if measured_bus and bus else BUS_TARGET
     rows: list[dict[str, Any]] = []
     for name, r in cap["backends"].items():
-        if "pipeline" not in r:
+        if "pipeline" not in r or "baseline" in name:  # an older commit measured for comparison, not a plan
             continue
         held = int(r["pipeline"]["capacity"])
         rows.append({"recognizer": name, "measured": held, "lower_bound": held >= int(cap["max_sessions"]),
                      "estimated": False, "rss_mb_idle": r["pipeline"]["probes"][0]["server_rss_mb_idle"],
                      "rss_mb_per_session": r["pipeline"].get("rss_mb_per_added_session")})
     ps = next((r for r in rows if r["recognizer"] == "pocketsphinx"), None)
-    if asr and ps and "whisper" in asr.get("runs", {}) and "pocketsphinx" in asr["runs"]:
+    measured_whisper = any(r["recognizer"] == "whisper" for r in rows)
+    if not measured_whisper and asr and ps and "whisper" in asr.get("runs", {}) and "pocketsphinx" in asr["runs"]:
         w = asr["runs"]["whisper"]["accuracy"]["cpu_per_audio_second"]
         p = asr["runs"]["pocketsphinx"]["accuracy"]["cpu_per_audio_second"]
         rows.append({"recognizer": "whisper", "measured": round(ps["measured"] * p / w, 1), "lower_bound": False,
                      "estimated": True, "cpu_ratio": round(w / p, 2), "rss_mb_idle": None,
                      "rss_mb_per_session": None})
     for row in rows:
-        per_node = max(1, math.floor(row["measured"] * ratio * HEADROOM))
+        # a node that held too few calls to plan one with headroom gets no plan (0), not a made-up 1
+        per_node = math.floor(row["measured"] * ratio * HEADROOM)
         row["per_node"] = per_node
         for calls in CALLS:
-            base, spare = nodes_for(calls, per_node)
-            row[f"nodes_{calls}"] = base + spare
+            base, spare = nodes_for(calls, per_node) if per_node else (None, None)
+            row[f"nodes_{calls}"] = base + spare if base is not None and spare is not None else None
             row[f"spare_{calls}"] = spare
-            row[f"cores_{calls}"] = (base + spare) * cores
+            row[f"cores_{calls}"] = (base + spare) * cores if base is not None and spare is not None else None
     rate = DEFAULT_EVENT_RATE
     redis: dict[str, Any] = {"measured": measured_bus}
     if measured_bus and bus:
@@ -126,6 +128,9 @@ def table(plan: dict[str, Any]) -> str:
     for r in plan["rows"]:
         held = (f"~{r['measured']} (estimated ¹)" if r["estimated"] else
                 f"{r['measured']}{'+ (the most tried)' if r['lower_bound'] else ''}")
+        if not r["per_node"]:
+            lines.append(f"| {r['recognizer']} | {held} | 0 ² | – | – | – |")
+            continue
         mem = "–"
         if r["rss_mb_idle"] is not None and r["rss_mb_per_session"] is not None:
             mem = f"{(r['rss_mb_idle'] + r['per_node'] * r['rss_mb_per_session']) / 1024:.1f} GB"
@@ -139,6 +144,9 @@ def table(plan: dict[str, Any]) -> str:
                   f"speech, beyond the capacity rule's 750 ms at any count): its CPU per audio second is "
                   f"{w['cpu_ratio']}× pocketsphinx's (bench/results/asr_compare.md), so it is pocketsphinx's measured "
                   "capacity divided by that. Measure it before buying machines for it.", ""]
+    if any(not r["per_node"] for r in plan["rows"]):
+        lines += ["² Held too few calls within the capacity rule's latency bound to plan one per node with the "
+                  "headroom: no plan for it (bench/results/capacity.md says what bound it missed by how much).", ""]
     if red["measured"]:
         lines.append(f"Redis: {red['events_per_call_second']:.2f} events per call-second (measured); "
                      f"100 calls: {red['100']['events_per_second']} events/s, {red['100']['cpu_cores']} of a core, "

@@ -40,6 +40,14 @@ def test_plan_rules(tmp_path: Path) -> None:
     assert p["rows"][0]["per_node"] == 8  # a ratio above 1 counts as 1
     assert p["redis"]["1000"] == {"events_per_second": 2000, "cpu_cores": 0.1,
                                   "memory_mb": round(3000 * 300 * 2.0 * 1000 / 2**20)}
+    # a recognizer that held one call gets no plan rather than one call per node; a baseline is no plan at all
+    cap["backends"]["none"] = {"pipeline": {"capacity": 1, "probes": [probe]}}
+    cap["backends"]["whisper (baseline abc)"] = {"pipeline": {"capacity": 3, "probes": [probe]}}
+    (tmp_path / "capacity.json").write_text(json.dumps(cap))
+    p = plan.compute(tmp_path)
+    assert [r["recognizer"] for r in p["rows"]] == ["pocketsphinx", "none"]
+    assert p["rows"][1]["per_node"] == 0 and p["rows"][1]["nodes_100"] is None
+    assert "| none | 1 | 0 ² | – | – | – |" in plan.table(p)
 
 
 def test_compose_nodes_run_what_the_cli_accepts() -> None:
