@@ -584,6 +584,13 @@ def test_wallboard_shows_eight_live_calls_sorted_and_opens_one(call_server: Live
     pcm, rate = sf.read(demo_path(), dtype="int16")
     assert rate == 16000
     mono = pcm.astype(np.int32).sum(axis=1).clip(-32768, 32767).astype(np.int16)
+    # the first two calls are real voices (the customer turns angry, then sad: an alert within the call's
+    # first seconds), twice over so they last while all eight are live; the synthetic demo's labels follow
+    # its words and raise none
+    voices, rate = sf.read(demo_path("demo-voices"), dtype="int16")
+    assert rate == 16000 and voices.shape[1] == 2
+    voices = np.concatenate([voices, voices])
+    customer = np.ascontiguousarray(voices[:, 1])  # one leg of that call, for the first vosk-protocol client
     server = call_server
     speed = 3.0
     truth: dict[str, list[dict[str, Any]]] = {}
@@ -598,12 +605,12 @@ def test_wallboard_shows_eight_live_calls_sorted_and_opens_one(call_server: Live
 
         async def ingest(i: int) -> None:
             await asyncio.sleep(2.0 * i)  # staggered: at any moment some calls are further on than others
-            await stream_audio(server.url, paced(pcm, speed), sample_rate=16000, channels=2, session=f"call-{i}",
-                               roles=["agent", "customer"])
+            await stream_audio(server.url, paced(voices if i < 2 else pcm, speed), sample_rate=16000, channels=2,
+                               session=f"call-{i}", roles=["agent", "customer"])
 
         async def vosk(i: int) -> None:
             await asyncio.sleep(2.0 * i)
-            await _vosk_call(server.url, mono, speed, done.setdefault(f"replies-{i}", []))
+            await _vosk_call(server.url, customer if i == 1 else mono, speed, done.setdefault(f"replies-{i}", []))
 
         await asyncio.gather(*(ingest(i) for i in range(6)), *(vosk(i) for i in (1, 4)))
         await asyncio.sleep(1.0)
