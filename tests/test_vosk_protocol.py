@@ -48,14 +48,20 @@ def resample(x: np.ndarray, rate: int) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def wavs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The bundled call's first three turns, mixed to mono (synthetic voices, all scored angry:
-    an alert follows), at 8, 16 and 44.1 kHz; and spoken digits at 16 kHz."""
+    """The bundled call's first three turns, mixed to mono (synthetic voices), at 8, 16 and 44.1 kHz;
+    the customer leg of the demo-voices call (a real actor: angry, sad, happy; an alert follows) at 16
+    and 44.1 kHz; and spoken digits at 16 kHz."""
     tmp = tmp_path_factory.mktemp("vosk")
     pcm, rate = sf.read(demo_path(), dtype="int16")
     assert rate == 16000
     mono = pcm.astype(np.int32).sum(axis=1).clip(-32768, 32767).astype(np.int16)[: 16000 * 16]
     out = {f"demo{r}": vosk_clients.write_pcm_wav(tmp / f"demo{r}.wav", resample(mono, r), r)
            for r in (8000, 16000, 44100)}
+    voices, rate = sf.read(demo_path("demo-voices"), dtype="int16")
+    assert rate == 16000
+    customer = np.ascontiguousarray(voices[:, 1])
+    out |= {f"customer{r}": vosk_clients.write_pcm_wav(tmp / f"customer{r}.wav", resample(customer, r), r)
+            for r in (16000, 44100)}
     digits = np.concatenate([silence(0.5), espeak("one two three"), silence(0.8), espeak("seven four nine five"),
                              silence(1.0)])
     out["digits"] = vosk_clients.write_pcm_wav(tmp / "digits.wav", digits, 16000)
@@ -114,7 +120,7 @@ def check_session(replies: list[dict[str, Any]], events: list[dict[str, Any]], p
 @pytest.mark.parametrize("rate", [16000, 44100])  # 8000: test_srt_py, which sends no config
 def test_test_py_at_any_rate_gets_results_with_emotion_and_alerts(backends: dict[str, Any], wavs: dict[str, Path],
                                                                    rate: int) -> None:
-    (replies,), (events,) = run_clients(backends, config(), (vosk_clients.test_py, wavs[f"demo{rate}"]))
+    (replies,), (events,) = run_clients(backends, config(), (vosk_clients.test_py, wavs[f"customer{rate}"]))
     assert all(set(r) in ({"partial"}, {"result", "text", "emotion"}, {"text"}) for r in replies), replies
     assert replies[-1] == {"text": ""}  # eof after the last utterance ended: nothing left
     finals = results(replies)
@@ -124,7 +130,7 @@ def test_test_py_at_any_rate_gets_results_with_emotion_and_alerts(backends: dict
         assert set(r["emotion"]) >= {"label", "scores", "modalities", "context_turns", "model"}
     check_session(replies, events)
     assert events[0]["sample_rate"] == rate
-    # The synthetic voices score angry throughout: the escalation alert is raised for this call too.
+    # The customer turns angry, then sad: the escalation alert is raised for this call too.
     alerts = [e for e in events if e["type"] == "alert"]
     assert alerts and alerts[0]["state"] == "raised"
 
