@@ -87,8 +87,9 @@ def _check_stopped_run(events: list[dict[str, Any]], asr: str) -> None:
 
 @pytest.mark.parametrize("asr", ["pocketsphinx", pytest.param("whisper", marks=needs_whisper)])
 def test_ctrl_c_to_the_process_group_of_run(asr: str) -> None:
+    # unbuffered: lines read here must not leave later ones in a Python buffer that communicate() skips
     proc = _spawn(["run", "--input", "demo", "--realtime", "--jsonl", "-", "--asr", asr],
-                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
     assert proc.stdout is not None
     lines: list[bytes] = []
     try:
