@@ -133,6 +133,7 @@ def test_the_shared_worker_batches_sessions_and_keeps_them_apart() -> None:
         for t in threads:
             t.join(30)
         assert service.batches - before < 16, "concurrent sessions were batched together"
+        assert service.batches - before >= 16 // service.encoder_batch, "the speech encoder takes a few at a time"
         for a, b in zip(alone, results, strict=True):
             assert b is not None
             for k in a:

@@ -94,7 +94,8 @@ class EmotionService:
     """One model, one worker thread, shared by every session that uses the model."""
 
     def __init__(self, model_dir: Path | str, threads: int = 1, max_batch: int = 64,
-                 text_encoder_dir: str = "", speech_encoder_dir: str = "", encoder_threads: int = 0) -> None:
+                 text_encoder_dir: str = "", speech_encoder_dir: str = "", encoder_threads: int = 0,
+                 encoder_batch: int = 4) -> None:
         self.model = EmotionModel.load(model_dir, threads=threads)
         card = self.model.card
         self.audio: AudioFrontEnd | None = None
@@ -111,6 +112,9 @@ class EmotionService:
         self.model.check_features(self.audio.key() if self.audio is not None else None,
                                   self.encoder.key() if self.encoder is not None else None)
         self.max_batch = max_batch
+        # At most this many utterances the speech encoder runs on per batch: its cost grows with the batch on
+        # few cores (16 at once took longer than one by one), so a burst is answered in chunks, earliest first.
+        self.encoder_batch = max(1, encoder_batch)
         self._queue: queue.Queue[Request | None] = queue.Queue()
         self._stop = threading.Event()
         self.batches = 0
@@ -150,7 +154,8 @@ class EmotionService:
             if first is None:
                 break
             batch = [first]
-            while len(batch) < self.max_batch:
+            encoding = int(self._encodes(first))
+            while len(batch) < self.max_batch and encoding < self.encoder_batch:
                 try:
                     item = self._queue.get_nowait()
                 except queue.Empty:
@@ -159,6 +164,7 @@ class EmotionService:
                     self._stop.set()
                     break
                 batch.append(item)
+                encoding += self._encodes(item)
             try:
                 self._score(batch)
             except Exception as exc:  # one bad batch must not kill the stage for every session
@@ -174,6 +180,10 @@ class EmotionService:
                 break
             if item is not None and not item.future.done():
                 item.future.set_exception(ModelError("the emotion service is closed"))
+
+    def _encodes(self, r: Request) -> bool:
+        """Whether scoring ``r`` runs the speech encoder (no recognizer's encoder pass came with it)."""
+        return self.audio is not None and self.audio.speech is not None and r.speech is None
 
     def _score(self, batch: list[Request]) -> None:
         t0 = time.perf_counter()
