@@ -176,8 +176,11 @@ def test_six_calls_on_two_nodes_followed_from_a_third(cluster: Any, calls: list[
         await asyncio.sleep(0.5)
         ingests = [asyncio.create_task(ingest(node.url, pcm, name)) for node, pcm, name in zip(home, calls, names,
                                                                                               strict=True)]
-        await asyncio.sleep(1.5)
-        # Late subscribers on the third node: the whole of each session from since=0.
+        # Late subscribers on the third node, once it has heard of every call (however loaded the machine):
+        # the whole of each session from since=0.
+        await wait_until(lambda: {e["session"] for e in everything if e["type"] == "session.started"} >= set(names),
+                         20, "all six calls started")
+        await asyncio.sleep(0.5)
         followers = [asyncio.create_task(follow(c.url, f"?session={name}&since=0")) for name in names]
 
         async def moving() -> list[dict[str, Any]]:
