@@ -90,10 +90,13 @@ def compute(out: Path) -> dict[str, Any]:
         per_node = math.floor(row["measured"] * ratio * HEADROOM)
         row["per_node"] = per_node
         for calls in CALLS:
-            base, spare = nodes_for(calls, per_node) if per_node else (None, None)
-            row[f"nodes_{calls}"] = base + spare if base is not None and spare is not None else None
+            nodes = spare = None
+            if per_node:
+                base, spare = nodes_for(calls, per_node)
+                nodes = base + spare
+            row[f"nodes_{calls}"] = nodes
             row[f"spare_{calls}"] = spare
-            row[f"cores_{calls}"] = (base + spare) * cores if base is not None and spare is not None else None
+            row[f"cores_{calls}"] = nodes * cores if nodes is not None else None
     rate = DEFAULT_EVENT_RATE
     redis: dict[str, Any] = {"measured": measured_bus}
     if measured_bus and bus:
