@@ -8,9 +8,9 @@ order and phase) to ``/ingest`` in real time, while one subscriber per session f
 ``/subscribe?session=ID&since=0`` as a call's dashboard would. For every utterance it
 measures, at the subscriber, the time from the moment the chunk holding the last voiced
 frame was sent to the moment the ``utterance`` event arrived, and splits it into the
-server's stages (``latency_ms``: VAD decision, queue, recognizer finalization, emotion
-queue, acoustic features, text embedding, model, output) and delivery to the subscriber
-(the rest).
+server's stages (``latency_ms``: VAD decision, queue, recognizer finalization, the wait for
+the speech encoder's pass started in the hangover, emotion queue, acoustic features, text
+embedding, model, output) and delivery to the subscriber (the rest).
 
 A session count *holds* when every session's audio was taken in real time (the client
 never fell more than ``--max-lag`` behind its schedule, the server reported no dropped
@@ -59,7 +59,7 @@ from bench.latency import default_data_dir, git_info, machine, select_clips, sum
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BACKENDS = ("pocketsphinx", "vosk", "whisper", "none")
-EMOTION_STAGES = ("emotion_wait", "features", "text", "model")
+EMOTION_STAGES = ("encoder_ahead", "emotion_wait", "features", "text", "model")
 SERVER_STAGES = ("vad", "queue", "asr", *EMOTION_STAGES, "output")
 CHUNK_MS = 60  # a whole number of the pipeline's 30 ms frames
 MARGIN_MS = 250.0
@@ -637,10 +637,11 @@ def markdown(result: dict[str, Any]) -> str:
     lines += ["", "## Where the time goes (one session)", "",
               f"Floor: the VAD hangover, {hang:.0f} ms (a baseline: its own), is the end-of-speech decision; no system "
               "emits an utterance before it. Each stage's share of the end-of-speech → subscriber latency, ms:", "",
-              "| recognizer | vad | queue | asr | emotion wait | features | text | model | output | delivery | "
+              "| recognizer | vad | queue | asr | encoder ahead | emotion wait | features | text | model | output | "
+              "delivery | "
               "total at subscriber p50 / p95 | above the floor (hangover) p50 / p95 | recognizer alone: clip end → "
               "final p50 / p95 |",
-              "|---|" + "---:|" * 12]
+              "|---|" + "---:|" * 13]
     for name, r in result["backends"].items():
         if "pipeline" not in r:
             continue
@@ -653,8 +654,11 @@ def markdown(result: dict[str, Any]) -> str:
                  f"{_f(c['p95'] - h if c['p95'] is not None else None)}")
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {_f(c['p50'])} / {_f(c['p95'])} | {above} | "
                      + (f"{_f(fl['p50'])} / {_f(fl['p95'])}" if fl else "–") + " |")
-    lines += ["", "Cells are p50 / p95. *emotion wait* is the time an utterance waits for the shared emotion "
-              "worker; *output* the rest of the server's output stage (alerts, the event log, the JSON); "
+    lines += ["", "Cells are p50 / p95. *encoder ahead* is the time the emotion stage still waited, after the "
+              "end, for the speech encoder's pass that started in the pause (inside the hangover; `–`: none ran "
+              "ahead, e.g. Whisper hands over its own pass); *emotion wait* is the time an utterance waits for "
+              "the shared emotion worker; *output* the rest of the server's output stage (alerts, the event "
+              "log, the JSON); "
               "*delivery* what remains between the server "
               "writing the event and the subscriber reading it (WebSocket, the event loop, the client).", ""]
     lines += ["![latency against sessions](capacity_latency.png)", "", "![stages](capacity_stages.png)", ""]

@@ -233,6 +233,12 @@ class EmotionConfig:
     encoder_threads: int = 0
     """Cores the speech encoder uses (0 = all, at most 8); when Whisper is also the recognizer
     the two share one model, loaded with the first one's setting."""
+    encode_ahead: bool = True
+    """Start the speech encoder once a pause has lasted ``vad.end_padding_ms``, inside the hangover
+    that decides whether the pause ends the utterance, so that its pass (about 140 ms on 2 cores)
+    is mostly done when the utterance ends; a speaker who goes on voids the pass (CPU spent for
+    nothing). Off: the encoder runs after the end. Not used when Whisper, the recognizer, hands
+    over its own encoder pass."""
     max_turns: int = 0
     """Context window in turns, the current one included (0 = what the model card says)."""
     reset_after_s: float = 60.0

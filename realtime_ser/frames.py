@@ -93,6 +93,24 @@ class SpeechEnd:
 
 
 @dataclass(frozen=True, slots=True)
+class SpeechPause:
+    """The open utterance of a channel has all the audio it will have, unless speech resumes.
+
+    Sent once per pause, when the pause has lasted the end padding (``vad.end_padding_ms``):
+    the frames already sent are then exactly the utterance's audio if the pause turns out to
+    be its end, which the segmenter knows only when the hangover has elapsed. Work that needs
+    the whole utterance's audio (the emotion model's speech encoder) can start here and be
+    done by the time :class:`SpeechEnd` comes; a :class:`SpeechAudio` of the same utterance
+    after it means the speaker went on, and that work is void.
+    """
+
+    channel: int
+    utterance_index: int
+    end: float
+    """Stream time (s) of the end of the last voiced frame."""
+
+
+@dataclass(frozen=True, slots=True)
 class SpeechDiscarded:
     """An open utterance was shorter than the minimum length and was dropped."""
 
@@ -102,4 +120,4 @@ class SpeechDiscarded:
     end: float
 
 
-SegmentEvent = SpeechStart | SpeechAudio | SpeechEnd | SpeechDiscarded
+SegmentEvent = SpeechStart | SpeechAudio | SpeechPause | SpeechEnd | SpeechDiscarded

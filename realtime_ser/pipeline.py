@@ -345,8 +345,10 @@ class Pipeline:
         self._put(self._q_speech, events)
 
     def _asr_loop(self) -> None:
+        emotion = self._events.emotion
         stage = RecognitionStage(self._backend, self.config.asr, self.speakers, self._clock,
-                                 keep_audio=self._events.emotion is not None)
+                                 keep_audio=emotion is not None,
+                                 encode_ahead=emotion.encoder_ahead(self._backend) if emotion else None)
         self._stage = stage
         if self._interrupted:
             stage.interrupt()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +23,16 @@ from .asr import RecognizerBackend, RecognizerOptions, StreamRecognizer
 from .config import AsrConfig
 from .errors import RecognizerError
 from .events import round_ms, round_t
-from .frames import SAMPLE_RATE, AudioFrame, SegmentEvent, SpeechAudio, SpeechDiscarded, SpeechEnd, SpeechStart
+from .frames import (
+    SAMPLE_RATE,
+    AudioFrame,
+    SegmentEvent,
+    SpeechAudio,
+    SpeechDiscarded,
+    SpeechEnd,
+    SpeechPause,
+    SpeechStart,
+)
 
 Out = tuple[str, float, dict[str, Any]]
 
@@ -36,6 +46,9 @@ SPEECH = "_speech"
 """Private utterance field: the recognizer's speech-encoder output of the utterance's audio
 (:class:`~realtime_ser.features.speech.EncodedUtterance`), when it has one, so that the emotion
 stage need not encode the audio again (never emitted)."""
+SPEECH_AHEAD = "_speech_ahead"
+"""Private utterance field: a future of the speech encoder's output of exactly the utterance's audio,
+started during the pause that turned out to be its end (``encode_ahead``; never emitted)."""
 ALTERNATIVES = "_alternatives"
 """Private utterance field: the n best transcripts, when asked for (the vosk-server protocol's
 ``max_alternatives``; never emitted): ``[{"text", "confidence", "words": [...]}]``, best first."""
@@ -52,6 +65,13 @@ class _Channel:
     partial_text: str = ""
     failed: str | None = None
     audio: list[np.ndarray] | None = None
+    ahead: Future[Any] | None = None
+    """The encoder pass started at the utterance's latest pause, while no audio has come since."""
+
+    def void_ahead(self) -> None:
+        if self.ahead is not None:
+            self.ahead.cancel()
+            self.ahead = None
 
 
 class RecognitionStage:
@@ -65,9 +85,16 @@ class RecognitionStage:
         clock: Callable[[], int] = time.monotonic_ns,
         keep_audio: bool = False,
         options: RecognizerOptions | None = None,
+        encode_ahead: Callable[[np.ndarray], Future[Any] | None] | None = None,
     ) -> None:
         self.backend = backend
         self.keep_audio = keep_audio
+        self.encode_ahead = encode_ahead if keep_audio else None
+        """Starts the emotion model's speech encoder on an utterance's audio at a pause
+        (:meth:`~realtime_ser.emotion.service.EmotionService.encode_ahead`), so that its pass is
+        done, or nearly, when the hangover ends the utterance; None: no such pass."""
+        self.ahead = {"started": 0, "used": 0}
+        """Encoder passes started at pauses, and those whose utterance ended there."""
         self.options = options or RecognizerOptions()
         self.warnings: list[str] = []
         """What the recognizer cannot do of ``options`` (one line each, no repeats)."""
@@ -123,6 +150,7 @@ class RecognitionStage:
             state.partial_text = ""
             state.failed = None
             state.audio = [] if self.keep_audio else None
+            state.void_ahead()
             if rec is not None:
                 try:
                     rec.start()
@@ -133,6 +161,7 @@ class RecognitionStage:
                 "speaker": self.speaker(ch), "channel": ch, "utterance_id": state.utterance,
                 "start": round_t(item.start)}))
         elif isinstance(item, SpeechAudio):
+            state.void_ahead()  # the speaker went on: the pass ahead saw less than the utterance
             state.fed += len(item.frame.samples)
             if state.audio is not None:
                 state.audio.append(item.frame.samples)
@@ -154,9 +183,15 @@ class RecognitionStage:
                         "speaker": self.speaker(ch), "channel": ch, "utterance_id": state.utterance,
                         "start": round_t(state.start), "text": text}))
             self.busy_seconds += time.perf_counter() - t0
+        elif isinstance(item, SpeechPause):
+            state.void_ahead()
+            if self.encode_ahead is not None and state.audio:
+                state.ahead = self.encode_ahead(np.concatenate(state.audio))
+                self.ahead["started"] += state.ahead is not None
         elif isinstance(item, SpeechEnd):
             out.extend(self._finish(item, state))
         elif isinstance(item, SpeechDiscarded):
+            state.void_ahead()
             if rec is not None:
                 rec.reset()
         return out
@@ -224,6 +259,11 @@ class RecognitionStage:
             state.audio = None
         if speech is not None:
             out[-1][2][SPEECH] = speech
+            state.void_ahead()
+        elif state.ahead is not None:
+            out[-1][2][SPEECH_AHEAD] = state.ahead
+            self.ahead["used"] += 1
+            state.ahead = None
         return out
 
     def _error(self, message: str, t: float, ch: int) -> Out:
@@ -242,6 +282,7 @@ class RecognitionStage:
     def close(self) -> None:
         """Release every recognizer stream (the backend may reuse them)."""
         for state in self._channels.values():
+            state.void_ahead()
             if state.stream is not None:
                 state.stream.reset()
                 close = getattr(state.stream, "close", None)
@@ -291,6 +332,9 @@ def finalize_latency(fields: dict[str, Any], now_ns: int) -> None:
     queued = fields.pop(QUEUED_NS)
     fields.pop(AUDIO, None)
     fields.pop(SPEECH, None)
+    ahead = fields.pop(SPEECH_AHEAD, None)
+    if ahead is not None:
+        ahead.cancel()
     fields.pop(ALTERNATIVES, None)
     fields["latency_ms"]["emit"] = round_ms(max(0, now_ns - queued) / 1e6)
     fields["latency_ms"]["total"] = round_ms(max(0, now_ns - end_capture) / 1e6)

@@ -37,6 +37,9 @@ Decisions, per frame of 10/20/30 ms:
   voiced frame; the first ``end_padding_ms`` of the trailing silence go to the
   recognizer. Unvoiced frames inside an utterance (pauses shorter than the
   hangover) reach the recognizer when speech resumes.
+- *pause*: once a pause has lasted ``end_padding_ms`` (and the hangover is not
+  over yet), a ``SpeechPause`` says the utterance's audio is complete should the
+  pause be its end, so work on the whole utterance can start inside the hangover.
 - *maximum length*: at the first voiced frame that reaches ``max_utterance_ms``
   the utterance is cut and the next frame opens the next utterance at once, so
   a monologue goes on.
@@ -62,6 +65,7 @@ from .frames import (
     SpeechAudio,
     SpeechDiscarded,
     SpeechEnd,
+    SpeechPause,
     SpeechStart,
 )
 
@@ -258,6 +262,9 @@ class Segmenter:
                 self._emit(SpeechAudio(self.channel, self._index, frame), out)
             else:
                 self._pending.append(frame)
+            if (self._announced and self._silence_run == max(1, self._end_pad_frames)
+                    and self._silence_run < self._hangover_frames and self._last_voiced is not None):
+                out.append(SpeechPause(self.channel, self._index, self._last_voiced.end))
             if self._silence_run >= self._hangover_frames:
                 self._close("silence", now_ns, out)
                 return out

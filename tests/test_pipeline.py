@@ -281,3 +281,44 @@ def test_encoder_output_of_the_recognizer_reaches_the_emotion_stage_but_never_a_
     validate_stream(events)
     (u,) = [e for e in events if e["type"] == "utterance"]
     assert not [k for k in u if k.startswith("_")]
+
+
+def test_an_encoder_pass_started_at_the_final_pause_goes_with_the_utterance_and_others_are_void() -> None:
+    """At each pause the stage starts a pass on the audio so far; speech that goes on cancels it, and
+    the pass of the pause that ended the utterance (on exactly its audio) travels in ``_speech_ahead``."""
+    from concurrent.futures import Future
+
+    from realtime_ser.config import AsrConfig
+    from realtime_ser.frames import SpeechAudio, SpeechEnd, SpeechPause, SpeechStart
+    from realtime_ser.recognition import AUDIO, SPEECH_AHEAD, RecognitionStage, finalize_latency
+
+    started: list[tuple[np.ndarray, Future]] = []
+
+    def ahead(samples: np.ndarray) -> Future:
+        f: Future = Future()
+        started.append((samples, f))
+        return f
+
+    stage = RecognitionStage(FakeBackend(), AsrConfig(backend="fake"), ["ch0"], keep_audio=True,
+                             encode_ahead=ahead)
+    a, b = voice(0.6), voice(0.3)
+    out = stage.feed(SpeechStart(0, 0, 0.0, 0.0, 1, 1))
+    out += stage.feed(SpeechAudio(0, 0, AudioFrame(0, 0, 0, a, 2)))
+    out += stage.feed(SpeechPause(0, 0, 0.6))
+    out += stage.feed(SpeechAudio(0, 0, AudioFrame(1, 0, len(a), b, 3)))  # the speaker goes on
+    out += stage.feed(SpeechPause(0, 0, 0.9))
+    out += stage.feed(SpeechEnd(0, 0, 0.0, 0.9, 3, 4, "silence"))
+    (fields,) = [f for kind, _, f in out if kind == "utterance"]
+    (first, void), (whole, used) = started
+    assert void.cancelled() and len(first) == len(a)
+    assert fields[SPEECH_AHEAD] is used and not used.cancelled()
+    assert np.array_equal(whole, fields[AUDIO]), "the pass ahead saw exactly the utterance's audio"
+    assert stage.ahead == {"started": 2, "used": 1}
+    finalize_latency(fields, 10)
+    assert SPEECH_AHEAD not in fields and used.cancelled(), "a pass nobody took is cancelled, never published"
+    # Without the emotion stage's audio nothing is started.
+    bare = RecognitionStage(FakeBackend(), AsrConfig(backend="fake"), ["ch0"], keep_audio=False, encode_ahead=ahead)
+    bare.feed(SpeechStart(0, 0, 0.0, 0.0, 1, 1))
+    bare.feed(SpeechAudio(0, 0, AudioFrame(0, 0, 0, a, 2)))
+    bare.feed(SpeechPause(0, 0, 0.6))
+    assert len(started) == 2

@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 
 from realtime_ser.config import VadConfig
-from realtime_ser.frames import SAMPLE_RATE, AudioFrame, SpeechAudio, SpeechDiscarded, SpeechEnd, SpeechStart
+from realtime_ser.frames import (
+    SAMPLE_RATE,
+    AudioFrame,
+    SpeechAudio,
+    SpeechDiscarded,
+    SpeechEnd,
+    SpeechPause,
+    SpeechStart,
+)
 from realtime_ser.vad import Segmenter
 
 FRAME_MS = 30
@@ -226,3 +234,40 @@ def test_silero_model_is_the_pinned_one_and_bad_settings_are_refused() -> None:
         apply_overrides(PipelineConfig(), ["vad.threshold=0"])
     with pytest.raises(ValueError, match="16000 Hz"):
         SileroDetector().is_speech(b"\0\0" * 480, 8000)
+
+
+def pauses(events: list) -> list[SpeechPause]:
+    return [e for e in events if isinstance(e, SpeechPause)]
+
+
+def test_a_pause_is_announced_once_its_end_padding_is_in_and_before_the_end() -> None:
+    events = run(signal(("silence", 0.6), ("speech", 0.6), ("silence", 1.0)), end_padding_ms=180, hangover_ms=420)
+    (pause,) = pauses(events)
+    (end,) = ends(events)
+    assert pause.end == pytest.approx(end.end) == pytest.approx(1.2)
+    i = events.index(pause)
+    # Every frame of the utterance came before the pause, none after it: what was sent is the utterance.
+    audio_before = [e for e in events[:i] if isinstance(e, SpeechAudio)]
+    assert not [e for e in events[i:] if isinstance(e, SpeechAudio)]
+    assert audio_before[-1].frame.end == pytest.approx(1.2 + 0.18)
+    assert i < events.index(end)
+
+
+def test_speech_after_a_pause_continues_the_utterance_and_each_pause_is_announced() -> None:
+    events = run(signal(("silence", 0.6), ("speech", 0.6), ("silence", 0.3), ("speech", 0.6), ("silence", 1.0)),
+                 hangover_ms=450, end_padding_ms=90)
+    first, second = pauses(events)
+    assert first.end == pytest.approx(1.2) and second.end == pytest.approx(2.1)
+    # Audio of the same utterance follows the first pause (the speaker went on): it is void.
+    i = events.index(first)
+    assert [e for e in events[i:] if isinstance(e, SpeechAudio)]
+    (end,) = ends(events)
+    assert end.end == pytest.approx(2.1)
+
+
+def test_no_pause_is_announced_for_gaps_shorter_than_the_end_padding_or_unannounced_blips() -> None:
+    gap = run(signal(("silence", 0.6), ("speech", 0.6), ("silence", 0.09), ("speech", 0.6), ("silence", 1.0)),
+              hangover_ms=450, end_padding_ms=150)
+    assert [round(p.end, 2) for p in pauses(gap)] == [1.89]
+    blip = run(signal(("silence", 0.5), ("speech", 0.12), ("silence", 1.0)), min_utterance_ms=250)
+    assert not pauses(blip)

@@ -910,6 +910,12 @@ class WhisperBackend:
         """A recognizer with its own utterance buffer, sharing the loaded model."""
         return WhisperStream(self)
 
+    @property
+    def speech_key(self) -> str:
+        """The key of the encoder output its final transcripts carry for the emotion model ('' = none):
+        a model reading these features needs no encoder pass of its own."""
+        return str(self.engine.shared_key)
+
     def queue_depth(self) -> int:
         """Decoding requests waiting (not counting the batch being decoded)."""
         return self._decoder.depth()

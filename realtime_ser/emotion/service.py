@@ -6,6 +6,12 @@ thread takes *everything that is waiting*, computes the acoustic features, embed
 the transcripts in one text-encoder call and runs the dialogue model once on the padded
 windows of all those sessions. A session waits only for its own result.
 
+The speech encoder, when the recognizer does not share its own pass, is the costly part
+(about 140 ms per utterance on 2 cores). It need not wait for the end of the utterance:
+once a pause has lasted the end padding, the utterance's audio is what it will be if the
+pause is its end, and :meth:`EmotionService.encode_ahead` starts the pass then, inside the
+VAD hangover; a speaker who goes on voids it.
+
 Per-session state (:class:`DialogueContext`) stays with the session: the feature vectors
 of its past turns, all speakers in time order, bounded to the model's window and reset
 after a long silence.
@@ -90,6 +96,14 @@ class Request:
     future: Future[dict[str, Any]] = field(default_factory=Future)
 
 
+@dataclass
+class EncodeAhead:
+    """A speech-encoder pass of an utterance that may still go on (see :meth:`EmotionService.encode_ahead`)."""
+
+    samples: np.ndarray
+    future: Future[EncodedUtterance] = field(default_factory=Future)
+
+
 class EmotionService:
     """One model, one worker thread, shared by every session that uses the model."""
 
@@ -115,10 +129,14 @@ class EmotionService:
         # At most this many utterances the speech encoder runs on per batch: its cost grows with the batch on
         # few cores (16 at once took longer than one by one), so a burst is answered in chunks, earliest first.
         self.encoder_batch = max(1, encoder_batch)
-        self._queue: queue.Queue[Request | None] = queue.Queue()
+        self._queue: queue.Queue[Request | EncodeAhead | None] = queue.Queue()
         self._stop = threading.Event()
         self.batches = 0
         self.requests = 0
+        self.encoded_ahead = 0
+        """Encoder passes run ahead of an utterance's end (cancelled ones that never ran not counted)."""
+        self.encoded_after = 0
+        """Turns whose encoder pass ran after their end (none came with them)."""
         self._thread = threading.Thread(target=self._loop, name="ser-emotion", daemon=True)
         self._thread.start()
 
@@ -134,6 +152,33 @@ class EmotionService:
             return req.future
         self._queue.put(req)
         return req.future
+
+    def encode_ahead(self, samples: np.ndarray) -> Future[EncodedUtterance] | None:
+        """Start the speech encoder on an utterance that may be over (a pause began); None when this
+        model reads no speech-encoder features.
+
+        The pass is queued like a turn and batched with the others; its result, given to
+        :meth:`submit` as ``speech`` once the utterance really ended with these very samples, saves
+        the encoder pass after the end. Cancel the future when the speaker goes on: a pass that has
+        not started yet is then skipped.
+        """
+        if not self._encodes_speech:
+            return None
+        job = EncodeAhead(samples)
+        if self._stop.is_set():
+            job.future.set_exception(ModelError("the emotion service is closed"))
+            return job.future
+        self._queue.put(job)
+        return job.future
+
+    @property
+    def _encodes_speech(self) -> bool:
+        return self.audio is not None and self.audio.speech is not None
+
+    @property
+    def speech_key(self) -> str:
+        """The key of the speech-encoder output this model reads ('' = none)."""
+        return self.audio.speech.key() if self.audio is not None and self.audio.speech is not None else ""
 
     def queue_depth(self) -> int:
         return self._queue.qsize()
@@ -166,7 +211,7 @@ class EmotionService:
                 batch.append(item)
                 encoding += self._encodes(item)
             try:
-                self._score(batch)
+                self._run(batch)
             except Exception as exc:  # one bad batch must not kill the stage for every session
                 log.exception("emotion scoring failed")
                 for r in batch:
@@ -181,12 +226,37 @@ class EmotionService:
             if item is not None and not item.future.done():
                 item.future.set_exception(ModelError("the emotion service is closed"))
 
-    def _encodes(self, r: Request) -> bool:
-        """Whether scoring ``r`` runs the speech encoder (no recognizer's encoder pass came with it)."""
-        return self.audio is not None and self.audio.speech is not None and r.speech is None
+    def _encodes(self, r: Request | EncodeAhead) -> bool:
+        """Whether ``r`` runs the speech encoder (an encoder pass ahead, or a turn that came without
+        the recognizer's or an earlier pass's encoder output)."""
+        if isinstance(r, EncodeAhead):
+            return True
+        return self._encodes_speech and r.speech is None
 
-    def _score(self, batch: list[Request]) -> None:
+    def _run(self, batch: list[Request | EncodeAhead]) -> None:
+        """One batch: the speech encoder once for everything in it that needs it, then the turns scored."""
         t0 = time.perf_counter()
+        ahead = [r for r in batch if isinstance(r, EncodeAhead) and r.future.set_running_or_notify_cancel()]
+        turns = [r for r in batch if isinstance(r, Request)]
+        if ahead:
+            assert self.audio is not None and self.audio.speech is not None
+            need = [r for r in turns if self._encodes(r)]
+            try:
+                encoded = self.audio.speech.encode([r.samples for r in ahead] + [r.samples for r in need])
+            except Exception as exc:
+                for job in ahead:
+                    job.future.set_exception(ModelError(f"the speech encoder failed: {exc}"))
+                raise
+            self.encoded_ahead += len(ahead)
+            for job, e in zip(ahead, encoded, strict=False):
+                job.future.set_result(e)
+            for r, e in zip(need, encoded[len(ahead):], strict=True):
+                r.speech = e
+        if turns:
+            self.encoded_after += sum(self._encodes(r) for r in turns)
+            self._score(turns, t0)
+
+    def _score(self, batch: list[Request], t0: float) -> None:
         mods = self.modalities
         vectors: list[dict[str, np.ndarray]] = [{} for _ in batch]
         timing = {"features": 0.0, "text": 0.0}

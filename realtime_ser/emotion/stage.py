@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -17,7 +19,7 @@ import numpy as np
 from ..config import EmotionConfig
 from ..errors import ModelError
 from ..events import round_ms
-from ..recognition import AUDIO, SPEECH
+from ..recognition import AUDIO, SPEECH, SPEECH_AHEAD
 from .model import EmotionModel
 from .service import DialogueContext, EmotionService, Turn, acquire, emotion_fields, packaged_model, release
 
@@ -62,22 +64,44 @@ class EmotionStage:
     def model_name(self) -> str:
         return f"{self.service.model.name} {self.service.model.version}"
 
+    def encoder_ahead(self, backend: Any) -> Callable[[np.ndarray], concurrent.futures.Future[Any] | None] | None:
+        """What starts the speech encoder during a pause (:meth:`EmotionService.encode_ahead`), for a
+        recognition stage on ``backend``; None when the model reads no speech-encoder features or the
+        recognizer hands over its own encoder pass (Whisper's)."""
+        key = self.service.speech_key
+        if not self.config.encode_ahead or not key:
+            return None
+        if backend is not None and getattr(backend, "speech_key", "") == key:
+            return None
+        return self.service.encode_ahead
+
     def annotate(self, fields: dict[str, Any]) -> str | None:
         """Fill ``fields["emotion"]`` and the emotion latencies; return an error message instead on failure."""
         samples = fields.pop(AUDIO, None)
         speech = fields.pop(SPEECH, None)
+        ahead = fields.pop(SPEECH_AHEAD, None)
         if samples is None:
             samples = np.zeros(0, np.int16)
+        t0 = time.perf_counter()
+        waited = None
+        if speech is None and ahead is not None:
+            try:
+                speech = ahead.result(timeout=self.config.timeout_s)
+            except (concurrent.futures.TimeoutError, concurrent.futures.CancelledError, ModelError):
+                speech = None  # encoded again below, which says what went wrong if it fails again
+            waited = (time.perf_counter() - t0) * 1000
         window = self.context.window(float(fields["start"]))
         future = self.service.submit(samples, str(fields.get("text", "")), window, speech)
         try:
-            result = future.result(timeout=self.config.timeout_s)
+            result = future.result(timeout=max(0.01, self.config.timeout_s - (time.perf_counter() - t0)))
         except concurrent.futures.TimeoutError:
             return f"emotion scoring took longer than emotion.timeout_s={self.config.timeout_s} s; sent without it"
         except ModelError as exc:
             return str(exc)
         fields["emotion"] = result["emotion"]
         latency = fields.setdefault("latency_ms", {})
+        if waited is not None:
+            latency["encoder_ahead"] = round_ms(waited)
         for key, value in result["latency_ms"].items():
             latency[key] = round_ms(value)
         turn = Turn(str(fields.get("speaker", "")), float(fields["start"]), float(fields["end"]),

@@ -142,8 +142,10 @@ class VoskCompatSession:
         self.log = EventLog(session, [sink])
         self.events = SessionEvents(config, self.log, audio_only=backend is None)
         try:
-            self._stage = RecognitionStage(backend, config.asr, ["ch0"], keep_audio=self.events.emotion is not None,
-                                           options=vosk.options)
+            emotion = self.events.emotion
+            self._stage = RecognitionStage(backend, config.asr, ["ch0"], keep_audio=emotion is not None,
+                                           options=vosk.options,
+                                           encode_ahead=emotion.encoder_ahead(backend) if emotion else None)
         except BaseException:
             self.events.close()
             raise
