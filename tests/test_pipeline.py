@@ -198,8 +198,9 @@ def test_stop_flushes_what_was_heard_and_leaves_no_thread() -> None:
     utts = [e for e in events if e["type"] == "utterance"]
     assert len(utts) == 2 and utts[1]["end_reason"] == "end_of_input"
     assert events[-1]["reason"] == "stopped"
-    # (the process-wide emotion worker, shared by all sessions, is not the pipeline's)
-    assert not [t for t in threading.enumerate() if t.name.startswith("ser-") and t.name != "ser-emotion"]
+    # (the process-wide emotion workers, shared by all sessions, are not the pipeline's)
+    shared = ("ser-emotion", "ser-encoder")
+    assert not [t for t in threading.enumerate() if t.name.startswith("ser-") and t.name not in shared]
 
 
 class StallingSource(ArraySource):

@@ -10,7 +10,8 @@ The speech encoder, when the recognizer does not share its own pass, is the cost
 (about 140 ms per utterance on 2 cores). It need not wait for the end of the utterance:
 once a pause has lasted the end padding, the utterance's audio is what it will be if the
 pause is its end, and :meth:`EmotionService.encode_ahead` starts the pass then, inside the
-VAD hangover; a speaker who goes on voids it.
+VAD hangover, on a second thread of the service (so that a turn that has ended never waits
+behind another session's encoder pass); a speaker who goes on voids it.
 
 Per-session state (:class:`DialogueContext`) stays with the session: the feature vectors
 of its past turns, all speakers in time order, bounded to the model's window and reset
@@ -129,7 +130,8 @@ class EmotionService:
         # At most this many utterances the speech encoder runs on per batch: its cost grows with the batch on
         # few cores (16 at once took longer than one by one), so a burst is answered in chunks, earliest first.
         self.encoder_batch = max(1, encoder_batch)
-        self._queue: queue.Queue[Request | EncodeAhead | None] = queue.Queue()
+        self._queue: queue.Queue[Request | None] = queue.Queue()
+        self._ahead: queue.Queue[EncodeAhead | None] = queue.Queue()
         self._stop = threading.Event()
         self.batches = 0
         self.requests = 0
@@ -137,8 +139,13 @@ class EmotionService:
         """Encoder passes run ahead of an utterance's end (cancelled ones that never ran not counted)."""
         self.encoded_after = 0
         """Turns whose encoder pass ran after their end (none came with them)."""
-        self._thread = threading.Thread(target=self._loop, name="ser-emotion", daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._loop, name="ser-emotion", daemon=True)]
+        if self._encodes_speech:
+            # Passes ahead run on a thread of their own: a turn that has ended waits only for its own
+            # scoring (text, model: a few ms), never behind another utterance's encoder pass.
+            self._threads.append(threading.Thread(target=self._ahead_loop, name="ser-encoder", daemon=True))
+        for t in self._threads:
+            t.start()
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -157,10 +164,11 @@ class EmotionService:
         """Start the speech encoder on an utterance that may be over (a pause began); None when this
         model reads no speech-encoder features.
 
-        The pass is queued like a turn and batched with the others; its result, given to
-        :meth:`submit` as ``speech`` once the utterance really ended with these very samples, saves
-        the encoder pass after the end. Cancel the future when the speaker goes on: a pass that has
-        not started yet is then skipped.
+        The passes ahead of all sessions are batched on the encoder's own thread (at most
+        ``encoder_batch`` at a time, earliest first). The result, given to :meth:`submit` as
+        ``speech`` once the utterance really ended with these very samples, saves the encoder pass
+        after the end. Cancel the future when the speaker goes on: a pass that has not started yet
+        is then skipped.
         """
         if not self._encodes_speech:
             return None
@@ -168,7 +176,7 @@ class EmotionService:
         if self._stop.is_set():
             job.future.set_exception(ModelError("the emotion service is closed"))
             return job.future
-        self._queue.put(job)
+        self._ahead.put(job)
         return job.future
 
     @property
@@ -186,9 +194,11 @@ class EmotionService:
     def close(self) -> None:
         self._stop.set()
         self._queue.put(None)
-        self._thread.join(timeout=5)
+        self._ahead.put(None)
+        for t in self._threads:
+            t.join(timeout=5)
 
-    # -- worker --------------------------------------------------------------------
+    # -- workers -------------------------------------------------------------------
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -211,50 +221,53 @@ class EmotionService:
                 batch.append(item)
                 encoding += self._encodes(item)
             try:
-                self._run(batch)
+                self.encoded_after += encoding
+                self._score(batch, time.perf_counter())
             except Exception as exc:  # one bad batch must not kill the stage for every session
                 log.exception("emotion scoring failed")
                 for r in batch:
                     if not r.future.done():
                         r.future.set_exception(ModelError(f"emotion scoring failed: {exc}"))
-        # Anything still queued gets an answer, so no session waits for nothing.
-        while True:
+        _refuse_waiting(self._queue)
+
+    def _ahead_loop(self) -> None:
+        assert self.audio is not None and self.audio.speech is not None
+        encoder = self.audio.speech
+        while not self._stop.is_set():
             try:
-                item = self._queue.get_nowait()
+                first = self._ahead.get(timeout=0.1)
             except queue.Empty:
+                continue
+            if first is None:
                 break
-            if item is not None and not item.future.done():
-                item.future.set_exception(ModelError("the emotion service is closed"))
-
-    def _encodes(self, r: Request | EncodeAhead) -> bool:
-        """Whether ``r`` runs the speech encoder (an encoder pass ahead, or a turn that came without
-        the recognizer's or an earlier pass's encoder output)."""
-        if isinstance(r, EncodeAhead):
-            return True
-        return self._encodes_speech and r.speech is None
-
-    def _run(self, batch: list[Request | EncodeAhead]) -> None:
-        """One batch: the speech encoder once for everything in it that needs it, then the turns scored."""
-        t0 = time.perf_counter()
-        ahead = [r for r in batch if isinstance(r, EncodeAhead) and r.future.set_running_or_notify_cancel()]
-        turns = [r for r in batch if isinstance(r, Request)]
-        if ahead:
-            assert self.audio is not None and self.audio.speech is not None
-            need = [r for r in turns if self._encodes(r)]
+            batch = [first]
+            while len(batch) < self.encoder_batch:
+                try:
+                    item = self._ahead.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._stop.set()
+                    break
+                batch.append(item)
+            jobs = [j for j in batch if j.future.set_running_or_notify_cancel()]  # skips the cancelled
+            if not jobs:
+                continue
             try:
-                encoded = self.audio.speech.encode([r.samples for r in ahead] + [r.samples for r in need])
-            except Exception as exc:
-                for job in ahead:
-                    job.future.set_exception(ModelError(f"the speech encoder failed: {exc}"))
-                raise
-            self.encoded_ahead += len(ahead)
-            for job, e in zip(ahead, encoded, strict=False):
-                job.future.set_result(e)
-            for r, e in zip(need, encoded[len(ahead):], strict=True):
-                r.speech = e
-        if turns:
-            self.encoded_after += sum(self._encodes(r) for r in turns)
-            self._score(turns, t0)
+                encoded = encoder.encode([j.samples for j in jobs])
+            except Exception as exc:  # the turns then encode after their end, which reports the error
+                log.warning("the speech encoder failed on a pass ahead: %s", exc)
+                for j in jobs:
+                    j.future.set_exception(ModelError(f"the speech encoder failed: {exc}"))
+                continue
+            self.encoded_ahead += len(jobs)
+            for j, e in zip(jobs, encoded, strict=True):
+                j.future.set_result(e)
+        _refuse_waiting(self._ahead)
+
+    def _encodes(self, r: Request) -> bool:
+        """Whether scoring ``r`` runs the speech encoder (no recognizer's or earlier pass's output came with it)."""
+        return self._encodes_speech and r.speech is None
 
     def _score(self, batch: list[Request], t0: float) -> None:
         mods = self.modalities
@@ -300,6 +313,17 @@ class EmotionService:
                 },
                 "batch": len(batch),
             })
+
+
+def _refuse_waiting(q: queue.Queue[Any]) -> None:
+    """Anything still queued at close gets an answer, so no session waits for nothing."""
+    while True:
+        try:
+            item = q.get_nowait()
+        except queue.Empty:
+            break
+        if item is not None and not item.future.done():
+            item.future.set_exception(ModelError("the emotion service is closed"))
 
 
 def emotion_fields(model: EmotionModel, out: dict[str, np.ndarray], i: int, n: int,
