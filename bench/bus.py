@@ -396,7 +396,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--idle-seconds", type=float, default=20.0,
                    help="how long the cluster's own cost is measured with no call (default 20)")
     p.add_argument("--max-lag", type=float, default=0.5)
-    p.add_argument("--hangover-ms", type=float, default=500.0)
+    p.add_argument("--hangover-ms", type=float, default=None,
+                   help="the nodes' vad.hangover_ms (default: the configuration's default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="config override for every node (repeatable)")
@@ -405,6 +406,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "sessions, 2 probes, 1 round, 3 s idle; results under --out still")
     p.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results")
     args = p.parse_args(argv)
+    if args.hangover_ms is None:
+        from realtime_ser.config import PipelineConfig
+
+        args.hangover_ms = float(PipelineConfig().vad.hangover_ms)
     if args.short:
         args.backend, args.seconds, args.seconds_one = "none", 6.0, 6.0
         args.max_sessions, args.max_probes, args.rounds, args.idle_seconds = 3, 2, 1, 3.0
