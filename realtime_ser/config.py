@@ -130,6 +130,11 @@ class AsrConfig:
     ``align``: cross-attention alignment, one more decoder pass per utterance."""
     whisper_max_batch: int = 8
     """Most utterances the decoder encodes and decodes together."""
+    whisper_decode_ahead: bool = True
+    """Decode the utterance once a pause has lasted ``vad.end_padding_ms``, inside the hangover
+    that decides whether the pause ends it: when it does, the transcript is ready (or nearly) at
+    the end. A speaker who goes on voids that decode (decoder time spent for nothing); the
+    utterance is decoded again at its next pause. Off: decode after the end."""
     partial_interval_ms: int = 300
     """At most one ``transcript.partial`` per this much audio, and only when the text changed."""
     partials: bool = True

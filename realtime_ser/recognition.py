@@ -184,6 +184,12 @@ class RecognitionStage:
                         "start": round_t(state.start), "text": text}))
             self.busy_seconds += time.perf_counter() - t0
         elif isinstance(item, SpeechPause):
+            pause = getattr(rec, "pause", None)  # a recognizer that can decode ahead (Whisper)
+            if pause is not None and state.failed is None:
+                try:
+                    pause()
+                except RecognizerError:
+                    pass  # the final decode after the end tries again and reports what fails
             state.void_ahead()
             if self.encode_ahead is not None and state.audio:
                 state.ahead = self.encode_ahead(np.concatenate(state.audio))

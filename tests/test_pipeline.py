@@ -323,3 +323,30 @@ def test_an_encoder_pass_started_at_the_final_pause_goes_with_the_utterance_and_
     bare.feed(SpeechAudio(0, 0, AudioFrame(0, 0, 0, a, 2)))
     bare.feed(SpeechPause(0, 0, 0.6))
     assert len(started) == 2
+
+
+def test_a_pause_asks_a_recognizer_that_can_decode_ahead_to_do_so() -> None:
+    from realtime_ser.config import AsrConfig
+    from realtime_ser.frames import SpeechAudio, SpeechEnd, SpeechPause, SpeechStart
+    from realtime_ser.recognition import RecognitionStage
+
+    class Ahead(FakeStream):
+        paused = 0
+
+        def pause(self) -> None:
+            Ahead.paused += 1
+
+    class AheadBackend(FakeBackend):
+        def new_stream(self) -> FakeStream:
+            return Ahead(self)
+
+    stage = RecognitionStage(AheadBackend(), AsrConfig(backend="fake"), ["ch0"])
+    stage.feed(SpeechStart(0, 0, 0.0, 0.0, 1, 1))
+    stage.feed(SpeechAudio(0, 0, AudioFrame(0, 0, 0, voice(0.6), 2)))
+    stage.feed(SpeechPause(0, 0, 0.6))
+    out = stage.feed(SpeechEnd(0, 0, 0.0, 0.6, 3, 4, "silence"))
+    assert Ahead.paused == 1 and [kind for kind, _, _ in out] == ["utterance"]
+    # A recognizer without pause() is not asked (FakeStream has none).
+    plain = RecognitionStage(FakeBackend(), AsrConfig(backend="fake"), ["ch0"])
+    plain.feed(SpeechStart(0, 0, 0.0, 0.0, 1, 1))
+    plain.feed(SpeechPause(0, 0, 0.6))

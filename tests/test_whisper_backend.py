@@ -581,3 +581,42 @@ def test_a_four_second_utterance_gets_a_partial_before_it_ends(backend: Any) -> 
     assert partials, [e["type"] for e in events]
     assert partials[0]["t"] < u["end"], (partials[0], u["end"])
     assert wer(text, u["text"]) <= 0.3, u["text"]
+
+
+@needs_whisper
+@pytest.mark.skipif(not have_tool("espeak-ng"), reason="needs espeak-ng")
+def test_the_decode_started_at_the_final_pause_is_the_transcript_and_speech_after_a_pause_voids_it(
+        backend: Any) -> None:
+    """A pause starts a final decode of the audio so far; if the utterance ends there, finish() returns
+    that decode (no second one, same words); audio after the pause cancels it and finish() decodes all."""
+    first, second = espeak("The weather is lovely today."), espeak("Let us walk to the river.")
+    s = backend.new_stream()
+    s.partial_step = 0
+    s.start()
+    s.accept(first)
+    s.finish()  # a model's first decode may count a warm-up pass
+    decoded = backend.engine.stats["utterances"]
+    s.start()
+    s.accept(np.concatenate([first, silence(0.2)]))
+    s.pause()
+    ahead = s.finish()
+    assert s.ahead == {"started": 1, "used": 1}
+    assert backend.engine.stats["utterances"] - decoded == 1, "the utterance was decoded again after its end"
+    s.decode_ahead = False
+    s.start()
+    s.accept(np.concatenate([first, silence(0.2)]))
+    s.pause()  # off: nothing started
+    after = s.finish()
+    assert s.ahead == {"started": 1, "used": 1}
+    assert ahead.text == after.text and wer("The weather is lovely today.", ahead.text) <= 0.2, ahead.text
+    assert [w.word for w in ahead.words] == [w.word for w in after.words]
+    s.decode_ahead = True
+    s.start()
+    s.accept(np.concatenate([first, silence(0.2)]))
+    s.pause()
+    s.accept(np.concatenate([silence(0.1), second, silence(0.2)]))  # the speaker went on
+    s.pause()
+    both = s.finish()
+    assert s.ahead == {"started": 3, "used": 2}
+    assert wer("The weather is lovely today. Let us walk to the river.", both.text) <= 0.3, both.text
+    s.close()

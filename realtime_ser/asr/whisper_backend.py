@@ -974,6 +974,10 @@ class WhisperStream:
     two consecutive passes agree on are committed (LocalAgreement, as in whisper_streaming) and
     :meth:`partial` returns the committed words, which only ever grow.
 
+    Decoding ahead (``asr.whisper_decode_ahead``): :meth:`pause`, called when a pause has lasted
+    the end padding, queues the final decode of the audio so far; :meth:`finish` returns it when
+    no audio came after it, so the hangover that decides the end hides most of the decode.
+
     Not thread-safe: one stream is used by one thread at a time.
     """
 
@@ -994,6 +998,11 @@ class WhisperStream:
         self.partial_limit = int((WINDOWS[0] - ROOM_S[WINDOWS[0]]) * SAMPLE_RATE)
         """No partial passes on an utterance longer than this (it would need a bigger window)."""
         self.partial_passes = 0
+        self.decode_ahead = backend._config.whisper_decode_ahead
+        self._ahead: _Request | None = None
+        self._ahead_samples = 0
+        self.ahead = {"started": 0, "used": 0}
+        """Decodes started at pauses (:meth:`pause`), and those whose utterance ended there."""
 
     def start(self) -> None:
         """Begin a new utterance (dropping any open one); word times restart at 0."""
@@ -1012,8 +1021,25 @@ class WhisperStream:
                 self._overflow = True
             data = data[: max(room, 0)]
         if data.size:
+            self._void_ahead()  # the speaker went on: that decode saw less than the utterance
             self._chunks.append(data.copy())
             self._samples += int(data.size)
+
+    def pause(self) -> None:
+        """The utterance may be over (a pause has lasted the end padding): decode what it has now,
+        as a final, so that the transcript is ready when the hangover ends it. :meth:`finish` uses
+        that decode if no audio came after it; audio that comes cancels it."""
+        if not (self.decode_ahead and self._open and self._samples):
+            return
+        self._void_ahead()
+        self._ahead = self._backend._decoder.submit(self._audio(), final=True, prompt=self._prompt)
+        self._ahead_samples = self._samples
+        self.ahead["started"] += 1
+
+    def _void_ahead(self) -> None:
+        if self._ahead is not None:
+            self._ahead.future.cancel()  # skipped if not started; its result unused if it was
+            self._ahead = None
 
     def partial(self) -> str:
         """The committed words of the open utterance ('' when partial passes are off or none agreed).
@@ -1043,10 +1069,18 @@ class WhisperStream:
     def finish(self) -> Transcript:
         """Close the utterance, decode it (waiting for its turn) and return its transcript."""
         audio = self._audio() if self._open else None
+        ahead = self._ahead if self._ahead is not None and self._ahead_samples == self._samples else None
+        if ahead is not None:
+            self._ahead = None  # taken: _clear must not cancel it
         self._clear()
         if audio is None or audio.size == 0:
             return Transcript(text="", words=(), final=True)
-        request = self._backend._decoder.submit(audio, final=True, prompt=self._prompt)
+        request: _Request | None
+        if ahead is not None and not ahead.future.cancelled():
+            request = ahead
+            self.ahead["used"] += 1
+        else:
+            request = self._backend._decoder.submit(audio, final=True, prompt=self._prompt)
         assert request is not None
         try:
             return self._backend._wait(request, self._interrupted)
@@ -1085,6 +1119,7 @@ class WhisperStream:
         return self._chunks[0]
 
     def _clear(self) -> None:
+        self._void_ahead()
         if self._pending is not None:
             self._pending.future.cancel()
             self._pending = None
