@@ -346,9 +346,12 @@ class Pipeline:
 
     def _asr_loop(self) -> None:
         emotion = self._events.emotion
+        # Work ahead of an utterance's end pays only where something waits for the hangover: live input.
+        live = self.source.live or self.config.source.realtime
         stage = RecognitionStage(self._backend, self.config.asr, self.speakers, self._clock,
                                  keep_audio=emotion is not None,
-                                 encode_ahead=emotion.encoder_ahead(self._backend) if emotion else None)
+                                 encode_ahead=emotion.encoder_ahead(self._backend) if emotion else None,
+                                 ahead=live)
         self._stage = stage
         if self._interrupted:
             stage.interrupt()

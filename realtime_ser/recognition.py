@@ -86,10 +86,15 @@ class RecognitionStage:
         keep_audio: bool = False,
         options: RecognizerOptions | None = None,
         encode_ahead: Callable[[np.ndarray], Future[Any] | None] | None = None,
+        ahead: bool = True,
     ) -> None:
         self.backend = backend
         self.keep_audio = keep_audio
-        self.encode_ahead = encode_ahead if keep_audio else None
+        self.decode_ahead = ahead
+        """Whether a pause asks the recognizer to decode ahead (when it can: Whisper's ``pause()``).
+        Off for input read faster than real time, where nothing waits for the hangover and a decode
+        voided by speech that goes on is pure waste."""
+        self.encode_ahead = encode_ahead if keep_audio and ahead else None
         """Starts the emotion model's speech encoder on an utterance's audio at a pause
         (:meth:`~realtime_ser.emotion.service.EmotionService.encode_ahead`), so that its pass is
         done, or nearly, when the hangover ends the utterance; None: no such pass."""
@@ -184,7 +189,7 @@ class RecognitionStage:
                         "start": round_t(state.start), "text": text}))
             self.busy_seconds += time.perf_counter() - t0
         elif isinstance(item, SpeechPause):
-            pause = getattr(rec, "pause", None)  # a recognizer that can decode ahead (Whisper)
+            pause = getattr(rec, "pause", None) if self.decode_ahead else None  # e.g. Whisper's
             if pause is not None and state.failed is None:
                 try:
                     pause()

@@ -395,29 +395,28 @@ def test_demo_voices_labels_follow_the_acted_emotions() -> None:
 
 
 def test_the_encoder_pass_started_in_the_hangover_gives_the_same_emotion_as_one_after_the_end() -> None:
-    """Without a recognizer that shares its encoder pass, the emotion stage starts the speech encoder
-    at the pause that ends each turn (inside the hangover): same labels and scores as encoding after
-    the end, and no second encoder pass for any turn."""
+    """Without a recognizer that shares its encoder pass, a live session's emotion stage starts the
+    speech encoder at the pause that ends each turn (inside the hangover): same labels and scores as
+    encoding after the end, and no second encoder pass for any turn. Input read faster than real time
+    does no work ahead."""
     if not _speech_model():
         pytest.skip("needs a speech-encoder emotion model")
-    from dataclasses import replace
-
     from realtime_ser.config import AsrConfig, EmotionConfig, PipelineConfig, SourceConfig
     from realtime_ser.pipeline import Pipeline
     from realtime_ser.sources import FileSource
 
     path = REPO / "realtime_ser" / "data" / "demo-voices.flac"
-    base = PipelineConfig(asr=AsrConfig(backend="none"), source=SourceConfig(split_channels=True))
     runs = {}
-    for ahead in (False, True):
-        config = replace(base, emotion=EmotionConfig(encode_ahead=ahead))
+    for live in (False, True):  # as fast as it reads, then at the speed of speech; encode_ahead on in both
+        config = PipelineConfig(asr=AsrConfig(backend="none"), emotion=EmotionConfig(encode_ahead=True),
+                                source=SourceConfig(split_channels=True, realtime=live))
         events: list[dict] = []
         pipeline = Pipeline(config, FileSource(path, config.source), [events.append], backend=None)
         service = pipeline._events.emotion.service
         before = (service.encoded_ahead, service.encoded_after)
         pipeline.run()
-        runs[ahead] = ([e for e in events if e["type"] == "utterance"],
-                       (service.encoded_ahead - before[0], service.encoded_after - before[1]))
+        runs[live] = ([e for e in events if e["type"] == "utterance"],
+                      (service.encoded_ahead - before[0], service.encoded_after - before[1]))
     (after_end, (ahead_0, late_0)), (in_hangover, (ahead_1, late_1)) = runs[False], runs[True]
     assert len(after_end) == len(in_hangover) >= 6
     for a, b in zip(after_end, in_hangover, strict=True):
@@ -425,7 +424,7 @@ def test_the_encoder_pass_started_in_the_hangover_gives_the_same_emotion_as_one_
         for k, v in a["emotion"]["scores"].items():
             assert b["emotion"]["scores"][k] == pytest.approx(v, abs=1e-5)
         assert "encoder_ahead" in b["latency_ms"] and "encoder_ahead" not in a["latency_ms"]
-    # After the end: one pass per turn. Ahead: one per pause not cancelled in time (at least one per
-    # turn), and no turn encoded again at its end.
+    # Read at full speed: one pass per turn after its end. Live: one per pause not cancelled in time
+    # (at least one per turn), and no turn encoded again at its end.
     assert (ahead_0, late_0) == (0, len(after_end))
     assert ahead_1 >= len(in_hangover) and late_1 == 0
