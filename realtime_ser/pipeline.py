@@ -346,12 +346,12 @@ class Pipeline:
 
     def _asr_loop(self) -> None:
         emotion = self._events.emotion
-        # Work ahead of an utterance's end pays only where something waits for the hangover: live input.
-        live = self.source.live or self.config.source.realtime
+        # Work ahead of an utterance's end pays only where the hangover is waited in wall time: not
+        # for a file read as fast as it decodes (a WebSocket stream or stdin may be live: they do it).
         stage = RecognitionStage(self._backend, self.config.asr, self.speakers, self._clock,
                                  keep_audio=emotion is not None,
                                  encode_ahead=emotion.encoder_ahead(self._backend) if emotion else None,
-                                 ahead=live)
+                                 ahead=not self.source.unpaced)
         self._stage = stage
         if self._interrupted:
             stage.interrupt()

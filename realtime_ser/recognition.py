@@ -92,8 +92,8 @@ class RecognitionStage:
         self.keep_audio = keep_audio
         self.decode_ahead = ahead
         """Whether a pause asks the recognizer to decode ahead (when it can: Whisper's ``pause()``).
-        Off for input read faster than real time, where nothing waits for the hangover and a decode
-        voided by speech that goes on is pure waste."""
+        Off for stored audio read faster than real time, where nothing waits for the hangover and a
+        decode voided by speech that goes on is pure waste."""
         self.encode_ahead = encode_ahead if keep_audio and ahead else None
         """Starts the emotion model's speech encoder on an utterance's audio at a pause
         (:meth:`~realtime_ser.emotion.service.EmotionService.encode_ahead`), so that its pass is

@@ -76,6 +76,14 @@ class Source:
     name = "source"
     live = False
     """Live sources drop audio when the pipeline falls behind; others wait."""
+    stored = False
+    """Audio already stored (a file, an array): unless ``source.realtime`` paces it, its frames come as
+    fast as they are read, and nothing waits for the VAD's hangover in wall time."""
+
+    @property
+    def unpaced(self) -> bool:
+        """Frames come faster than the speed of speech (stored audio, not paced)."""
+        return self.stored and not (self.config.realtime or self.live)
 
     def __init__(self, config: SourceConfig) -> None:
         self.config = config
@@ -162,6 +170,8 @@ class Source:
 class FileSource(Source):
     """An audio file decoded by libsndfile, any rate and channel count."""
 
+    stored = True
+
     def __init__(self, path: str | Path, config: SourceConfig) -> None:
         super().__init__(config)
         import soundfile as sf
@@ -212,6 +222,8 @@ class ArraySource(Source):
     int16 or float in [-1, 1], any sample rate. ``live=True`` makes it behave
     like a live source (paced, drops instead of waiting), for overload tests.
     """
+
+    stored = True
 
     def __init__(self, samples: np.ndarray, sample_rate: int, config: SourceConfig,
                  name: str = "array", live: bool = False) -> None:

@@ -350,3 +350,18 @@ def test_a_pause_asks_a_recognizer_that_can_decode_ahead_to_do_so() -> None:
     plain = RecognitionStage(FakeBackend(), AsrConfig(backend="fake"), ["ch0"])
     plain.feed(SpeechStart(0, 0, 0.0, 0.0, 1, 1))
     plain.feed(SpeechPause(0, 0, 0.6))
+    # Through the pipeline: a stream pushed in (as the server's) works ahead even when it comes
+    # faster than real time; a file read at full speed does not, paced or live it does.
+    from realtime_ser.sources import PushSource
+
+    x = np.concatenate([quiet(0.5), voice(1.0), quiet(1.0)])
+    cfg = apply_overrides(PipelineConfig(), [*VAD0, "emotion.enabled=false"])
+    push = PushSource(cfg.source, SAMPLE_RATE, 1, 10.0)
+    assert push.try_push(x.astype(np.int16).tobytes())
+    push.end()
+    counts = []
+    for source in (push, ArraySource(x, SAMPLE_RATE, cfg.source), ArraySource(x, SAMPLE_RATE, cfg.source, live=True)):
+        Ahead.paused = 0
+        Pipeline(cfg, source, [lambda e: None], backend=AheadBackend()).run()
+        counts.append(Ahead.paused)
+    assert counts == [1, 0, 1]
