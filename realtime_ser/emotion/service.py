@@ -25,7 +25,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -200,56 +200,47 @@ class EmotionService:
 
     # -- workers -------------------------------------------------------------------
 
-    def _loop(self) -> None:
+    def _batches(self, q: queue.Queue[Any], full: Callable[[list[Any]], bool]) -> Iterator[list[Any]]:
+        """Batches of what waits in ``q``: the first item, then whatever else is already there until
+        ``full(batch)``; ends when the service closes, answering what is still queued."""
         while not self._stop.is_set():
             try:
-                first = self._queue.get(timeout=0.1)
+                first = q.get(timeout=0.1)
             except queue.Empty:
                 continue
             if first is None:
                 break
             batch = [first]
-            encoding = int(self._encodes(first))
-            while len(batch) < self.max_batch and encoding < self.encoder_batch:
+            while not full(batch):
                 try:
-                    item = self._queue.get_nowait()
+                    item = q.get_nowait()
                 except queue.Empty:
                     break
                 if item is None:
                     self._stop.set()
                     break
                 batch.append(item)
-                encoding += self._encodes(item)
+            yield batch
+        _refuse_waiting(q)
+
+    def _loop(self) -> None:
+        def full(batch: list[Request]) -> bool:
+            return len(batch) >= self.max_batch or sum(map(self._encodes, batch)) >= self.encoder_batch
+
+        for batch in self._batches(self._queue, full):
             try:
-                self.encoded_after += encoding
+                self.encoded_after += sum(map(self._encodes, batch))
                 self._score(batch, time.perf_counter())
             except Exception as exc:  # one bad batch must not kill the stage for every session
                 log.exception("emotion scoring failed")
                 for r in batch:
                     if not r.future.done():
                         r.future.set_exception(ModelError(f"emotion scoring failed: {exc}"))
-        _refuse_waiting(self._queue)
 
     def _ahead_loop(self) -> None:
         assert self.audio is not None and self.audio.speech is not None
         encoder = self.audio.speech
-        while not self._stop.is_set():
-            try:
-                first = self._ahead.get(timeout=0.1)
-            except queue.Empty:
-                continue
-            if first is None:
-                break
-            batch = [first]
-            while len(batch) < self.encoder_batch:
-                try:
-                    item = self._ahead.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    self._stop.set()
-                    break
-                batch.append(item)
+        for batch in self._batches(self._ahead, lambda b: len(b) >= self.encoder_batch):
             jobs = [j for j in batch if j.future.set_running_or_notify_cancel()]  # skips the cancelled
             if not jobs:
                 continue
@@ -263,7 +254,6 @@ class EmotionService:
             self.encoded_ahead += len(jobs)
             for j, e in zip(jobs, encoded, strict=True):
                 j.future.set_result(e)
-        _refuse_waiting(self._ahead)
 
     def _encodes(self, r: Request) -> bool:
         """Whether scoring ``r`` runs the speech encoder (no recognizer's or earlier pass's output came with it)."""
