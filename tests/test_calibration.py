@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 from training.calibration import ece, fit_temperature, nll, reliability_bins, reliability_diagram  # noqa: E402
 from training.data import Utterance  # noqa: E402
 from training.models import AudioGate, EmotionModel, ModelConfig  # noqa: E402
-from training.train import Dialogue, load_config, validation_split  # noqa: E402
+from training.train import ConfigError, Dialogue, config_from_dict, load_config, validation_split  # noqa: E402
 
 
 def _overconfident(n: int = 4000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -102,6 +102,29 @@ def test_validation_speakers_are_never_heard_in_training() -> None:
     assert len(val) >= 20 and len(fit) + len(val) == 200
     fit2, val2 = validation_split(train, 0.1, "dialogue", random.Random(0))
     assert len(val2) == 20 and len(fit2) == 180
+
+
+def _clip(i: int, voice: str, corpus: str) -> Dialogue:
+    u = Utterance(f"d{i}", 0, voice, "happy", "x", extra={"corpus": corpus})
+    return Dialogue(f"d{i}", np.zeros((1, 2), np.float32), None, np.zeros(1, np.int64), [u])
+
+
+def test_validation_speakers_per_corpus_come_from_every_corpus_alike() -> None:
+    # 60 voices of a big corpus, 20 of a small one, 2 of a tiny one with many clips each: a
+    # plain speaker split may hold out a tiny corpus's voice (a tenth of the clips at once).
+    train = [_clip(i, f"big{i % 60}", "big") for i in range(600)]
+    train += [_clip(1000 + i, f"small{i % 20}", "small") for i in range(200)]
+    train += [_clip(2000 + i, f"tiny{i % 2}", "tiny") for i in range(400)]
+    for seed in range(5):
+        fit, val = validation_split(train, 0.1, "speaker_per_corpus", random.Random(seed))
+        held = {u.speaker for d in val for u in d.utterances}
+        heard = {u.speaker for d in fit for u in d.utterances}
+        assert not held & heard and len(fit) + len(val) == len(train)
+        assert sum(v.startswith("big") for v in held) == 6
+        assert sum(v.startswith("small") for v in held) == 2
+        assert not any(v.startswith("tiny") for v in held), "two voices: none held out"
+    with pytest.raises(ConfigError, match="val_by must be one of"):
+        config_from_dict({"name": "x", "data": {"manifests": ["ravdess"]}, "train": {"val_by": "corpus"}})
 
 
 def test_config_names_labels_once_and_set_pins_a_grid_key(tmp_path: Path) -> None:

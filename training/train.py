@@ -54,6 +54,9 @@ log = logging.getLogger(__name__)
 # --------------------------------------------------------------------------- config
 
 
+VAL_BY = ("speaker", "speaker_per_corpus", "dialogue")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 40
@@ -68,7 +71,10 @@ class TrainConfig:
     val_by: str = "speaker"
     """``speaker``: the held-out share are dialogues of speakers (voices: ``audio_actor`` where the
     audio is another speaker's) that training never sees, so the temperatures are fitted on
-    unseen voices, as the model will meet them; ``dialogue``: random dialogues."""
+    unseen voices, as the model will meet them; ``speaker_per_corpus``: the same, but the share
+    is taken from each corpus's voices (a corpus of fewer than 1 / ``val_fraction`` voices, such
+    as TESS's two, gives none), so which corpus a seed happens to hold out does not set the
+    epoch and the temperatures; ``dialogue``: random dialogues."""
     calibrate: bool = True
     """Fit a temperature per output on the held-out share after training (confidences that mean
     what they say); accuracy is unchanged."""
@@ -93,8 +99,8 @@ class TrainConfig:
             raise ConfigError(f"train.strategy must be 'cold', 'frozen' or 'warm', got {self.strategy!r}")
         if not 0 <= self.val_fraction < 1:
             raise ConfigError("train.val_fraction must be in [0, 1)")
-        if self.val_by not in ("speaker", "dialogue"):
-            raise ConfigError(f"train.val_by must be 'speaker' or 'dialogue', got {self.val_by!r}")
+        if self.val_by not in VAL_BY:
+            raise ConfigError(f"train.val_by must be one of {', '.join(map(repr, VAL_BY))}, got {self.val_by!r}")
 
 
 @dataclass(frozen=True)
@@ -541,16 +547,45 @@ def _voices(d: Dialogue) -> set[str]:
     return actors or {s for u in d.utterances for s in u.speakers}
 
 
+def _voice_corpora(dialogues: Sequence[Dialogue]) -> dict[str, str]:
+    """Voice -> the corpus it comes from (``audio_corpus`` where the audio is another speaker's)."""
+    out: dict[str, str] = {}
+    for d in dialogues:
+        for u in d.utterances:
+            actor = u.meta("audio_actor")
+            if actor:
+                out.setdefault(actor, u.meta("audio_corpus") or u.meta("voice_corpus") or u.meta("corpus") or "")
+            else:
+                for s in u.speakers:
+                    out.setdefault(s, u.meta("corpus") or "")
+    return out
+
+
 def validation_split(train: Sequence[Dialogue], fraction: float, by: str, rng: random.Random
                      ) -> tuple[list[Dialogue], list[Dialogue]]:
     """(fit, validation): ``fraction`` of the dialogues held out, by speaker (voices training never
-    hears; dialogues mixing held-out and training voices are left out of both) or by dialogue.
-    Falls back to dialogues when the speakers cannot be split (a single voice, say)."""
+    hears; dialogues mixing held-out and training voices are left out of both), by speaker taken
+    from each corpus alike (``speaker_per_corpus``: ``fraction`` of each corpus's voices, rounded),
+    or by dialogue. Falls back to dialogues when the speakers cannot be split (a single voice, say)."""
     order = list(train)
     rng.shuffle(order)
     n_val = int(round(fraction * len(order)))
     if n_val == 0:
         return order, []
+    if by == "speaker_per_corpus":
+        corpora: dict[str, list[str]] = {}
+        for v, c in sorted(_voice_corpora(order).items()):
+            corpora.setdefault(c, []).append(v)
+        chosen: set[str] = set()
+        for c in sorted(corpora):
+            voices = corpora[c]
+            rng.shuffle(voices)
+            chosen.update(voices[: int(round(fraction * len(voices)))])
+        val = [d for d in order if _voices(d) <= chosen]
+        fit = [d for d in order if not _voices(d) & chosen]
+        if val and len(fit) >= len(order) // 2:
+            return fit, val
+        by = "speaker"
     if by == "speaker":
         voices = sorted({v for d in order for v in _voices(d)})
         rng.shuffle(voices)
