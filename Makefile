@@ -111,7 +111,7 @@ default-model: $(STAMP) models
 
 lint: $(STAMP)
 	$(BIN)/ruff check realtime_ser tests bench training
-	$(BIN)/mypy realtime_ser
+	$(BIN)/mypy realtime_ser training bench
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .mypy_cache

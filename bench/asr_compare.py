@@ -259,7 +259,7 @@ def _run_pipeline(cfg: PipelineConfig, source: Any, backend: Any) -> list[dict[s
 
 def accuracy_pass(name: str, backend: Any, cfg: PipelineConfig, rows: list[dict[str, str]],
                   meter: TreeMeter) -> dict[str, Any]:
-    per_clip = []
+    per_clip: list[dict[str, Any]] = []
     audio_s = 0.0
     wall0, cpu0 = time.perf_counter(), meter.cpu_s()
     for i, r in enumerate(rows):
@@ -335,7 +335,7 @@ def iemocap_lines(data: Path, n: int) -> list[str]:
 
 def tts_pass(name: str, backend: Any, lines: list[str]) -> dict[str, Any]:
     print(f"[{name}] synthetic speech: {len(lines)} IEMOCAP lines", file=sys.stderr, flush=True)
-    items = []
+    items: list[dict[str, Any]] = []
     for text in lines:
         hyp = transcribe_text(text, backend).text
         errors, words = word_errors(text, hyp)

@@ -170,8 +170,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def _utterance(session: str, seq: int) -> dict[str, Any]:
     """An utterance event of typical size (about 1 KB)."""
-    words = [{"word": w, "start": 0.3 * i, "end": 0.3 * i + 0.25, "conf": 0.9}
-             for i, w in enumerate("I would like to check the status of my order please".split())]
+    words: list[dict[str, Any]] = [
+        {"word": w, "start": 0.3 * i, "end": 0.3 * i + 0.25, "conf": 0.9}
+        for i, w in enumerate("I would like to check the status of my order please".split())]
     scores = {"neutral": 0.41, "happy": 0.12, "sad": 0.17, "angry": 0.30}
     return {"v": 1, "type": "utterance", "session": session, "seq": seq, "t": seq * 2.0, "utterance_id": f"ch0-{seq}",
             "speaker": "ch0", "channel": 0, "start": seq * 2.0 - 1.8, "end": seq * 2.0, "end_reason": "silence",
@@ -257,7 +258,7 @@ def compare(result: dict[str, Any]) -> dict[str, Any]:
     """The two targets from the paired probes (all rounds pooled) and the search."""
     out: dict[str, Any] = {"latency": {}}
     for n, by_bus in result["paired"].items():
-        row = {}
+        row: dict[str, Any] = {}
         for name, probes in by_bus.items():
             delivery = [v for p in probes for v in p.get("samples_delivery_ms", [])]
             client = [v for p in probes for v in p.get("samples_client_ms", [])]

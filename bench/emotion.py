@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
             b = batching[-1]
             print(f"{n:2d} sessions, max_batch {mb:2d}: last result p50 {b['last_result_ms']['p50']:.1f} ms, "
                   f"p95 {b['last_result_ms']['p95']:.1f} ms, {b['model_calls_per_round']:.1f} model calls per round")
-    doc = {
+    doc: dict[str, Any] = {
         "command": "python -m bench.emotion " + " ".join(argv if argv is not None else sys.argv[1:]),
         "git_commit": _commit(),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},

@@ -62,7 +62,7 @@ def render(out: Path) -> str:
                          f"{r['pipeline']['capacity']} of {r['floor']['capacity']} = {100 * ratio:.0f}% | "
                          f"{_verdict(ratio >= 0.85)} | [capacity.md](capacity.md), {_commit(cap)} |")
     wh = (cap or {}).get("backends", {}).get("whisper", {})
-    if wh.get("pipeline"):
+    if cap and wh.get("pipeline"):
         one = wh["pipeline"]["probes"][0]["client_ms"]
         ok = one["p50"] is not None and one["p50"] <= 900 and one["p95"] <= 1200
         lines.append(f"| whisper base, one live session: end of speech → utterance p50 ≤ 900 ms, p95 ≤ 1200 ms | "

@@ -154,10 +154,10 @@ class _Replay:
         return next(self._voiced)
 
 
-def segment(pcm: np.ndarray, voiced: list[bool], config: VadConfig) -> list[dict[str, float]]:
+def segment(pcm: np.ndarray, voiced: list[bool], config: VadConfig) -> list[dict[str, Any]]:
     """Utterances the segmenter cuts given per-frame decisions: start, end, audio start/end, decided at (s)."""
     seg = Segmenter(config, FRAME_MS, detector_factory=lambda _c: _Replay(voiced))
-    utts: list[dict[str, float]] = []
+    utts: list[dict[str, Any]] = []
     audio: dict[int, list[float]] = {}
     for k in range(len(voiced)):
         frame = AudioFrame(k, 0, k * FRAME, pcm[k * FRAME:(k + 1) * FRAME], (k + 1) * FRAME)
@@ -173,7 +173,7 @@ def segment(pcm: np.ndarray, voiced: list[bool], config: VadConfig) -> list[dict
     return utts
 
 
-def wer_of_cuts(pcm: np.ndarray, spans: list[tuple[float, float]], refs: list[str], utts: list[dict[str, float]],
+def wer_of_cuts(pcm: np.ndarray, spans: list[tuple[float, float]], refs: list[str], utts: list[dict[str, Any]],
                 engine: Any) -> dict[str, Any]:
     """Word error rate of Whisper on exactly the audio the segmenter gave for each clip (its
     utterances that overlap the clip's speech): what cutting speech short costs the words."""
@@ -194,7 +194,7 @@ def wer_of_cuts(pcm: np.ndarray, spans: list[tuple[float, float]], refs: list[st
     return {"clips": len(spans), "words": words, "errors": errors, "wer": round(errors / max(words, 1), 4)}
 
 
-def score(spans: list[tuple[float, float]], utts: list[dict[str, float]]) -> dict[str, Any]:
+def score(spans: list[tuple[float, float]], utts: list[dict[str, Any]]) -> dict[str, Any]:
     missed = split = false_starts = 0
     lost = total = 0.0
     delays: list[float] = []

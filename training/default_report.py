@@ -150,7 +150,7 @@ def held_out_clips(out: Path) -> Path:
 
 def live_scores(manifest_path: Path, model_dir: Path, asr: str) -> dict[tuple[str, int], list[dict[str, Any]]]:
     """Each clip of the manifest through the live pipeline (as ``realtime-ser run`` runs it)."""
-    from realtime_ser.asr import create_backend
+    from realtime_ser.asr import close_backend, create_backend
     from realtime_ser.config import AsrConfig, EmotionConfig, PipelineConfig
     from realtime_ser.pipeline import Pipeline
     from realtime_ser.sources import FileSource
@@ -167,8 +167,7 @@ def live_scores(manifest_path: Path, model_dir: Path, asr: str) -> dict[tuple[st
             Pipeline(config, FileSource(path, config.source), [events.append], backend=backend).run()
             out[(u.dialogue_id, u.utt_index)] = [e for e in events if e["type"] == "utterance"]
     finally:
-        if backend is not None:
-            backend.close()
+        close_backend(backend)
     return out
 
 
@@ -282,7 +281,7 @@ def markdown(r: dict[str, Any]) -> str:
     if t:
         lines += ["", "## IEMOCAP transcripts, session folds (text model)", "",
                   "| text encoder | context | n | WA % (accuracy) | UAR % | ECE |", "|---|---|---|---|---|---|"]
-        for key, title in (("frozen_causal", ("all-MiniLM-L6-v2, frozen", "causal")),
+        for key, cells in (("frozen_causal", ("all-MiniLM-L6-v2, frozen", "causal")),
                            ("finetuned_causal", ("fine-tuned per fold", "causal")),
                            ("finetuned_offline", ("fine-tuned per fold", "offline")),
                            ("finetuned_script_causal", ("fine-tuned, speaker + script disjoint", "causal"))):
@@ -291,11 +290,11 @@ def markdown(r: dict[str, Any]) -> str:
                 continue
             p = e.get("pooled")
             if p:
-                lines.append(f"| {title[0]} | {title[1]} | {p['n_per_seed']} | {_pm(p['weighted_accuracy'])} | "
+                lines.append(f"| {cells[0]} | {cells[1]} | {p['n_per_seed']} | {_pm(p['weighted_accuracy'])} | "
                              f"{_pm(p['uar'])} | {_pm(p['ece'], False)} |")
             else:
                 s = e["summary"]
-                lines.append(f"| {title[0]} | {title[1]} | – | {_pm(s['weighted_accuracy'])} | {_pm(s['uar'])} | – |")
+                lines.append(f"| {cells[0]} | {cells[1]} | – | {_pm(s['weighted_accuracy'])} | {_pm(s['uar'])} | – |")
     if r.get("diagrams"):
         lines += ["", "## Reliability diagrams", ""]
         lines += [f"![{name}](img/{Path(path).name})" for name, path in r["diagrams"].items()]
@@ -329,9 +328,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     curves: list[tuple[str, str, np.ndarray, np.ndarray]] = []
     results: dict[str, Any] = {"voices": {}}
-    specs = {"ravdess": ("voices_ravdess", {"features.audio": "speech"}), "crema_d": ("voices_crema_d", {}),
-             "ravdess8": ("voices_ravdess8", {}), "crema_d6": ("voices_crema_d6", {}),
-             "cross_tess": ("voices_cross", {}), "cross_crema_d": ("voices_cross_crema_d", {})}
+    specs: dict[str, tuple[str, dict[str, Any]]] = {
+        "ravdess": ("voices_ravdess", {"features.audio": "speech"}), "crema_d": ("voices_crema_d", {}),
+        "ravdess8": ("voices_ravdess8", {}), "crema_d6": ("voices_crema_d6", {}),
+        "cross_tess": ("voices_cross", {}), "cross_crema_d": ("voices_cross_crema_d", {})}
     for key, (name, settings) in specs.items():
         e = experiment(name, curves, **settings)
         if e is not None:

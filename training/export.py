@@ -103,7 +103,7 @@ def export_model(model: TorchModel, out_dir: Path | str, *, name: str, version: 
     out_dir = Path(out_dir)
     onnx_path = export_onnx(model, out_dir / "model.onnx")
     cfg = model.cfg
-    card = {
+    card: dict[str, Any] = {
         "format": CARD_FORMAT,
         "format_version": CARD_VERSION,
         "name": name,

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -192,6 +192,12 @@ class AudioGate(nn.Module):
     (:meth:`fit`), never learned, so it cannot learn to trust a voice it has not heard.
     """
 
+    # Buffers (registered in __init__).
+    mean: Tensor
+    proj: Tensor
+    bank: Tensor
+    bounds: Tensor
+
     def __init__(self, dim: int, components: int = 256, bank: int = 1500, neighbours: int = 10) -> None:
         super().__init__()
         self.neighbours = neighbours
@@ -282,6 +288,14 @@ class EmotionModel(nn.Module):
     where the per-modality entries exist for fused models.
     """
 
+    # Buffers (registered in __init__): the temperatures, and the input statistics of each
+    # modality the config names.
+    temperature: Tensor
+    mean_audio: Tensor
+    std_audio: Tensor
+    mean_text: Tensor
+    std_text: Tensor
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -329,7 +343,7 @@ class EmotionModel(nn.Module):
                 raise ValueError(f"this model needs the {m} input")
             x = normed[m] = (x - getattr(self, f"mean_{m}")) / getattr(self, f"std_{m}")
             h = self.proj[m](self.input_drop(x))
-            hs[m] = self._run(self.branches[m], h, mask, lengths)
+            hs[m] = self._run(cast(Branch, self.branches[m]), h, mask, lengths)
         if not self.cfg.fused:
             out = {"logits": hs[self.cfg.modalities[0]]}
         else:
@@ -341,7 +355,8 @@ class EmotionModel(nn.Module):
             fused = self._run(self.shared, self.fusion(list(parts.values())), mask, lengths)
             out = {"logits": fused}
             for m in self.cfg.modalities:
-                out[m] = hs[m] if self.cfg.fusion_depth == "logits" else self.aux[m](self.branches[m].drop(hs[m]))
+                out[m] = (hs[m] if self.cfg.fusion_depth == "logits"
+                          else self.aux[m](cast(Branch, self.branches[m]).drop(hs[m])))
             if reliability is not None:
                 out["reliability"] = reliability
         if calibrated:

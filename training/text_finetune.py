@@ -165,7 +165,7 @@ def save_delta(delta: dict[str, np.ndarray], path: Path, info: dict[str, Any]) -
     from realtime_ser.features.text import packaged_fingerprint
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    arrays = {f"w/{k}": v.astype(np.float16) for k, v in delta.items()}
+    arrays: dict[str, Any] = {f"w/{k}": v.astype(np.float16) for k, v in delta.items()}
     meta = {"base": "all-MiniLM-L6-v2", "base_sha256": packaged_fingerprint(), **info}
     arrays["meta"] = np.frombuffer(json.dumps(meta, sort_keys=True).encode("utf-8"), dtype=np.uint8)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npz")

@@ -704,7 +704,8 @@ def reports_by(cfg: ExperimentConfig, test: Sequence[Dialogue], pred: dict[str, 
         out[column] = {}
         for v in sorted(set(values)):
             keep = values == v
-            entry = {"metrics": classification_report(pred["y"][keep], pred["logits"][keep], cfg.model.labels)}
+            entry: dict[str, Any] = {"metrics": classification_report(pred["y"][keep], pred["logits"][keep],
+                                                                      cfg.model.labels)}
             for m in cfg.model.modalities:
                 if m in pred and cfg.model.fused:
                     entry[m] = classification_report(pred["y"][keep], pred[m][keep], cfg.model.labels)
