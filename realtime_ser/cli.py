@@ -12,7 +12,9 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from . import __version__
@@ -47,6 +49,10 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--vosk-model", metavar="DIR", help="Vosk model directory (see 'realtime-ser models download')")
     run.add_argument("--whisper-model", metavar="DIR", help=_WHISPER_MODEL_HELP)
     run.add_argument("--jsonl", metavar="PATH|-", help="write events as JSON lines to PATH, '-' for stdout")
+    run.add_argument("--serve", metavar="HOST:PORT",
+                     help="also serve this session's events on HOST:PORT, as 'serve' does: the dashboard at /, "
+                          "/subscribe, /sessions, /healthz, /metrics (no audio in); after a file's end it "
+                          "serves them until Ctrl-C")
     run.add_argument("--config", metavar="FILE", help="TOML configuration (see configs/default.toml)")
     pace = run.add_mutually_exclusive_group()
     pace.add_argument("--realtime", action="store_true", help="pace file input at the speed of speech")
@@ -171,7 +177,8 @@ def _notify(notice: str) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from .output import JsonlSink, TerminalView
-    from .pipeline import Pipeline
+    from .pipeline import Pipeline, new_session_id
+    from .server.local import LocalServer, parse_host_port
     from .sources import open_source
 
     config = load(args.config)
@@ -200,8 +207,21 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError("--asr vosk needs a model: pass --vosk-model DIR "
                           "(get one with 'realtime-ser models download vosk-model-small-en-us-0.15')")
 
+    if args.serve is not None:
+        host, port = parse_host_port(args.serve, config.server.host)
+        config = replace(config, server=replace(config.server, host=host, port=port))
+
     source = open_source(args.input, config.source)
     _notify(notice)  # once the input is known to open
+    served: LocalServer | None = None
+    if args.serve is not None:
+        served = LocalServer(config)
+        try:
+            served.start()
+        except BaseException:
+            source.close()
+            raise
+    session = args.session or new_session_id()
     sinks: list[Any] = []
     jsonl = None
     if config.output.jsonl:
@@ -213,8 +233,16 @@ def _run(args: argparse.Namespace) -> int:
     show = view == "on" or (view == "auto" and config.output.jsonl != "-")
     if show:
         sinks.append(TerminalView(sys.stdout if config.output.jsonl != "-" else sys.stderr))
-    pipeline = Pipeline(config, source, sinks, session=args.session)
+    stopper: list[Callable[[], None]] = []
+    if served is not None:
+        sinks.append(served.open_session(session, stop=lambda: stopper[0]() if stopper else None))
+        # Where to look: on stderr, so stdout stays the view or the JSON lines.
+        print(f"realtime-ser: serving this session's events on {served.url}/subscribe?session={session} "
+              f"(dashboard {served.page_url})", file=sys.stderr, flush=True)
+    pipeline = Pipeline(config, source, sinks, session=session)
+    stopper.append(pipeline.stop)
     stops = 0
+    ended = threading.Event()
 
     def on_signal(signum: int, frame: Any) -> None:
         # Ctrl-C reaches every process of the terminal's foreground group: recognizer workers
@@ -222,6 +250,7 @@ def _run(args: argparse.Namespace) -> int:
         # ~1.8 s). A second Ctrl-C does not wait for the flush.
         nonlocal stops
         stops += 1
+        ended.set()
         if stops > 1 and signum == signal.SIGINT:
             raise KeyboardInterrupt
         log.info("signal %d: stopping after flushing what was heard", signum)
@@ -231,8 +260,16 @@ def _run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     try:
         pipeline.run()
+        if served is not None and not ended.is_set():
+            # A file's end: the page and the subscribers still want to see the call.
+            print(f"realtime-ser: the input has ended; its events stay on {served.page_url} until Ctrl-C",
+                  file=sys.stderr, flush=True)
+            while not ended.wait(0.5):
+                pass
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the exit below is no longer interruptible
+        if served is not None:
+            served.close()  # subscribers get every event, then a normal close
         if jsonl is not None:
             jsonl.close()
         if pipeline.backend_running:

@@ -144,8 +144,12 @@ def _error_event(session: str, code: str, message: str, **extra: Any) -> str:
 class Server:
     """Owns the hub, the recognizer backends and the listening socket."""
 
-    def __init__(self, config: PipelineConfig, backends: dict[str, RecognizerBackend | None] | None = None) -> None:
+    def __init__(self, config: PipelineConfig, backends: dict[str, RecognizerBackend | None] | None = None,
+                 ingest: bool = True) -> None:
         self.config = config
+        self.ingest = ingest
+        """False: the server takes no audio (no /ingest, no vosk-server protocol) and only serves
+        the events of sessions published into its hub (``realtime-ser run --serve``)."""
         self.srv = config.server
         self.registry = Registry()
         self.metrics = server_metrics(self.registry)
@@ -212,7 +216,7 @@ class Server:
         except BaseException:
             self._server.close()
             raise
-        if self.srv.vosk_port:
+        if self.srv.vosk_port and self.ingest:
             # vosk-server's clients hard-code ws://localhost:2700 (any path): a second listener
             # that speaks only that protocol, so they run unchanged.
             try:
@@ -343,6 +347,10 @@ class Server:
                                       f"server's own pages and server.origins\n", "text/plain; charset=utf-8")
             if path not in ("/", "/ingest", "/subscribe"):
                 return _response(404, f"no WebSocket endpoint at {path}; use /ingest, /subscribe or /\n")
+            if path != "/subscribe" and not self.ingest:
+                return _response(403, "this server shows the events of `realtime-ser run --serve` (/subscribe, "
+                                      "/sessions, the dashboard at /) and takes no audio; `realtime-ser serve` "
+                                      "takes audio over WebSocket\n")
             return None
         if path == "/metrics":
             self._update_gauges()
