@@ -10,7 +10,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from training.calibration import ece, fit_temperature, nll, reliability_bins, reliability_diagram  # noqa: E402
+from training.calibration import ece, ece_floor, fit_temperature, nll, reliability_bins, reliability_diagram  # noqa: E402
 from training.data import Utterance  # noqa: E402
 from training.models import AudioGate, EmotionModel, ModelConfig  # noqa: E402
 from training.train import ConfigError, Dialogue, config_from_dict, load_config, validation_split  # noqa: E402
@@ -86,6 +86,18 @@ def test_gated_model_lets_text_decide_for_strange_audio() -> None:
     assert (out["reliability"] < 1e-3).all()
     with pytest.raises(ValueError, match="audio_gate"):
         ModelConfig(modalities=("audio", "text"), fusion_depth="late", audio_gate=True)
+
+
+def test_ece_floor_is_what_a_calibrated_model_shows_at_that_size() -> None:
+    rng = np.random.default_rng(1)
+    probs = rng.dirichlet(np.full(4, 0.4), 4000)  # confident, like a trained model
+    small, large = ece_floor(probs[:112]), ece_floor(probs)
+    assert 0.04 < small < 0.15 and large < 0.03, "the floor falls with the test set's size"
+    # A calibrated model's measured ECE lands near its floor; an over-confident one's far above it.
+    y = np.array([rng.choice(4, p=q) for q in probs])
+    assert abs(ece(probs, y) - large) < 0.015
+    sharp = probs ** 3 / (probs ** 3).sum(1, keepdims=True)
+    assert ece(sharp, y) > large + 0.05
 
 
 def _dialogue(i: int, voices: list[str]) -> Dialogue:

@@ -35,7 +35,7 @@ import numpy as np
 
 from realtime_ser.emotion.model import EmotionModel
 
-from .calibration import ece, reliability_diagram
+from .calibration import ece, ece_floor, reliability_diagram
 from .data import REPO, Utterance, read_manifest, write_manifest
 from .demo_voices import DEMO_ACTORS
 from .evaluate import evaluate
@@ -77,8 +77,10 @@ def pooled(pred: dict[str, np.ndarray], labels: list[str], output: str = "logits
     for seed in sorted(set(pred["seed"][keep].tolist())):
         sel = keep & (pred["seed"] == seed)
         per_seed.append(classification_report(pred["y"][sel], pred[output][sel], labels))
+        # What a perfectly calibrated model as confident as this one would show on this many turns.
+        per_seed[-1]["ece_floor"] = ece_floor(pred[output][sel], draws=100)
     out: dict[str, Any] = {"n_per_seed": per_seed[0]["n"] if per_seed else 0, "seeds": len(per_seed)}
-    for k in ("weighted_accuracy", "uar", "macro_f1", "weighted_f1", "ece"):
+    for k in ("weighted_accuracy", "uar", "macro_f1", "weighted_f1", "ece", "ece_floor"):
         v = np.array([r[k] for r in per_seed])
         out[k] = {"mean": float(v.mean()), "std": float(v.std()), "min": float(v.min()), "max": float(v.max())}
     out["per_class_recall"] = {lab: float(np.mean([r["per_class_recall"][lab] or 0 for r in per_seed]))
@@ -232,6 +234,11 @@ def _pm(stat: dict[str, float], pct: bool = True) -> str:
     return f"{scale * stat['mean']:{fmt}} ± {scale * stat['std']:{fmt}}"
 
 
+def _ece(p: dict[str, Any]) -> str:
+    floor = p.get("ece_floor")
+    return _pm(p["ece"], False) + (f" ({floor['mean']:.3f})" if floor else "")
+
+
 def _recall(p: dict[str, Any], labels: list[str]) -> str:
     return " | ".join(f"{100 * p['per_class_recall'][lab]:.1f}" for lab in labels)
 
@@ -242,9 +249,11 @@ def markdown(r: dict[str, Any]) -> str:
              "Figures are per seed over all the test turns of all folds (every actor of the corpus tested "
              "exactly once), then mean ± standard deviation over the seeds (3 unless stated); ECE is the "
              "expected calibration error of the top probability after the temperature fitted on held-out "
-             "training voices (15 bins). n is the number of test turns per seed.", ""]
+             "training voices (15 bins); in brackets, its floor: the ECE a perfectly calibrated model as "
+             "confident as this one would show on this many turns (`training.calibration.ece_floor`). n is "
+             "the number of test turns per seed.", ""]
     lines += ["## Speaker-independent, every group of actors of each corpus (audio model's recipe)", "",
-              "| test set | classes | n | UAR % | WA % (accuracy) | ECE | recall " + " / ".join(LABELS) + " |",
+              "| test set | classes | n | UAR % | WA % (accuracy) | ECE (floor) | recall " + " / ".join(LABELS) + " |",
               "|---|---|---|---|---|---|---|"]
     for key, title in (("ravdess", "RAVDESS, 5 groups of 4 actors"), ("crema_d", "CREMA-D, 5 groups of 15 actors"),
                        ("ravdess8", "RAVDESS, 8 classes"), ("crema_d6", "CREMA-D, 6 classes"),
@@ -258,7 +267,7 @@ def markdown(r: dict[str, Any]) -> str:
         labels = e["labels"]
         recall = _recall(p, list(LABELS)) if tuple(labels) == LABELS else "see JSON"
         lines.append(f"| {title} | {len(labels)} | {p['n_per_seed']} | {_pm(p['uar'])} | {_pm(p['weighted_accuracy'])}"
-                     f" | {_pm(p['ece'], False)} | {recall} |")
+                     f" | {_ece(p)} | {recall} |")
     d = r.get("default_cv")
     if d and "by" in d:
         lines += ["", "## The default model's recipe: voice group and IEMOCAP session held out together", "",
@@ -280,7 +289,7 @@ def markdown(r: dict[str, Any]) -> str:
     t = r.get("text")
     if t:
         lines += ["", "## IEMOCAP transcripts, session folds (text model)", "",
-                  "| text encoder | context | n | WA % (accuracy) | UAR % | ECE |", "|---|---|---|---|---|---|"]
+                  "| text encoder | context | n | WA % (accuracy) | UAR % | ECE (floor) |", "|---|---|---|---|---|---|"]
         for key, cells in (("frozen_causal", ("all-MiniLM-L6-v2, frozen", "causal")),
                            ("finetuned_causal", ("fine-tuned per fold", "causal")),
                            ("finetuned_offline", ("fine-tuned per fold", "offline")),
