@@ -13,7 +13,15 @@ torch = pytest.importorskip("torch")
 from training.calibration import ece, ece_floor, fit_temperature, nll, reliability_bins, reliability_diagram  # noqa: E402
 from training.data import Utterance  # noqa: E402
 from training.models import AudioGate, EmotionModel, ModelConfig  # noqa: E402
-from training.train import ConfigError, Dialogue, config_from_dict, load_config, validation_split  # noqa: E402
+from training.train import (  # noqa: E402
+    ConfigError,
+    Dialogue,
+    config_from_dict,
+    export_final,
+    load_config,
+    speaker_normalized,
+    validation_split,
+)
 
 
 def _overconfident(n: int = 4000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -165,3 +173,25 @@ def test_an_audio_only_card_loads_no_text_encoder() -> None:
     card = ex.settings_card(("audio",))
     assert set(card) == {"audio"} and card["audio"]["kind"] == "acoustic"
     assert ex._text is None
+
+
+def test_speaker_normalization_uses_only_earlier_turns_of_the_same_voice() -> None:
+    mean = np.zeros(2, np.float32)
+    # One dialogue, voices a, b, a, a: each turn minus (sum of that voice's earlier turns) / (n + k).
+    us = [Utterance("d", j, "x", "happy", "", extra={"audio_actor": v}) for j, v in enumerate("abaa")]
+    audio = np.array([[4, 0], [0, 8], [2, 2], [10, 10]], np.float32)
+    d = Dialogue("d", audio, None, np.zeros(4, np.int64), us, audio_copies=audio[None] + 1)
+    (out,) = speaker_normalized([d], mean, 1.0, seed=0)
+    expected = audio - np.array([[0, 0], [0, 0], [4 / 2, 0], [6 / 3, 2 / 3]], np.float32)
+    assert np.allclose(out.audio, expected)
+    assert out.audio_copies is not None and np.allclose(out.audio_copies[0], expected + 1), "copies shift alike"
+    assert np.allclose(d.audio, audio), "the input is not changed"
+    # Clips that are dialogues of their own: one session per voice, each voice's first clip as it is.
+    clips = [Dialogue(f"c{i}", np.full((1, 2), float(i), np.float32), None, np.zeros(1, np.int64),
+                      [Utterance(f"c{i}", 0, f"v{i % 2}", "happy", "")]) for i in range(6)]
+    shifted = speaker_normalized(clips, mean, 2.0, seed=3)
+    moved = [not np.allclose(a.audio, b.audio) for a, b in zip(clips, shifted, strict=True)]
+    assert sum(moved) == 4, "all but the first clip of each of the two voices"
+    with pytest.raises(ConfigError, match="speaker_norm is for experiments only"):
+        export_final(config_from_dict({"name": "x", "data": {"manifests": ["ravdess"]},
+                                       "features": {"speaker_norm": 5.0}}), Path("/nonexistent"))

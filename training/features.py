@@ -56,12 +56,19 @@ class FeatureSettings:
     audio: str = "speech"
     """``speech`` (Whisper's encoder states, pooled), ``acoustic`` (realtime_ser's numpy
     functionals) or ``speech+acoustic`` (both)."""
+    speaker_norm: float = 0.0
+    """Speaker-adaptive audio vectors (experiments only: the runtime does not do it yet, so export
+    refuses it): each utterance's vector minus the running mean of the vectors of its voice's
+    earlier utterances, shrunk towards the training mean by this many pseudo-utterances, plus
+    the training mean (:func:`training.train.speaker_normalized`). 0 = off."""
 
     def __post_init__(self) -> None:
         if self.text_encoder not in ("contextual", "static"):
             raise ValueError(f"text_encoder must be 'contextual' or 'static', got {self.text_encoder!r}")
         if self.audio not in AUDIO_KINDS:
             raise ValueError(f"audio must be one of {', '.join(AUDIO_KINDS)}, got {self.audio!r}")
+        if self.speaker_norm < 0:
+            raise ValueError(f"speaker_norm must be >= 0 (0 = off), got {self.speaker_norm!r}")
         object.__setattr__(self, "text_extra", tuple(self.text_extra))
 
 

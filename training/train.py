@@ -541,6 +541,50 @@ def _normalize(model: EmotionModel, dialogues: Sequence[Dialogue]) -> None:
             model.gate.fit((torch.from_numpy(every) - model.mean_audio) / model.std_audio)
 
 
+def speaker_normalized(dialogues: Sequence[Dialogue], mean: np.ndarray, k: float, seed: int) -> list[Dialogue]:
+    """Speaker-adaptive audio vectors: each utterance's vector (and its augmented copies) minus the
+    running mean of its voice's *earlier* utterances, shrunk towards ``mean`` by ``k``
+    pseudo-utterances, plus ``mean``; a voice's first utterance is left as it is.
+
+    "Earlier": within a dialogue of several turns, the turns before, per voice (as a live session
+    would have them); clips that are dialogues of their own are taken as one session per voice,
+    in an order drawn with ``seed``. Only the clean vectors feed the running means.
+    """
+    rng = np.random.default_rng(seed)
+    out = list(dialogues)
+    singles: dict[str, list[int]] = {}
+    for i, d in enumerate(out):
+        if d.audio is None:
+            continue
+        if len(d.utterances) == 1:
+            singles.setdefault(_voice_of(d.utterances[0]), []).append(i)
+            continue
+        shift = np.zeros_like(d.audio)
+        sums: dict[str, tuple[np.ndarray, int]] = {}
+        for t, u in enumerate(d.utterances):
+            v = _voice_of(u)
+            total, n = sums.get(v, (np.zeros_like(mean), 0))
+            shift[t] = (total + k * mean) / (n + k) - mean
+            sums[v] = (total + d.audio[t], n + 1)
+        out[i] = replace(d, audio=d.audio - shift,
+                         audio_copies=None if d.audio_copies is None else d.audio_copies - shift[None])
+    for v in sorted(singles):
+        order = [singles[v][j] for j in rng.permutation(len(singles[v]))]
+        total, n = np.zeros_like(mean), 0
+        for i in order:
+            d = out[i]
+            assert d.audio is not None
+            shift = (total + k * mean) / (n + k) - mean
+            total, n = total + d.audio[0], n + 1
+            out[i] = replace(d, audio=d.audio - shift,
+                             audio_copies=None if d.audio_copies is None else d.audio_copies - shift)
+    return out
+
+
+def _voice_of(u: Utterance) -> str:
+    return u.meta("audio_actor") or u.speaker
+
+
 def _voices(d: Dialogue) -> set[str]:
     """Who is heard in a dialogue: the audio actors where the audio is another speaker's, else the speakers."""
     actors = {u.meta("audio_actor") for u in d.utterances if u.meta("audio_actor")}
@@ -722,10 +766,16 @@ def run_variant(cfg: ExperimentConfig, data: DialogueSet, folds: Sequence[Fold],
     kept: dict[str, list[np.ndarray]] = {}
     for fold_index, fold in enumerate(folds):
         fold_data = data.fold_text(fold)
-        train = [fold_data.dialogues[d] for d in fold.train]
-        test = [fold_data.dialogues[d] for d in fold.test]
+        train_clean = [fold_data.dialogues[d] for d in fold.train]
+        test_clean = [fold_data.dialogues[d] for d in fold.test]
         for seed in cfg.train.seeds:
             t0 = time.perf_counter()
+            train, test = train_clean, test_clean
+            shrink = cfg.features.speaker_norm
+            if shrink and "audio" in cfg.model.modalities:
+                mean = np.concatenate([d.audio for d in train if d.audio is not None]).mean(0)
+                train = speaker_normalized(train, mean, shrink, seed)
+                test = speaker_normalized(test, mean, shrink, seed + 1000)
             pretrained = None
             if cfg.model.fused and cfg.train.strategy != "cold":
                 pretrained = {}
@@ -826,6 +876,10 @@ def export_final(cfg: ExperimentConfig, out_dir: Path, version: str = "", metric
         pins = " ".join(f"--set {k}={json.dumps(v[0])}" for k, v in cfg.grid.items())
         raise ConfigError(f"export needs a single variant, but [grid] varies {', '.join(cfg.grid)}: pin each with "
                           f"--set (e.g. {pins})")
+    if cfg.features.speaker_norm:
+        raise ConfigError("features.speaker_norm is for experiments only: the runtime does not normalize "
+                          "per speaker yet, so an exported model would see other vectors than in training; "
+                          "export with --set features.speaker_norm=0")
     all_cfg = replace(cfg, protocol=replace(cfg.protocol, folds="all"))
     data = DialogueSet(all_cfg)
     dialogues = list(data.dialogues.values())
