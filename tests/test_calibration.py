@@ -17,7 +17,6 @@ from training.train import (  # noqa: E402
     ConfigError,
     Dialogue,
     config_from_dict,
-    export_final,
     load_config,
     speaker_normalized,
     validation_split,
@@ -143,6 +142,9 @@ def test_validation_speakers_per_corpus_come_from_every_corpus_alike() -> None:
         assert sum(v.startswith("big") for v in held) == 6
         assert sum(v.startswith("small") for v in held) == 2
         assert not any(v.startswith("tiny") for v in held), "two voices: none held out"
+    with pytest.raises(ConfigError, match="speaker_norm and model.audio_gate do not go together"):
+        config_from_dict({"name": "x", "data": {"manifests": ["ravdess"]}, "features": {"speaker_norm": 5.0},
+                          "model": {"modalities": ["audio", "text"], "fusion_depth": "logits", "audio_gate": True}})
     with pytest.raises(ConfigError, match="val_by must be one of"):
         config_from_dict({"name": "x", "data": {"manifests": ["ravdess"]}, "train": {"val_by": "corpus"}})
 
@@ -192,6 +194,3 @@ def test_speaker_normalization_uses_only_earlier_turns_of_the_same_voice() -> No
     shifted = speaker_normalized(clips, mean, 2.0, seed=3)
     moved = [not np.allclose(a.audio, b.audio) for a, b in zip(clips, shifted, strict=True)]
     assert sum(moved) == 4, "all but the first clip of each of the two voices"
-    with pytest.raises(ConfigError, match="speaker_norm is for experiments only"):
-        export_final(config_from_dict({"name": "x", "data": {"manifests": ["ravdess"]},
-                                       "features": {"speaker_norm": 5.0}}), Path("/nonexistent"))

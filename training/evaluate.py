@@ -64,7 +64,12 @@ def evaluate(model_dir: Path, manifest_path: Path, predictions: Path | None = No
     pos = 0
     for d in manifest.dialogues():
         n = len(d)
-        scores = model.score_dialogue({m: x[pos : pos + n] for m, x in feats.items()})
+        inputs = {m: x[pos : pos + n] for m, x in feats.items()}
+        if model.card.speaker_norm is not None and "audio" in inputs:
+            # A dialogue is a session: each speaker's turns shifted by their earlier ones, as live.
+            speakers = model.card.speaker_norm.fresh()
+            inputs["audio"] = np.stack([speakers.apply(u.speaker, a) for u, a in zip(d, inputs["audio"], strict=True)])
+        scores = model.score_dialogue(inputs)
         pos += n
         for i, u in enumerate(d):
             if u.labeled:

@@ -57,10 +57,10 @@ class FeatureSettings:
     """``speech`` (Whisper's encoder states, pooled), ``acoustic`` (realtime_ser's numpy
     functionals) or ``speech+acoustic`` (both)."""
     speaker_norm: float = 0.0
-    """Speaker-adaptive audio vectors (experiments only: the runtime does not do it yet, so export
-    refuses it): each utterance's vector minus the running mean of the vectors of its voice's
-    earlier utterances, shrunk towards the training mean by this many pseudo-utterances, plus
-    the training mean (:func:`training.train.speaker_normalized`). 0 = off."""
+    """Speaker-adaptive audio vectors: each utterance's vector shifted by the running mean of its
+    voice's earlier utterances, shrunk towards the training mean by this many pseudo-utterances
+    (:class:`realtime_ser.emotion.speaker.SpeakerNorm`; an exported model's card carries it and the
+    runtime does the same per speaker of a session). 0 = off."""
 
     def __post_init__(self) -> None:
         if self.text_encoder not in ("contextual", "static"):

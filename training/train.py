@@ -235,6 +235,12 @@ def config_from_dict(raw: dict[str, Any]) -> ExperimentConfig:
         sections = {s: _section(cls, raw.get(s, {}), s) for s, cls in _SECTIONS.items()}
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    if sections["features"].speaker_norm and sections["model"].audio_gate:
+        # Measured on the demo's espeak-ng voices: once each speaker's own offset is taken out, the
+        # gate (which reads the same vectors) takes them for known voices (audio weight 1.0).
+        raise ConfigError("features.speaker_norm and model.audio_gate do not go together: the gate would read "
+                          "speaker-shifted vectors and stop telling voices unlike any trained on apart; "
+                          "use one or the other")
     return ExperimentConfig(name=raw["name"], description=raw.get("description", ""), grid=grid, **sections)
 
 
@@ -541,15 +547,18 @@ def _normalize(model: EmotionModel, dialogues: Sequence[Dialogue]) -> None:
             model.gate.fit((torch.from_numpy(every) - model.mean_audio) / model.std_audio)
 
 
-def speaker_normalized(dialogues: Sequence[Dialogue], mean: np.ndarray, k: float, seed: int) -> list[Dialogue]:
-    """Speaker-adaptive audio vectors: each utterance's vector (and its augmented copies) minus the
-    running mean of its voice's *earlier* utterances, shrunk towards ``mean`` by ``k``
-    pseudo-utterances, plus ``mean``; a voice's first utterance is left as it is.
+def speaker_normalized(dialogues: Sequence[Dialogue], mean: np.ndarray, shrink: float, seed: int
+                       ) -> list[Dialogue]:
+    """Speaker-adaptive audio vectors (:class:`realtime_ser.emotion.speaker.SpeakerNorm`, as the
+    runtime computes them): each utterance's vector (and its augmented copies) shifted by the
+    running mean of its voice's *earlier* utterances, shrunk towards ``mean``.
 
-    "Earlier": within a dialogue of several turns, the turns before, per voice (as a live session
-    would have them); clips that are dialogues of their own are taken as one session per voice,
-    in an order drawn with ``seed``. Only the clean vectors feed the running means.
+    "Earlier": within a dialogue of several turns, the turns before, per voice (a live session);
+    clips that are dialogues of their own are taken as one session per voice, in an order drawn
+    with ``seed``. Only the clean vectors feed the running means.
     """
+    from realtime_ser.emotion.speaker import SpeakerNorm
+
     rng = np.random.default_rng(seed)
     out = list(dialogues)
     singles: dict[str, list[int]] = {}
@@ -559,25 +568,23 @@ def speaker_normalized(dialogues: Sequence[Dialogue], mean: np.ndarray, k: float
         if len(d.utterances) == 1:
             singles.setdefault(_voice_of(d.utterances[0]), []).append(i)
             continue
+        norm = SpeakerNorm(mean, shrink)
         shift = np.zeros_like(d.audio)
-        sums: dict[str, tuple[np.ndarray, int]] = {}
         for t, u in enumerate(d.utterances):
-            v = _voice_of(u)
-            total, n = sums.get(v, (np.zeros_like(mean), 0))
-            shift[t] = (total + k * mean) / (n + k) - mean
-            sums[v] = (total + d.audio[t], n + 1)
+            shift[t] = norm.shift(_voice_of(u))
+            norm.add(_voice_of(u), d.audio[t])
         out[i] = replace(d, audio=d.audio - shift,
                          audio_copies=None if d.audio_copies is None else d.audio_copies - shift[None])
     for v in sorted(singles):
-        order = [singles[v][j] for j in rng.permutation(len(singles[v]))]
-        total, n = np.zeros_like(mean), 0
-        for i in order:
+        norm = SpeakerNorm(mean, shrink)
+        for j in rng.permutation(len(singles[v])):
+            i = singles[v][j]
             d = out[i]
             assert d.audio is not None
-            shift = (total + k * mean) / (n + k) - mean
-            total, n = total + d.audio[0], n + 1
-            out[i] = replace(d, audio=d.audio - shift,
-                             audio_copies=None if d.audio_copies is None else d.audio_copies - shift)
+            one = norm.shift(v)
+            norm.add(v, d.audio[0])
+            out[i] = replace(d, audio=d.audio - one,
+                             audio_copies=None if d.audio_copies is None else d.audio_copies - one)
     return out
 
 
@@ -876,14 +883,17 @@ def export_final(cfg: ExperimentConfig, out_dir: Path, version: str = "", metric
         pins = " ".join(f"--set {k}={json.dumps(v[0])}" for k, v in cfg.grid.items())
         raise ConfigError(f"export needs a single variant, but [grid] varies {', '.join(cfg.grid)}: pin each with "
                           f"--set (e.g. {pins})")
-    if cfg.features.speaker_norm:
-        raise ConfigError("features.speaker_norm is for experiments only: the runtime does not normalize "
-                          "per speaker yet, so an exported model would see other vectors than in training; "
-                          "export with --set features.speaker_norm=0")
     all_cfg = replace(cfg, protocol=replace(cfg.protocol, folds="all"))
     data = DialogueSet(all_cfg)
     dialogues = list(data.dialogues.values())
     seed = cfg.train.seeds[0]
+    speaker_norm = None
+    if cfg.features.speaker_norm and "audio" in cfg.model.modalities:
+        from realtime_ser.emotion.speaker import SpeakerNorm
+
+        mean = np.concatenate([d.audio for d in dialogues if d.audio is not None]).mean(0)
+        speaker_norm = SpeakerNorm(mean, cfg.features.speaker_norm)
+        dialogues = speaker_normalized(dialogues, mean, cfg.features.speaker_norm, seed)
     pretrained = None
     if cfg.model.fused and cfg.train.strategy != "cold":
         pretrained = {m: train_model(replace(cfg, model=replace(cfg.model, modalities=(m,)),
@@ -891,6 +901,8 @@ def export_final(cfg: ExperimentConfig, out_dir: Path, version: str = "", metric
                                      dialogues, seed)[0] for m in cfg.model.modalities}
     model, info = train_model(cfg, dialogues, seed, pretrained)
     features = data.extractor.settings_card(cfg.model.modalities)
+    if speaker_norm is not None:
+        features["audio"]["speaker_norm"] = speaker_norm.card()
     # every corpus whose words or voices went in: a constructed dialogue names its text's corpus and its voice's
     corpora = sorted({c for s, man in data.manifests for u in man.utterances
                       for c in (u.meta("corpus") or Path(s).stem, u.meta("voice_corpus")) if c})

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ModelError
+from .speaker import SpeakerNorm
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,8 @@ class ModelCard:
     max_turns: int
     features: dict[str, Any]
     raw: dict[str, Any]
+    speaker_norm: SpeakerNorm | None = None
+    """Speaker-adaptive audio vectors (``features.audio.speaker_norm``); None = raw vectors."""
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "card.json") -> ModelCard:
@@ -84,8 +87,10 @@ class ModelCard:
             raise ModelError(f"{where}: context.max_turns missing") from None
         if max_turns < 1:
             raise ModelError(f"{where}: context.max_turns must be >= 1")
+        speaker_norm = SpeakerNorm.from_card(d["features"].get("audio"), dims["audio"], where) if "audio" in dims \
+            else None
         return cls(str(d["name"]), str(d["version"]), tuple(labels), tuple(mods), dims, bool(d["causal"]),
-                   max_turns, d["features"], d)
+                   max_turns, d["features"], d, speaker_norm)
 
 
 class EmotionModel:

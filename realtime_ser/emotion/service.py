@@ -93,6 +93,8 @@ class Request:
     context: list[Turn]
     speech: EncodedUtterance | None = None
     """The speech encoder's output for these samples when the recognizer already computed it."""
+    audio_shift: np.ndarray | None = None
+    """Subtracted from the audio vector (the speaker's offset, :class:`~.speaker.SpeakerNorm`)."""
     submitted: float = field(default_factory=time.perf_counter)
     future: Future[dict[str, Any]] = field(default_factory=Future)
 
@@ -152,8 +154,11 @@ class EmotionService:
         return self.model.card.modalities
 
     def submit(self, samples: np.ndarray, text: str, context: Sequence[Turn],
-               speech: EncodedUtterance | None = None) -> Future[dict[str, Any]]:
-        req = Request(samples, text, list(context), speech)
+               speech: EncodedUtterance | None = None, audio_shift: np.ndarray | None = None
+               ) -> Future[dict[str, Any]]:
+        """Score one turn after ``context``; the result's ``vectors`` are what the model read (the audio
+        vector less ``audio_shift``)."""
+        req = Request(samples, text, list(context), speech, audio_shift)
         if self._stop.is_set():
             req.future.set_exception(ModelError("the emotion service is closed"))
             return req.future
@@ -265,8 +270,8 @@ class EmotionService:
         timing = {"features": 0.0, "text": 0.0}
         if self.audio is not None:
             audio = self.audio.extract([r.samples for r in batch], [r.speech for r in batch])
-            for v, a in zip(vectors, audio, strict=True):
-                v["audio"] = a
+            for v, a, r in zip(vectors, audio, batch, strict=True):
+                v["audio"] = a if r.audio_shift is None else (a - r.audio_shift).astype(np.float32)
         t1 = time.perf_counter()
         timing["features"] = t1 - t0
         if self.encoder is not None:

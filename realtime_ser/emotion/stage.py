@@ -38,6 +38,8 @@ class EmotionStage:
         self.service: EmotionService = acquire(config, audio_only)
         card = self.service.model.card
         self.context = DialogueContext(config.max_turns or card.max_turns, config.reset_after_s)
+        self.speakers = card.speaker_norm.fresh() if card.speaker_norm is not None else None
+        """Each speaker's running mean of this session (models trained with speaker-adaptive vectors)."""
         self._closed = False
         self.revisions: list[dict[str, Any]] = []
         """``emotion.revised`` fields produced by the last :meth:`annotate` (taken by the caller)."""
@@ -52,6 +54,13 @@ class EmotionStage:
         except ModelError:
             self.close()
             raise
+        live_norm, norm = self.service.model.card.speaker_norm, model.card.speaker_norm
+        if (live_norm is None) != (norm is None) or (
+                live_norm is not None and norm is not None and (
+                    live_norm.shrink != norm.shrink or not np.allclose(live_norm.mean, norm.mean, atol=1e-4))):
+            self.close()
+            raise ModelError(f"emotion.revise_model {path}: it must read the audio vectors the live model reads "
+                             f"(features.audio.speaker_norm of both cards alike)")
         if model.card.causal or model.card.modalities != modalities or model.labels != self.service.model.labels:
             self.close()
             raise ModelError(f"emotion.revise_model {path}: revisions need an offline (non-causal) model with the "
@@ -91,7 +100,9 @@ class EmotionStage:
                 speech = None  # encoded again below, which says what went wrong if it fails again
             waited = (time.perf_counter() - t0) * 1000
         window = self.context.window(float(fields["start"]))
-        future = self.service.submit(samples, str(fields.get("text", "")), window, speech)
+        speaker = str(fields.get("speaker", ""))
+        shift = self.speakers.shift(speaker) if self.speakers is not None else None
+        future = self.service.submit(samples, str(fields.get("text", "")), window, speech, shift)
         try:
             result = future.result(timeout=max(0.01, self.config.timeout_s - (time.perf_counter() - t0)))
         except concurrent.futures.TimeoutError:
@@ -99,6 +110,8 @@ class EmotionStage:
         except ModelError as exc:
             return str(exc)
         fields["emotion"] = result["emotion"]
+        if self.speakers is not None and shift is not None:
+            self.speakers.add(speaker, result["vectors"]["audio"] + shift)
         latency = fields.setdefault("latency_ms", {})
         if waited is not None:
             latency["encoder_ahead"] = round_ms(waited)
