@@ -88,6 +88,7 @@ bench-bus: $(STAMP) sysdeps models
 # Every experiment of training/RESULTS.md (each under an hour on 2 cores), then the tables.
 TRAIN_CONFIGS := text_iemocap text_encoders text_finetuned audio_ravdess audio_ravdess8 audio_tess audio_combined \
 	voices_ravdess voices_crema_d voices_cross voices_cross_crema_d voices_ravdess8 voices_crema_d6 \
+	voices_ravdess_speaker_norm voices_crema_d_speaker_norm voices_cross_speaker_norm \
 	fusion fusion_unimodal strategies
 train: $(STAMP) models
 	for c in $(TRAIN_CONFIGS); do $(BIN)/python -m training train --config configs/train/$$c.toml || exit 1; done
@@ -103,6 +104,7 @@ default-model: $(STAMP) models
 	$(BIN)/python -m training.transcribe runs/manifests/tess-4.csv --sample 80 --out runs/manifests/tess-4-asr-sample.csv
 	$(BIN)/python -m training.default_model
 	for c in voices_ravdess voices_crema_d voices_cross voices_cross_crema_d voices_ravdess8 voices_crema_d6 \
+	  voices_ravdess_speaker_norm voices_crema_d_speaker_norm voices_cross_speaker_norm \
 	  text_finetuned default_cv; do $(BIN)/python -m training train --config configs/train/$$c.toml || exit 1; done
 	$(BIN)/python -m training train --config configs/train/default.toml --no-eval --export realtime_ser/data/models/default
 	$(BIN)/python -m training train --config configs/train/default_audio.toml --no-eval --export realtime_ser/data/models/audio
