@@ -92,6 +92,7 @@ TRAIN_CONFIGS := text_iemocap text_encoders text_finetuned audio_ravdess audio_r
 	fusion fusion_unimodal strategies
 train: $(STAMP) models
 	for c in $(TRAIN_CONFIGS); do $(BIN)/python -m training train --config configs/train/$$c.toml || exit 1; done
+	$(BIN)/python -m training.pooling --test ravdess
 	$(BIN)/python -m training.report
 
 # The packaged emotion models (realtime_ser/data/models/{default,audio,offline}), the held-out figures
