@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -233,14 +233,12 @@ def _run(args: argparse.Namespace) -> int:
     show = view == "on" or (view == "auto" and config.output.jsonl != "-")
     if show:
         sinks.append(TerminalView(sys.stdout if config.output.jsonl != "-" else sys.stderr))
-    stopper: list[Callable[[], None]] = []
     if served is not None:
-        sinks.append(served.open_session(session, stop=lambda: stopper[0]() if stopper else None))
+        sinks.append(served.open_session(session))
         # Where to look: on stderr, so stdout stays the view or the JSON lines.
         print(f"realtime-ser: serving this session's events on {served.url}/subscribe?session={session} "
               f"(dashboard {served.page_url})", file=sys.stderr, flush=True)
     pipeline = Pipeline(config, source, sinks, session=session)
-    stopper.append(pipeline.stop)
     stops = 0
     ended = threading.Event()
 

@@ -116,8 +116,9 @@ class LocalServer:
         """The dashboard's address."""
         return self.url.replace("wss://", "https://").replace("ws://", "http://") + "/"
 
-    def open_session(self, session: str, stop: Callable[[], None] | None = None) -> Callable[[dict[str, Any]], None]:
-        """Register ``session`` (before its first event) and return the sink that publishes its events."""
+    def open_session(self, session: str) -> Callable[[dict[str, Any]], None]:
+        """Register ``session`` (before its first event) and return the sink that publishes its events.
+        The server is closed only after the session ended (its ``session.ended`` published)."""
         assert self._loop is not None and self.server is not None, "start() first"
         server = self.server
 
@@ -130,8 +131,7 @@ class LocalServer:
                 await hub.bus.claim(session, owner_key(""), 0)
             except BusRefused as exc:
                 raise RealtimeSerError(f"session {session!r}: {exc}") from None
-            rec = hub.open(session, kind="run")
-            rec.stop = stop
+            hub.open(session, kind="run")
             server.metrics.sessions_total.inc()
 
         asyncio.run_coroutine_threadsafe(opening(), self._loop).result(timeout=30)
