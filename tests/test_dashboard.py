@@ -17,12 +17,13 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import REPO, validate_event, validate_stream
+from conftest import REPO, parse_jsonl, validate_event, validate_stream
 
 from realtime_ser.alerts import AlertTracker
 from realtime_ser.client import stream_audio
@@ -667,3 +668,25 @@ def test_wallboard_shows_eight_live_calls_sorted_and_opens_one(call_server: Live
     finally:
         streamer.join(120)
         context.close()
+
+
+def test_run_serve_shows_its_call_in_the_dashboard(tmp_path: Path, csp_tab: Tab) -> None:
+    """The desktop case: one command (`run --serve`) processes the audio; the browser page shows its call."""
+    from test_run_serve import _address, _spawn, _stop
+
+    out = tmp_path / "events.jsonl"
+    proc = _spawn("--input", "demo", "--asr", "none", "--serve", "127.0.0.1:0", "--session", "desk",
+                  "--jsonl", str(out))
+    try:
+        url, session = _address(proc)
+        assert proc.stderr is not None and "the input has ended" in proc.stderr.readline().decode()
+        page = csp_tab.page
+        page.goto(url.replace("ws://", "http://") + "/")  # no ?session=: the call that ended last
+        wait_ended(page)
+        utterances = [e for e in parse_jsonl(out.read_bytes()) if e["type"] == "utterance"]
+        assert page.evaluate("window.realtimeSer.state().session") == session == "desk"
+        assert page.locator("#transcript li").count() == len(utterances) == 6
+        assert not csp_tab.problems, csp_tab.problems
+    finally:
+        _, err = _stop(proc) if proc.poll() is None else (0.0, "")
+    assert proc.returncode == 0, err
