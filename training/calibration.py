@@ -18,13 +18,14 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ece", "ece_floor", "fit_temperature", "nll", "reliability_bins", "reliability_diagram"]
+__all__ = ["ece", "ece_floor", "fit_temperature", "nll", "reliability_bins", "reliability_diagram", "softmax"]
 
 BINS = 15
 T_RANGE = (0.05, 20.0)
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of (N, C) logits."""
     z = logits - logits.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)

@@ -42,11 +42,11 @@ from realtime_ser.config import PipelineConfig
 from realtime_ser.features import speech
 from realtime_ser.features.segment import utterance_audio
 
-from .calibration import ece, fit_temperature
+from .calibration import ece, fit_temperature, softmax
 from .data import Manifest
 from .folds import speaker_folds
 from .metrics import classification_report
-from .train import REPO, DataConfig, resolve_manifest, runs_dir
+from .train import REPO, DataConfig, held_out_voices, resolve_manifest, runs_dir
 
 log = logging.getLogger("training.pooling")
 
@@ -161,11 +161,7 @@ def _logits(model: Any, states: list[np.ndarray], idx: list[int]) -> np.ndarray:
 def _validation(train: list[int], meta: list[Clip], rng: random.Random
                 ) -> tuple[list[int], list[int]]:
     """A tenth of each training corpus's voices held out (none of a corpus of under ten)."""
-    held: set[str] = set()
-    for c in CORPORA:
-        voices = sorted({meta[i][1] for i in train if meta[i][0] == c})
-        rng.shuffle(voices)
-        held.update(voices[: int(round(0.1 * len(voices)))])
+    held = held_out_voices({c: sorted({meta[i][1] for i in train if meta[i][0] == c}) for c in CORPORA}, 0.1, rng)
     return [i for i in train if meta[i][1] not in held], [i for i in train if meta[i][1] in held]
 
 
@@ -200,7 +196,7 @@ def train_one(pooling: str, states: list[np.ndarray], meta: list[Clip], train: l
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 5.0)
             opt.step()
-        score = classification_report(y[val], _softmax(_logits(model, states, val)), LABELS)["uar"]
+        score = classification_report(y[val], softmax(_logits(model, states, val)), LABELS)["uar"]
         if best is None or score > best[0]:
             best, stale = (score, copy.deepcopy(model.state_dict())), 0
         else:
@@ -211,11 +207,6 @@ def train_one(pooling: str, states: list[np.ndarray], meta: list[Clip], train: l
     model.load_state_dict(best[1])
     model.temperature = fit_temperature(_logits(model, states, val), y[val])
     return model
-
-
-def _softmax(z: np.ndarray) -> np.ndarray:
-    e = np.exp(z - z.max(1, keepdims=True))
-    return e / e.sum(1, keepdims=True)
 
 
 def run(seeds: tuple[int, ...], out: Path, tested: tuple[str, ...] = TESTED) -> dict[str, Any]:
@@ -243,7 +234,7 @@ def run(seeds: tuple[int, ...], out: Path, tested: tuple[str, ...] = TESTED) -> 
                     train = [i for i in by_corpus[corpus] if i not in set(test)] + others
                     t0 = time.monotonic()
                     model = train_one(pooling, states, meta, train, seed)
-                    probs.append(_softmax(_logits(model, states, test) / model.temperature))
+                    probs.append(softmax(_logits(model, states, test) / model.temperature))
                     ys.append(np.array([meta[i][2] for i in test]))
                     log.info("%s | %s | %s | seed %d: UAR %.3f (%.0f s)", corpus, pooling, fold.name, seed,
                              classification_report(ys[-1], probs[-1], LABELS)["uar"], time.monotonic() - t0)

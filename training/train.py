@@ -612,6 +612,17 @@ def _voice_corpora(dialogues: Sequence[Dialogue]) -> dict[str, str]:
     return out
 
 
+def held_out_voices(corpora: dict[str, list[str]], fraction: float, rng: random.Random) -> set[str]:
+    """``fraction`` of each corpus's voices, rounded (none of a corpus of two voices at 0.1), drawn
+    corpus by corpus in the mapping's order."""
+    chosen: set[str] = set()
+    for voices in corpora.values():
+        drawn = list(voices)
+        rng.shuffle(drawn)
+        chosen.update(drawn[: int(round(fraction * len(drawn)))])
+    return chosen
+
+
 def validation_split(train: Sequence[Dialogue], fraction: float, by: str, rng: random.Random
                      ) -> tuple[list[Dialogue], list[Dialogue]]:
     """(fit, validation): ``fraction`` of the dialogues held out, by speaker (voices training never
@@ -627,11 +638,7 @@ def validation_split(train: Sequence[Dialogue], fraction: float, by: str, rng: r
         corpora: dict[str, list[str]] = {}
         for v, c in sorted(_voice_corpora(order).items()):
             corpora.setdefault(c, []).append(v)
-        chosen: set[str] = set()
-        for c in sorted(corpora):
-            voices = corpora[c]
-            rng.shuffle(voices)
-            chosen.update(voices[: int(round(fraction * len(voices)))])
+        chosen = held_out_voices({c: corpora[c] for c in sorted(corpora)}, fraction, rng)
         val = [d for d in order if _voices(d) <= chosen]
         fit = [d for d in order if not _voices(d) & chosen]
         if val and len(fit) >= len(order) // 2:
