@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -10,12 +11,14 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from realtime_ser.emotion.model import SHIFT  # noqa: E402
 from training.calibration import ece, ece_floor, fit_temperature, nll, reliability_bins, reliability_diagram  # noqa: E402
 from training.data import Utterance  # noqa: E402
 from training.models import AudioGate, EmotionModel, ModelConfig  # noqa: E402
 from training.train import (  # noqa: E402
     ConfigError,
     Dialogue,
+    batch,
     config_from_dict,
     load_config,
     speaker_normalized,
@@ -93,6 +96,17 @@ def test_gated_model_lets_text_decide_for_strange_audio() -> None:
     assert (out["reliability"] < 1e-3).all()
     with pytest.raises(ValueError, match="audio_gate"):
         ModelConfig(modalities=("audio", "text"), fusion_depth="late", audio_gate=True)
+    # A speaker-adaptive model: the shift moves what the classifier reads, never what the gate reads,
+    # so taking a strange voice's own offset out cannot make it look like a known one.
+    shifted = EmotionModel(replace(cfg, speaker_shift=True)).eval()
+    shifted.load_state_dict(model.state_dict())
+    offset = strange.clone()  # the shift that would map this voice onto the training data exactly
+    moved = shifted(strange, text, mask, audio_shift=offset)
+    assert torch.equal(moved["reliability"], out["reliability"]), "the gate reads the raw vector"
+    assert torch.allclose(moved["audio"], shifted(torch.zeros(1, 3, 16), text, mask)["audio"]), \
+        "the classifier reads audio less the shift"
+    with pytest.raises(ValueError, match="speaker_shift"):
+        ModelConfig(modalities=("text",), speaker_shift=True)
 
 
 def test_ece_floor_is_what_a_calibrated_model_shows_at_that_size() -> None:
@@ -142,9 +156,10 @@ def test_validation_speakers_per_corpus_come_from_every_corpus_alike() -> None:
         assert sum(v.startswith("big") for v in held) == 6
         assert sum(v.startswith("small") for v in held) == 2
         assert not any(v.startswith("tiny") for v in held), "two voices: none held out"
-    with pytest.raises(ConfigError, match="speaker_norm and model.audio_gate do not go together"):
-        config_from_dict({"name": "x", "data": {"manifests": ["ravdess"]}, "features": {"speaker_norm": 5.0},
-                          "model": {"modalities": ["audio", "text"], "fusion_depth": "logits", "audio_gate": True}})
+    both = config_from_dict({"name": "x", "data": {"manifests": ["ravdess"]}, "features": {"speaker_norm": 5.0},
+                             "model": {"modalities": ["audio", "text"], "fusion_depth": "logits",
+                                       "audio_gate": True}})
+    assert both.features.speaker_norm == 5.0 and both.model.audio_gate, "the gate reads the unshifted vectors"
     with pytest.raises(ConfigError, match="val_by must be one of"):
         config_from_dict({"name": "x", "data": {"manifests": ["ravdess"]}, "train": {"val_by": "corpus"}})
 
@@ -184,13 +199,17 @@ def test_speaker_normalization_uses_only_earlier_turns_of_the_same_voice() -> No
     audio = np.array([[4, 0], [0, 8], [2, 2], [10, 10]], np.float32)
     d = Dialogue("d", audio, None, np.zeros(4, np.int64), us, audio_copies=audio[None] + 1)
     (out,) = speaker_normalized([d], mean, 1.0, seed=0)
-    expected = audio - np.array([[0, 0], [0, 0], [4 / 2, 0], [6 / 3, 2 / 3]], np.float32)
-    assert np.allclose(out.audio, expected)
-    assert out.audio_copies is not None and np.allclose(out.audio_copies[0], expected + 1), "copies shift alike"
-    assert np.allclose(d.audio, audio), "the input is not changed"
+    shift = np.array([[0, 0], [0, 0], [4 / 2, 0], [6 / 3, 2 / 3]], np.float32)
+    assert out.audio_shift is not None and np.allclose(out.audio_shift, shift)
+    copies = out.audio_copies
+    assert np.allclose(out.audio, audio) and copies is not None and np.allclose(copies, audio + 1), \
+        "the raw vectors stay (the gate reads them); the shift is the model's input of its own"
+    assert d.audio_shift is None, "the input is not changed"
+    b = batch([out], ("audio",), np.random.default_rng(0))
+    assert np.allclose(b[SHIFT][0], shift), "every turn's shift, whether its clean or an augmented copy is drawn"
     # Clips that are dialogues of their own: one session per voice, each voice's first clip as it is.
     clips = [Dialogue(f"c{i}", np.full((1, 2), float(i), np.float32), None, np.zeros(1, np.int64),
                       [Utterance(f"c{i}", 0, f"v{i % 2}", "happy", "")]) for i in range(6)]
     shifted = speaker_normalized(clips, mean, 2.0, seed=3)
-    moved = [not np.allclose(a.audio, b.audio) for a, b in zip(clips, shifted, strict=True)]
+    moved = [bool(np.any(b.audio_shift)) for b in shifted]
     assert sum(moved) == 4, "all but the first clip of each of the two voices"

@@ -15,7 +15,7 @@ import pytest
 from conftest import REPO, SHARED_DATA, validate_event
 
 from realtime_ser.config import EmotionConfig
-from realtime_ser.emotion.model import EmotionModel
+from realtime_ser.emotion.model import SHIFT, EmotionModel
 from realtime_ser.emotion.service import DialogueContext, EmotionService, Turn, packaged_model
 from realtime_ser.errors import ModelError
 
@@ -260,8 +260,8 @@ def test_revisions_follow_the_offline_model_and_validate(tmp_path: Path) -> None
                     published[rev["utterance_id"]] = rev["emotion"]["label"]
                     revisions += 1
             turns = list(stage.context.turns)
-            mods = offline.card.modalities
-            out = offline.score({m: np.stack([t.vectors[m] for t in turns])[None] for m in mods},
+            keys = [*offline.card.modalities, *([SHIFT] if offline.card.speaker_norm is not None else [])]
+            out = offline.score({k: np.stack([t.vectors[k] for t in turns])[None] for k in keys},
                                 np.ones((1, len(turns)), dtype=bool))
             for j, t in enumerate(turns[:-1]):
                 assert published[t.utterance_id] == offline.labels[int(out["probs"][0, j].argmax())]

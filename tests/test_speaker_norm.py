@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from realtime_ser.config import EmotionConfig
-from realtime_ser.emotion.model import EmotionModel, ModelCard
+from realtime_ser.emotion.model import SHIFT, EmotionModel, ModelCard
 from realtime_ser.emotion.service import packaged_model
 from realtime_ser.emotion.speaker import SpeakerNorm
 from realtime_ser.errors import ModelError
@@ -67,11 +67,12 @@ def test_the_live_stage_shifts_each_speaker_by_their_earlier_turns(tmp_path: Pat
         for i, (speaker, samples) in enumerate([("ch0", clip), ("ch1", other), ("ch0", clip)]):
             fields = {"speaker": speaker, "start": float(i), "end": i + 0.9, "text": "", AUDIO: samples}
             assert stage.annotate(fields) is None
-        first, second, third = (t.vectors["audio"] for t in stage.context.turns)
+        turns = list(stage.context.turns)
+        first, second, third = (t.vectors["audio"] for t in turns)
+        assert np.allclose(first, third, atol=1e-4), "the raw vectors: the same audio twice"
+        assert not np.any(turns[0].vectors[SHIFT]) and not np.any(turns[1].vectors[SHIFT]), "first turns as they are"
         # The same audio again from ch0: the model reads it less (its earlier vector - mean) / (1 + shrink).
-        expected = first - (first - norm.mean) / (1 + norm.shrink)
-        assert np.allclose(third, expected, atol=1e-4)
-        assert not np.allclose(first, third, atol=1e-3)
+        assert np.allclose(turns[2].vectors[SHIFT], (first - norm.mean) / (1 + norm.shrink), atol=1e-4)
         assert stage.speakers is not None and np.allclose(stage.speakers.shift("ch1"),
                                                           (second - norm.mean) / (1 + norm.shrink), atol=1e-4)
     finally:
@@ -82,13 +83,14 @@ def test_a_revision_model_must_read_the_same_vectors(tmp_path: Path) -> None:
     from realtime_ser.emotion.stage import EmotionStage
 
     live = _with_norm(tmp_path / "live", "default")
-    plain = tmp_path / "plain"
-    shutil.copytree(packaged_model("offline"), plain)
-    card = json.loads((plain / "card.json").read_text())
-    card["features"]["audio"].pop("speaker_norm", None)
-    (plain / "card.json").write_text(json.dumps(card))
+    other = tmp_path / "other"
+    shutil.copytree(packaged_model("offline"), other)
+    card = json.loads((other / "card.json").read_text())
+    dim = card["inputs"]["audio"]["dim"]
+    card["features"]["audio"]["speaker_norm"] = {"shrink": 7.0, "mean": [0.02] * dim}
+    (other / "card.json").write_text(json.dumps(card))
     with pytest.raises(ModelError, match="speaker_norm of both cards alike"):
-        EmotionStage(EmotionConfig(model=str(live), revise=True, revise_model=str(plain)), audio_only=False)
+        EmotionStage(EmotionConfig(model=str(live), revise=True, revise_model=str(other)), audio_only=False)
 
 
 def test_card_field_round_trips(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ import pytest
 torch = pytest.importorskip("torch", reason="torch is the trainer's extra: pip install 'realtime-ser[train]'")
 pytest.importorskip("onnxruntime")
 
+from realtime_ser.emotion.model import SHIFT  # noqa: E402
 from realtime_ser.emotion.model import EmotionModel as Runtime  # noqa: E402
 from realtime_ser.errors import ModelError  # noqa: E402
 from training.export import export_model, max_difference  # noqa: E402
@@ -75,6 +76,43 @@ def test_unimodal_models_export_with_one_input(tmp_path: Path, modality: str) ->
     got = runtime.score({modality: (audio if modality == "audio" else text).numpy()}, mask.numpy())
     assert set(got) == {"probs"}
     np.testing.assert_allclose(got["probs"].sum(-1), 1.0, atol=1e-5)
+
+
+def test_a_speaker_adaptive_gated_model_takes_the_shift_as_an_input_of_its_own(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = _model(fusion_depth="logits", fusion_method="add", audio_gate=True, speaker_shift=True, causal=True).eval()
+    model.gate.fit(torch.randn(400, DIMS["audio"]))
+    features = {"audio": {"key": "a", "speaker_norm": {"shrink": 5.0, "mean": [0.0] * DIMS["audio"]}},
+                "text": {"key": "t"}}
+    runtime = export_model(model, tmp_path / "m", name="s", version="0", features=features, max_turns=5, training={})
+    assert runtime.takes_shift and SHIFT in runtime.card.raw["inputs"]
+    audio, text, mask, _ = _batch()
+    shift = torch.randn_like(audio) * 0.5
+    with torch.no_grad():
+        ref = model(audio, text, mask, calibrated=True, audio_shift=shift)
+        unshifted = model(audio, text, mask, calibrated=True)
+    got = runtime.score({"audio": audio.numpy(), "text": text.numpy(), SHIFT: shift.numpy()}, mask.numpy())
+    valid = mask.numpy()
+    np.testing.assert_allclose(got["probs"][valid], torch.softmax(ref["logits"], -1).numpy()[valid], atol=1e-4)
+    np.testing.assert_allclose(got["audio_reliability"][valid], ref["reliability"].numpy()[valid], atol=1e-5)
+    plain = runtime.score({"audio": audio.numpy(), "text": text.numpy()}, mask.numpy())
+    np.testing.assert_allclose(plain["probs"][valid], torch.softmax(unshifted["logits"], -1).numpy()[valid], atol=1e-4)
+    # A speaker-adaptive model exported without the input (ungated, as before): the runtime feeds it
+    # the shifted vector.
+    older = _model(modalities=("audio",), causal=True).eval()
+    old_rt = export_model(older, tmp_path / "o", name="o", version="0", features={"audio": features["audio"]},
+                          max_turns=5, training={})
+    assert not old_rt.takes_shift
+    with torch.no_grad():
+        ref_old = torch.softmax(older(audio - shift, None, mask, calibrated=True)["logits"], -1).numpy()
+    got_old = old_rt.score({"audio": audio.numpy(), SHIFT: shift.numpy()}, mask.numpy())["probs"]
+    np.testing.assert_allclose(got_old[valid], ref_old[valid], atol=1e-4)
+    # The graph's shift input belongs to a card that says how to compute it.
+    card = json.loads((tmp_path / "m" / "card.json").read_text())
+    del card["features"]["audio"]["speaker_norm"]
+    (tmp_path / "m" / "card.json").write_text(json.dumps(card))
+    with pytest.raises(ModelError, match="graph inputs"):
+        Runtime.load(tmp_path / "m")
 
 
 @pytest.mark.parametrize("depth", DEPTHS)

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from realtime_ser.emotion.model import EmotionModel
+from realtime_ser.emotion.model import SHIFT, EmotionModel
 
 from .data import ManifestError, read_manifest
 from .features import FeatureExtractor, FeatureSettings
@@ -68,7 +68,11 @@ def evaluate(model_dir: Path, manifest_path: Path, predictions: Path | None = No
         if model.card.speaker_norm is not None and "audio" in inputs:
             # A dialogue is a session: each speaker's turns shifted by their earlier ones, as live.
             speakers = model.card.speaker_norm.fresh()
-            inputs["audio"] = np.stack([speakers.apply(u.speaker, a) for u, a in zip(d, inputs["audio"], strict=True)])
+            shifts = []
+            for u, a in zip(d, inputs["audio"], strict=True):
+                shifts.append(speakers.shift(u.speaker))
+                speakers.add(u.speaker, a)
+            inputs[SHIFT] = np.stack(shifts)
         scores = model.score_dialogue(inputs)
         pos += n
         for i, u in enumerate(d):

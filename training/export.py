@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from realtime_ser.emotion.model import CARD_FORMAT, CARD_VERSION, EmotionModel, sha256_file
+from realtime_ser.emotion.model import CARD_FORMAT, CARD_VERSION, SHIFT, EmotionModel, sha256_file
 
 from .models import EmotionModel as TorchModel
 
@@ -29,14 +29,21 @@ class _Wrapper(nn.Module):
         self.mods = model.cfg.modalities
 
     def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        inputs = dict(zip(self.mods, args[:-1], strict=True))
-        out = self.model(inputs.get("audio"), inputs.get("text"), args[-1], calibrated=True)
+        names = input_names(self.model)
+        inputs = dict(zip(names, args, strict=True))
+        out = self.model(inputs.get("audio"), inputs.get("text"), inputs["mask"], calibrated=True,
+                         audio_shift=inputs.get(SHIFT))
         probs = [torch.softmax(out["logits"], -1)]
         if self.model.cfg.fused:
             probs += [torch.softmax(out[m], -1) for m in self.mods]
         if self.model.cfg.audio_gate:
             probs.append(out["reliability"])
         return tuple(probs)
+
+
+def input_names(model: TorchModel) -> list[str]:
+    """One input per modality, the speaker shift of a speaker-adaptive model, then the mask."""
+    return [*model.cfg.modalities, *([SHIFT] if model.cfg.speaker_shift else []), "mask"]
 
 
 def output_names(model: TorchModel) -> list[str]:
@@ -49,10 +56,10 @@ def export_onnx(model: TorchModel, path: Path) -> Path:
     model = model.eval()
     cfg = model.cfg
     b, t = 2, 5
-    args = [torch.randn(b, t, cfg.dims[m]) for m in cfg.modalities]
+    names = input_names(model)
+    args = [torch.randn(b, t, cfg.dims[n.removesuffix("_shift")]) for n in names[:-1]]
     mask = torch.ones(b, t, dtype=torch.bool)
     mask[1, 3:] = False
-    names = list(cfg.modalities) + ["mask"]
     outs = output_names(model)
     axes = {n: {0: "batch", 1: "turns"} for n in names + outs}
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -83,6 +90,9 @@ def max_difference(model: TorchModel, runtime: EmotionModel, seed: int = 0) -> f
 
     for b, t in ((1, 1), (1, 7), (3, 12), (4, 30)):
         inputs = {m: features(b, t, m) for m in model.cfg.modalities}
+        if model.cfg.speaker_shift:
+            # a speaker's offset: a fraction of a standard deviation of each audio feature
+            inputs[SHIFT] = model.std_audio * torch.randn(b, t, model.cfg.dims["audio"], generator=g) * 0.5
         lengths = torch.randint(1, t + 1, (b,), generator=g)
         lengths[0] = t
         mask = torch.arange(t)[None] < lengths[:, None]
@@ -111,7 +121,10 @@ def export_model(model: TorchModel, out_dir: Path | str, *, name: str, version: 
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "labels": list(cfg.labels),
         "modalities": list(cfg.modalities),
-        "inputs": {m: {"dim": int(cfg.dims[m])} for m in cfg.modalities},
+        "inputs": {m: {"dim": int(cfg.dims[m])} for m in cfg.modalities} | (
+            {SHIFT: {"dim": int(cfg.dims["audio"]), "note": "each turn's speaker shift (features.audio.speaker_norm): "
+                     "the classifier reads audio less it, the audio gate the raw audio"}}
+            if cfg.speaker_shift else {}),
         "outputs": output_names(model),
         "causal": cfg.causal,
         "context": {"max_turns": int(max_turns),

@@ -69,6 +69,10 @@ class ModelConfig:
     """Scale the audio branch's logits down for audio far outside the training data (a
     Mahalanobis distance in the principal subspace of the training features): a voice or a
     synthetic sound unlike any seen then cannot overrule the words. Needs ``logits`` fusion."""
+    speaker_shift: bool = False
+    """The audio input comes with a speaker shift per turn (``features.speaker_norm``): the classifier
+    reads the audio vector less the shift, the audio gate the raw vector (a voice's offset taken
+    out, synthetic speech would look like a known voice). Set by the trainer; an input of the graph."""
 
     def __post_init__(self) -> None:
         mods = tuple(self.modalities)
@@ -87,6 +91,8 @@ class ModelConfig:
             raise ValueError(f"hidden ({self.hidden}) must be even and divisible by heads ({self.heads})")
         if len(self.labels) < 2:
             raise ValueError("a classifier needs at least 2 labels")
+        if self.speaker_shift and "audio" not in self.modalities:
+            raise ValueError("speaker_shift needs the audio input")
         if self.audio_gate and not (self.fused and self.fusion_depth == "logits" and "audio" in self.modalities):
             raise ValueError("audio_gate needs an audio + text model fused at 'logits' depth")
 
@@ -295,6 +301,8 @@ class EmotionModel(nn.Module):
     std_audio: Tensor
     mean_text: Tensor
     std_text: Tensor
+    gate_mean: Tensor
+    gate_std: Tensor
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -313,6 +321,10 @@ class EmotionModel(nn.Module):
         self.register_buffer("temperature", torch.ones(len(self.outputs)))
         if cfg.audio_gate:
             self.gate = AudioGate(cfg.dims["audio"])
+            # The gate standardizes the raw audio vector by its own statistics: with a speaker shift,
+            # the classifier's statistics are those of the shifted vectors.
+            self.register_buffer("gate_mean", torch.zeros(cfg.dims["audio"]))
+            self.register_buffer("gate_std", torch.ones(cfg.dims["audio"]))
         self.proj = nn.ModuleDict({
             m: nn.Sequential(nn.Linear(cfg.dims[m], h), nn.ReLU(), nn.Dropout(cfg.dropout)) for m in cfg.modalities
         })
@@ -329,19 +341,25 @@ class EmotionModel(nn.Module):
                 self.aux = nn.ModuleDict({m: nn.Linear(h, c) for m in cfg.modalities})
 
     def forward(self, audio: Tensor | None, text: Tensor | None, mask: Tensor,
-                calibrated: bool = False) -> dict[str, Tensor]:
+                calibrated: bool = False, audio_shift: Tensor | None = None) -> dict[str, Tensor]:
         """Logits per output; ``calibrated`` divides each by its fitted temperature. A gated model
-        also returns ``reliability`` (B, T): the weight its audio logits got in the fusion."""
+        also returns ``reliability`` (B, T): the weight its audio logits got in the fusion.
+        ``audio_shift`` (B, T, Da): the speaker shift of each turn's audio, taken from the vector
+        the classifier reads, not from the one the gate reads (none: zeros)."""
         inputs = {"audio": audio, "text": text}
         mask = mask.bool()
         lengths = mask.sum(1).clamp(min=1)
         hs: dict[str, Tensor] = {}
-        normed: dict[str, Tensor] = {}
+        raw: dict[str, Tensor] = {}
         for m in self.cfg.modalities:
             x = inputs[m]
             if x is None:
                 raise ValueError(f"this model needs the {m} input")
-            x = normed[m] = (x - getattr(self, f"mean_{m}")) / getattr(self, f"std_{m}")
+            if m == "audio":
+                raw[m] = x
+                if audio_shift is not None:
+                    x = x - audio_shift
+            x = (x - getattr(self, f"mean_{m}")) / getattr(self, f"std_{m}")
             h = self.proj[m](self.input_drop(x))
             hs[m] = self._run(cast(Branch, self.branches[m]), h, mask, lengths)
         if not self.cfg.fused:
@@ -350,7 +368,7 @@ class EmotionModel(nn.Module):
             parts = {m: hs[m] for m in self.cfg.modalities}
             reliability = None
             if self.cfg.audio_gate:
-                reliability = self.gate(normed["audio"])
+                reliability = self.gate((raw["audio"] - self.gate_mean) / self.gate_std)
                 parts["audio"] = parts["audio"] * reliability.unsqueeze(-1)
             fused = self._run(self.shared, self.fusion(list(parts.values())), mask, lengths)
             out = {"logits": fused}

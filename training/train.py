@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from realtime_ser.emotion.model import SHIFT
+
 from .augment import AugmentConfig
 from .calibration import fit_temperature
 from .data import (
@@ -235,12 +237,6 @@ def config_from_dict(raw: dict[str, Any]) -> ExperimentConfig:
         sections = {s: _section(cls, raw.get(s, {}), s) for s, cls in _SECTIONS.items()}
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    if sections["features"].speaker_norm and sections["model"].audio_gate:
-        # Measured on the demo's espeak-ng voices: once each speaker's own offset is taken out, the
-        # gate (which reads the same vectors) takes them for known voices (audio weight 1.0).
-        raise ConfigError("features.speaker_norm and model.audio_gate do not go together: the gate would read "
-                          "speaker-shifted vectors and stop telling voices unlike any trained on apart; "
-                          "use one or the other")
     return ExperimentConfig(name=raw["name"], description=raw.get("description", ""), grid=grid, **sections)
 
 
@@ -335,6 +331,9 @@ class Dialogue:
     train_only: bool = False
     audio_copies: np.ndarray | None = None
     """(copies, T, Da): augmented audio features, drawn from in training only."""
+    audio_shift: np.ndarray | None = None
+    """(T, Da): each turn's speaker shift (:func:`speaker_normalized`), taken from its audio vector and
+    its copies where the classifier reads them, not where the audio gate does."""
 
 
 class DialogueSet:
@@ -480,6 +479,12 @@ def batch(dialogues: Sequence[Dialogue], modalities: Sequence[str],
                 turns = np.flatnonzero(pick > 0)
                 x[i, turns] = d.audio_copies[pick[turns] - 1, turns]
         out[m] = torch.from_numpy(x)
+    if "audio" in modalities and any(d.audio_shift is not None for d in dialogues):
+        shift = np.zeros((b, t, out["audio"].shape[-1]), dtype=np.float32)
+        for i, d in enumerate(dialogues):
+            if d.audio_shift is not None:
+                shift[i, : len(d.y)] = d.audio_shift
+        out[SHIFT] = torch.from_numpy(shift)
     y = np.full((b, t), -1, dtype=np.int64)
     mask = np.zeros((b, t), dtype=bool)
     for i, d in enumerate(dialogues):
@@ -491,7 +496,7 @@ def batch(dialogues: Sequence[Dialogue], modalities: Sequence[str],
 
 
 def _forward(model: EmotionModel, b: dict[str, torch.Tensor], calibrated: bool = False) -> dict[str, torch.Tensor]:
-    return model(b.get("audio"), b.get("text"), b["mask"], calibrated=calibrated)
+    return model(b.get("audio"), b.get("text"), b["mask"], calibrated=calibrated, audio_shift=b.get(SHIFT))
 
 
 def predict(model: EmotionModel, dialogues: Sequence[Dialogue], batch_size: int = 16,
@@ -537,14 +542,20 @@ def _normalize(model: EmotionModel, dialogues: Sequence[Dialogue]) -> None:
     """Feature standardization (and the audio gate's statistics) from the clean training features."""
     for m in model.cfg.modalities:
         x = np.concatenate([getattr(d, m) for d in dialogues])
-        model.set_normalization(m, torch.from_numpy(x.mean(0)), torch.from_numpy(x.std(0)))
+        # of what the classifier reads: a speaker-shifted vector where there is a shift
+        read = x - np.concatenate([d.audio_shift if d.audio_shift is not None else np.zeros_like(d.audio)
+                                   for d in dialogues if d.audio is not None]) \
+            if m == "audio" and model.cfg.speaker_shift else x
+        model.set_normalization(m, torch.from_numpy(read.mean(0)), torch.from_numpy(read.std(0)))
         if m == "audio" and model.cfg.audio_gate:
-            # The gate's bank holds the augmented copies too: noisy and telephone speech of known
-            # kinds of voices is not "unlike anything heard".
+            # The gate reads the raw vectors. Its bank holds the augmented copies too: noisy and
+            # telephone speech of known kinds of voices is not "unlike anything heard".
+            model.gate_mean.copy_(torch.from_numpy(x.mean(0)))
+            model.gate_std.copy_(torch.from_numpy(x.std(0)).clamp(min=1e-6))
             copies = [c[:, d.y >= 0].reshape(-1, c.shape[-1]) for d in dialogues
                       if (c := d.audio_copies) is not None]
             every = np.concatenate([x, *copies]) if copies else x
-            model.gate.fit((torch.from_numpy(every) - model.mean_audio) / model.std_audio)
+            model.gate.fit((torch.from_numpy(every) - model.gate_mean) / model.gate_std)
 
 
 def speaker_normalized(dialogues: Sequence[Dialogue], mean: np.ndarray, shrink: float, seed: int
@@ -573,8 +584,7 @@ def speaker_normalized(dialogues: Sequence[Dialogue], mean: np.ndarray, shrink: 
         for t, u in enumerate(d.utterances):
             shift[t] = norm.shift(_voice_of(u))
             norm.add(_voice_of(u), d.audio[t])
-        out[i] = replace(d, audio=d.audio - shift,
-                         audio_copies=None if d.audio_copies is None else d.audio_copies - shift[None])
+        out[i] = replace(d, audio_shift=shift)
     for v in sorted(singles):
         norm = SpeakerNorm(mean, shrink)
         for j in rng.permutation(len(singles[v])):
@@ -583,8 +593,7 @@ def speaker_normalized(dialogues: Sequence[Dialogue], mean: np.ndarray, shrink: 
             assert d.audio is not None
             one = norm.shift(v)
             norm.add(v, d.audio[0])
-            out[i] = replace(d, audio=d.audio - one,
-                             audio_copies=None if d.audio_copies is None else d.audio_copies - one)
+            out[i] = replace(d, audio_shift=one[None].astype(d.audio.dtype))
     return out
 
 
@@ -667,7 +676,8 @@ def train_model(
     tc = cfg.train
     # Input sizes come from the features (e.g. 1024 for Whisper base's pooled states).
     dims = {m: int(getattr(train[0], m).shape[1]) for m in cfg.model.modalities}
-    cfg = replace(cfg, model=replace(cfg.model, dims=dims))
+    shifted = "audio" in dims and any(d.audio_shift is not None for d in train)
+    cfg = replace(cfg, model=replace(cfg.model, dims=dims, speaker_shift=shifted))
     _seed_everything(seed)
     torch.set_num_threads(tc.threads)
     train = list(train)

@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 
 CARD_FORMAT = "realtime-ser-emotion-model"
 CARD_VERSION = 1
+SHIFT = "audio_shift"
+"""The graph input, and the key of a turn's vectors, that holds the speaker shift of its audio
+vector (:class:`~.speaker.SpeakerNorm`)."""
 REQUIRED = ("format", "format_version", "name", "version", "labels", "modalities", "inputs", "causal",
             "context", "features", "files")
 
@@ -101,6 +104,10 @@ class EmotionModel:
         self.card = card
         self._session = session
         self._outputs = [o.name for o in session.get_outputs()]
+        self.takes_shift = any(i.name == SHIFT for i in session.get_inputs())
+        """Whether the graph takes the speaker shift as an input of its own (:data:`SHIFT`): its
+        classifier reads the shifted vector and its audio gate the raw one. A speaker-adaptive model
+        without it reads the shifted vector only."""
 
     @classmethod
     def load(cls, directory: Path | str, threads: int = 1) -> EmotionModel:
@@ -140,14 +147,16 @@ class EmotionModel:
     def _check_graph(directory: Path, card: ModelCard, session: Any) -> None:
         inputs = {i.name: i.shape for i in session.get_inputs()}
         want = set(card.modalities) | {"mask"}
+        if card.speaker_norm is not None and SHIFT in inputs:
+            want.add(SHIFT)
         if set(inputs) != want:
             raise ModelError(f"emotion model {directory}: graph inputs {sorted(inputs)} do not match the card "
                              f"(expects {sorted(want)})")
-        for m in card.modalities:
+        for m in card.modalities + ((SHIFT,) if SHIFT in want else ()):
             dim = inputs[m][-1]
-            if isinstance(dim, int) and dim != card.dims[m]:
+            if isinstance(dim, int) and dim != card.dims[m.removesuffix("_shift")]:
                 raise ModelError(f"emotion model {directory}: graph input {m} has {dim} features, card says "
-                                 f"{card.dims[m]}")
+                                 f"{card.dims[m.removesuffix('_shift')]}")
         outputs = {o.name: o.shape for o in session.get_outputs()}
         if "probs" not in outputs:
             raise ModelError(f"emotion model {directory}: graph has no 'probs' output")
@@ -169,8 +178,18 @@ class EmotionModel:
         return self.card.labels
 
     def score(self, inputs: dict[str, np.ndarray], mask: np.ndarray) -> dict[str, np.ndarray]:
-        """Probabilities per turn: ``{"probs": (B, T, C), "audio": ..., "text": ...}`` (per-modality where fused)."""
+        """Probabilities per turn: ``{"probs": (B, T, C), "audio": ..., "text": ...}`` (per-modality where fused).
+
+        ``inputs`` holds the raw features of each modality and, for a speaker-adaptive model, the
+        speaker shift of each turn under :data:`SHIFT` (zeros where it is absent: every turn a
+        speaker's first).
+        """
         feed = {m: np.ascontiguousarray(inputs[m], dtype=np.float32) for m in self.card.modalities}
+        shift = inputs.get(SHIFT)
+        if self.takes_shift:
+            feed[SHIFT] = np.zeros_like(feed["audio"]) if shift is None else np.ascontiguousarray(shift, np.float32)
+        elif shift is not None and "audio" in feed:
+            feed["audio"] = feed["audio"] - np.asarray(shift, dtype=np.float32)
         feed["mask"] = np.ascontiguousarray(mask, dtype=bool)
         values = self._session.run(self._outputs, feed)
         out = {}

@@ -37,7 +37,7 @@ from ..config import EmotionConfig
 from ..errors import ModelError
 from ..features.audio import AudioFrontEnd
 from ..features.speech import EncodedUtterance
-from .model import EmotionModel
+from .model import SHIFT, EmotionModel
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ class Request:
     speech: EncodedUtterance | None = None
     """The speech encoder's output for these samples when the recognizer already computed it."""
     audio_shift: np.ndarray | None = None
-    """Subtracted from the audio vector (the speaker's offset, :class:`~.speaker.SpeakerNorm`)."""
+    """The speaker's offset (:class:`~.speaker.SpeakerNorm`): the model reads the audio vector less it."""
     submitted: float = field(default_factory=time.perf_counter)
     future: Future[dict[str, Any]] = field(default_factory=Future)
 
@@ -156,8 +156,8 @@ class EmotionService:
     def submit(self, samples: np.ndarray, text: str, context: Sequence[Turn],
                speech: EncodedUtterance | None = None, audio_shift: np.ndarray | None = None
                ) -> Future[dict[str, Any]]:
-        """Score one turn after ``context``; the result's ``vectors`` are what the model read (the audio
-        vector less ``audio_shift``)."""
+        """Score one turn after ``context``; the result's ``vectors`` are what the model read: the raw
+        audio vector and, given one, the speaker shift ``audio_shift`` (under :data:`~.model.SHIFT`)."""
         req = Request(samples, text, list(context), speech, audio_shift)
         if self._stop.is_set():
             req.future.set_exception(ModelError("the emotion service is closed"))
@@ -271,7 +271,9 @@ class EmotionService:
         if self.audio is not None:
             audio = self.audio.extract([r.samples for r in batch], [r.speech for r in batch])
             for v, a, r in zip(vectors, audio, batch, strict=True):
-                v["audio"] = a if r.audio_shift is None else (a - r.audio_shift).astype(np.float32)
+                v["audio"] = a
+                if r.audio_shift is not None:
+                    v[SHIFT] = np.asarray(r.audio_shift, dtype=np.float32)
         t1 = time.perf_counter()
         timing["features"] = t1 - t0
         if self.encoder is not None:
@@ -281,14 +283,17 @@ class EmotionService:
         t2 = time.perf_counter()
         timing["text"] = t2 - t1
         w = max(len(r.context) for r in batch) + 1
-        inputs = {m: np.zeros((len(batch), w, self.model.card.dims[m]), dtype=np.float32) for m in mods}
+        keys = mods + ((SHIFT,) if self.model.card.speaker_norm is not None and "audio" in mods else ())
+        inputs = {k: np.zeros((len(batch), w, self.model.card.dims[k.removesuffix("_shift")]), dtype=np.float32)
+                  for k in keys}
         mask = np.zeros((len(batch), w), dtype=bool)
         last = np.zeros(len(batch), dtype=np.int64)
         for i, (r, v) in enumerate(zip(batch, vectors, strict=True)):
             turns = [t.vectors for t in r.context] + [v]
             for j, tv in enumerate(turns):
-                for m in mods:
-                    inputs[m][i, j] = tv[m]
+                for k in keys:
+                    if k != SHIFT or k in tv:  # a turn with no shift is as it is
+                        inputs[k][i, j] = tv[k]
             mask[i, : len(turns)] = True
             last[i] = len(turns) - 1
         out = self.model.score(inputs, mask)

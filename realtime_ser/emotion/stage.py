@@ -20,7 +20,7 @@ from ..config import EmotionConfig
 from ..errors import ModelError
 from ..events import round_ms
 from ..recognition import AUDIO, SPEECH, SPEECH_AHEAD
-from .model import EmotionModel
+from .model import SHIFT, EmotionModel
 from .service import DialogueContext, EmotionService, Turn, acquire, emotion_fields, packaged_model, release
 
 log = logging.getLogger(__name__)
@@ -111,7 +111,7 @@ class EmotionStage:
             return str(exc)
         fields["emotion"] = result["emotion"]
         if self.speakers is not None and shift is not None:
-            self.speakers.add(speaker, result["vectors"]["audio"] + shift)
+            self.speakers.add(speaker, result["vectors"]["audio"])
         latency = fields.setdefault("latency_ms", {})
         if waited is not None:
             latency["encoder_ahead"] = round_ms(waited)
@@ -131,7 +131,8 @@ class EmotionStage:
         if len(turns) < 2:
             return []
         mods = self._offline.card.modalities
-        inputs = {m: np.stack([t.vectors[m] for t in turns])[None].astype(np.float32) for m in mods}
+        keys = [*mods, *([SHIFT] if "audio" in mods and all(SHIFT in t.vectors for t in turns) else [])]
+        inputs = {k: np.stack([t.vectors[k] for t in turns])[None].astype(np.float32) for k in keys}
         out = self._offline.score(inputs, np.ones((1, len(turns)), dtype=bool))
         revised = []
         for j, turn in enumerate(turns[:-1]):
