@@ -89,6 +89,7 @@ bench-bus: $(STAMP) sysdeps models
 TRAIN_CONFIGS := text_iemocap text_encoders text_finetuned audio_ravdess audio_ravdess8 audio_tess audio_combined \
 	voices_ravdess voices_crema_d voices_cross voices_cross_crema_d voices_ravdess8 voices_crema_d6 \
 	voices_ravdess_speaker_norm voices_crema_d_speaker_norm voices_cross_speaker_norm \
+	voices_ravdess8_speaker_norm voices_crema_d6_speaker_norm \
 	fusion fusion_unimodal strategies
 train: $(STAMP) models
 	for c in $(TRAIN_CONFIGS); do $(BIN)/python -m training train --config configs/train/$$c.toml || exit 1; done
@@ -97,7 +98,7 @@ train: $(STAMP) models
 
 # The packaged emotion models (realtime_ser/data/models/{default,audio,offline}), the held-out figures
 # of their recipe over every voice group and corpus, and their report (training/results/default_model.md).
-# About 3 hours on 2 cores.
+# About 4 hours on 2 cores.
 default-model: $(STAMP) models
 	$(BIN)/python -m training convert ravdess --out runs/manifests/ravdess-4.csv
 	$(BIN)/python -m training convert tess --out runs/manifests/tess-4.csv
@@ -106,7 +107,8 @@ default-model: $(STAMP) models
 	$(BIN)/python -m training.default_model
 	for c in voices_ravdess voices_crema_d voices_cross voices_cross_crema_d voices_ravdess8 voices_crema_d6 \
 	  voices_ravdess_speaker_norm voices_crema_d_speaker_norm voices_cross_speaker_norm \
-	  text_finetuned default_cv; do $(BIN)/python -m training train --config configs/train/$$c.toml || exit 1; done
+	  voices_ravdess8_speaker_norm voices_crema_d6_speaker_norm \
+	  text_finetuned default_cv default_cv_speaker_norm default_cv_audio default_cv_audio_speaker_norm; do $(BIN)/python -m training train --config configs/train/$$c.toml || exit 1; done
 	$(BIN)/python -m training train --config configs/train/default.toml --no-eval --export realtime_ser/data/models/default
 	$(BIN)/python -m training train --config configs/train/default_audio.toml --no-eval --export realtime_ser/data/models/audio
 	$(BIN)/python -m training train --config configs/train/default_offline.toml --no-eval --export realtime_ser/data/models/offline

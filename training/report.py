@@ -139,7 +139,18 @@ def main() -> int:
         ("voices_crema_d6", "Every voice: CREMA-D 6 classes, five groups of 15 actors", generic_table),
         ("voices_cross", "Cross-corpus: trained on RAVDESS + CREMA-D, tested on TESS", generic_table),
         ("voices_cross_crema_d", "Cross-corpus: trained on RAVDESS + TESS, tested on CREMA-D", generic_table),
+        ("voices_ravdess_speaker_norm", "Speaker-adaptive: RAVDESS 4 classes, five groups of four actors",
+         generic_table),
+        ("voices_crema_d_speaker_norm", "Speaker-adaptive: CREMA-D 4 classes, five groups of 15 actors", generic_table),
+        ("voices_ravdess8_speaker_norm", "Speaker-adaptive: RAVDESS 8 classes", generic_table),
+        ("voices_crema_d6_speaker_norm", "Speaker-adaptive: CREMA-D 6 classes", generic_table),
+        ("voices_cross_speaker_norm", "Speaker-adaptive, cross-corpus: trained on RAVDESS + CREMA-D, tested on TESS",
+         generic_table),
         ("default_cv", "The packaged default model's recipe, voice group and IEMOCAP session held out together",
+         generic_table),
+        ("default_cv_speaker_norm", "The default model's recipe, speaker-adaptive, on the same folds", generic_table),
+        ("default_cv_audio", "The audio model's recipe on the default recipe's folds", generic_table),
+        ("default_cv_audio_speaker_norm", "The audio model's recipe on the default recipe's folds, speaker-adaptive",
          generic_table),
     ]
     for name, title, fn in spec:
