@@ -57,7 +57,7 @@ def export_onnx(model: TorchModel, path: Path) -> Path:
     cfg = model.cfg
     b, t = 2, 5
     names = input_names(model)
-    args = [torch.randn(b, t, cfg.dims[n.removesuffix("_shift")]) for n in names[:-1]]
+    args = [torch.randn(b, t, cfg.dims["audio" if n == SHIFT else n]) for n in names[:-1]]
     mask = torch.ones(b, t, dtype=torch.bool)
     mask[1, 3:] = False
     outs = output_names(model)

@@ -543,9 +543,10 @@ def _normalize(model: EmotionModel, dialogues: Sequence[Dialogue]) -> None:
     for m in model.cfg.modalities:
         x = np.concatenate([getattr(d, m) for d in dialogues])
         # of what the classifier reads: a speaker-shifted vector where there is a shift
-        read = x - np.concatenate([d.audio_shift if d.audio_shift is not None else np.zeros_like(d.audio)
-                                   for d in dialogues if d.audio is not None]) \
-            if m == "audio" and model.cfg.speaker_shift else x
+        read = x
+        if m == "audio" and model.cfg.speaker_shift:
+            read = np.concatenate([a if (a := d.audio) is None or d.audio_shift is None else a - d.audio_shift
+                                   for d in dialogues])
         model.set_normalization(m, torch.from_numpy(read.mean(0)), torch.from_numpy(read.std(0)))
         if m == "audio" and model.cfg.audio_gate:
             # The gate reads the raw vectors. Its bank holds the augmented copies too: noisy and

@@ -59,6 +59,12 @@ class ModelCard:
     speaker_norm: SpeakerNorm | None = None
     """Speaker-adaptive audio vectors (``features.audio.speaker_norm``); None = raw vectors."""
 
+    @property
+    def input_dims(self) -> dict[str, int]:
+        """Feature size of each input a turn may carry: the modalities' and, for a speaker-adaptive
+        model, the speaker shift's (:data:`SHIFT`, the audio vector's size)."""
+        return self.dims | ({SHIFT: self.dims["audio"]} if self.speaker_norm is not None else {})
+
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "card.json") -> ModelCard:
         if not isinstance(d, dict):
@@ -152,11 +158,12 @@ class EmotionModel:
         if set(inputs) != want:
             raise ModelError(f"emotion model {directory}: graph inputs {sorted(inputs)} do not match the card "
                              f"(expects {sorted(want)})")
-        for m in card.modalities + ((SHIFT,) if SHIFT in want else ()):
+        dims = card.input_dims
+        for m in want - {"mask"}:
             dim = inputs[m][-1]
-            if isinstance(dim, int) and dim != card.dims[m.removesuffix("_shift")]:
+            if isinstance(dim, int) and dim != dims[m]:
                 raise ModelError(f"emotion model {directory}: graph input {m} has {dim} features, card says "
-                                 f"{card.dims[m.removesuffix('_shift')]}")
+                                 f"{dims[m]}")
         outputs = {o.name: o.shape for o in session.get_outputs()}
         if "probs" not in outputs:
             raise ModelError(f"emotion model {directory}: graph has no 'probs' output")

@@ -265,7 +265,6 @@ class EmotionService:
         return self._encodes_speech and r.speech is None
 
     def _score(self, batch: list[Request], t0: float) -> None:
-        mods = self.modalities
         vectors: list[dict[str, np.ndarray]] = [{} for _ in batch]
         timing = {"features": 0.0, "text": 0.0}
         if self.audio is not None:
@@ -283,15 +282,14 @@ class EmotionService:
         t2 = time.perf_counter()
         timing["text"] = t2 - t1
         w = max(len(r.context) for r in batch) + 1
-        keys = mods + ((SHIFT,) if self.model.card.speaker_norm is not None and "audio" in mods else ())
-        inputs = {k: np.zeros((len(batch), w, self.model.card.dims[k.removesuffix("_shift")]), dtype=np.float32)
-                  for k in keys}
+        dims = self.model.card.input_dims
+        inputs = {k: np.zeros((len(batch), w, d), dtype=np.float32) for k, d in dims.items()}
         mask = np.zeros((len(batch), w), dtype=bool)
         last = np.zeros(len(batch), dtype=np.int64)
         for i, (r, v) in enumerate(zip(batch, vectors, strict=True)):
             turns = [t.vectors for t in r.context] + [v]
             for j, tv in enumerate(turns):
-                for k in keys:
+                for k in dims:
                     if k != SHIFT or k in tv:  # a turn with no shift is as it is
                         inputs[k][i, j] = tv[k]
             mask[i, : len(turns)] = True
