@@ -68,11 +68,7 @@ def evaluate(model_dir: Path, manifest_path: Path, predictions: Path | None = No
         if model.card.speaker_norm is not None and "audio" in inputs:
             # A dialogue is a session: each speaker's turns shifted by their earlier ones, as live.
             speakers = model.card.speaker_norm.fresh()
-            shifts = []
-            for u, a in zip(d, inputs["audio"], strict=True):
-                shifts.append(speakers.shift(u.speaker))
-                speakers.add(u.speaker, a)
-            inputs[SHIFT] = np.stack(shifts)
+            inputs[SHIFT] = np.stack([speakers.step(u.speaker, a) for u, a in zip(d, inputs["audio"], strict=True)])
         scores = model.score_dialogue(inputs)
         pos += n
         for i, u in enumerate(d):

@@ -583,8 +583,7 @@ def speaker_normalized(dialogues: Sequence[Dialogue], mean: np.ndarray, shrink: 
         norm = SpeakerNorm(mean, shrink)
         shift = np.zeros_like(d.audio)
         for t, u in enumerate(d.utterances):
-            shift[t] = norm.shift(_voice_of(u))
-            norm.add(_voice_of(u), d.audio[t])
+            shift[t] = norm.step(_voice_of(u), d.audio[t])
         out[i] = replace(d, audio_shift=shift)
     for v in sorted(singles):
         norm = SpeakerNorm(mean, shrink)
@@ -592,9 +591,7 @@ def speaker_normalized(dialogues: Sequence[Dialogue], mean: np.ndarray, shrink: 
             i = singles[v][j]
             d = out[i]
             assert d.audio is not None
-            one = norm.shift(v)
-            norm.add(v, d.audio[0])
-            out[i] = replace(d, audio_shift=one[None].astype(d.audio.dtype))
+            out[i] = replace(d, audio_shift=norm.step(v, d.audio[0])[None].astype(d.audio.dtype))
     return out
 
 

@@ -72,8 +72,12 @@ class SpeakerNorm:
         total, n = self._sums.get(speaker, (np.zeros(self.mean.shape), 0))
         self._sums[speaker] = (total + np.asarray(raw, dtype=np.float64), n + 1)
 
+    def step(self, speaker: str, raw: np.ndarray) -> np.ndarray:
+        """The shift of ``speaker``'s next turn (:meth:`shift`); its raw vector then joins their mean."""
+        shift = self.shift(speaker)
+        self.add(speaker, raw)
+        return shift
+
     def apply(self, speaker: str, raw: np.ndarray) -> np.ndarray:
         """The shifted vector of ``speaker``'s next turn, which then joins their mean."""
-        out = (np.asarray(raw, dtype=np.float32) - self.shift(speaker)).astype(np.float32)
-        self.add(speaker, raw)
-        return out
+        return (np.asarray(raw, dtype=np.float32) - self.step(speaker, raw)).astype(np.float32)
