@@ -22,6 +22,7 @@ from training.train import (  # noqa: E402
     config_from_dict,
     load_config,
     speaker_normalized,
+    turn_values,
     validation_split,
 )
 
@@ -192,6 +193,18 @@ def test_an_audio_only_card_loads_no_text_encoder() -> None:
     assert ex._text is None
 
 
+def test_emotion_change_compares_each_turn_with_the_same_speakers_last_labeled_turn() -> None:
+    labels = ["happy", "sad", "", "happy", "angry", "sad", "angry"]
+    speakers = "ABAAABA"
+    us = [Utterance("d", j, s, lab, f"t{j}", extra={"kind": "dialogue"}) for j, (s, lab) in
+          enumerate(zip(speakers, labels, strict=True))]
+    index = {"happy": 1, "sad": 2, "angry": 3}
+    d = Dialogue("d", None, np.zeros((len(us), 2), np.float32), np.array([index.get(x, -1) for x in labels]), us)
+    # A's happy, (unlabeled), happy, angry, angry; B's sad, sad: the unlabeled turn is skipped, not a change.
+    assert turn_values(d, "emotion_change") == ["first", "first", "same", "changed", "same", "same"]
+    assert turn_values(d, "kind") == ["dialogue"] * 6
+
+
 def test_speaker_normalization_uses_only_earlier_turns_of_the_same_voice() -> None:
     mean = np.zeros(2, np.float32)
     # One dialogue, voices a, b, a, a: each turn minus (sum of that voice's earlier turns) / (n + k).
@@ -213,3 +226,16 @@ def test_speaker_normalization_uses_only_earlier_turns_of_the_same_voice() -> No
     shifted = speaker_normalized(clips, mean, 2.0, seed=3)
     moved = [bool(np.any(b.audio_shift)) for b in shifted]
     assert sum(moved) == 4, "all but the first clip of each of the two voices"
+
+
+def test_report_tables_each_report_by_value_per_seed() -> None:
+    from training.report import by_table
+
+    def run(seed: int, fold: str, wa: float) -> dict:
+        metrics = {"weighted_accuracy": wa, "uar": wa - 0.1, "n": 10}
+        return {"seed": seed, "fold": fold, "by": {"emotion_change": {"changed": {"metrics": metrics}}}}
+
+    doc = {"variants": [{"variant": "v", "runs": [run(0, "a", 0.5), run(0, "b", 0.7), run(1, "a", 0.7),
+                                                  run(1, "b", 0.9)]}]}
+    # Seed 0: mean over folds 60%, seed 1: 80%; n is the turns of one seed (two folds of 10).
+    assert by_table(doc)[2] == "| v | emotion_change = changed | 20 | 70.0 ± 10.0 | 60.0 ± 10.0 |"

@@ -115,9 +115,10 @@ def test_a_speaker_adaptive_gated_model_takes_the_shift_as_an_input_of_its_own(t
         Runtime.load(tmp_path / "m")
 
 
+@pytest.mark.parametrize("residual", [False, True])
 @pytest.mark.parametrize("depth", DEPTHS)
-def test_causal_model_never_looks_ahead(depth: str) -> None:
-    model = _model(causal=True, fusion_depth=depth, fusion_method="attention").eval()
+def test_causal_model_never_looks_ahead(depth: str, residual: bool) -> None:
+    model = _model(causal=True, fusion_depth=depth, fusion_method="attention", turn_residual=residual).eval()
     audio, text, mask, _ = _batch(b=1, t=8)
     with torch.no_grad():
         ref = model(audio, text, mask)["logits"]
@@ -128,6 +129,29 @@ def test_causal_model_never_looks_ahead(depth: str) -> None:
         got = model(audio2, text2, mask)["logits"]
     torch.testing.assert_close(got[0, :5], ref[0, :5])
     assert not torch.allclose(got[0, 5:], ref[0, 5:])
+
+
+def test_turn_residual_lets_each_turn_speak_for_itself(tmp_path: Path) -> None:
+    """With the dialogue GRU silenced (zero weights: its output is 0), a plain model gives every turn the
+    same logits, while one with ``turn_residual`` still reads each turn's own vector; it exports exactly."""
+    audio, text, mask, _ = _batch(b=1, t=6)
+    outputs = {}
+    for residual in (False, True):
+        torch.manual_seed(0)
+        model = _model(modalities=("text",), causal=True, turn_residual=residual).eval()
+        with torch.no_grad():
+            for p in model.branches["text"].gru.parameters():
+                p.zero_()
+            outputs[residual] = model(None, text, mask)["logits"][0]
+    plain, residual_out = outputs[False], outputs[True]
+    # Attention mixes in earlier turns, so compare the first two turns: equal without the residual.
+    torch.testing.assert_close(plain[0], plain[1])
+    assert not torch.allclose(residual_out[0], residual_out[1])
+    torch.manual_seed(0)
+    model = _model(causal=True, fusion_depth="logits", fusion_method="add", turn_residual=True)
+    runtime = export_model(model.eval(), tmp_path, name="r", version="0", features=FEATURES, max_turns=5, training={})
+    assert max_difference(model, runtime) <= 1e-4
+    assert json.loads((tmp_path / "card.json").read_text())["architecture"]["turn_residual"] is True
 
 
 def test_offline_model_uses_the_future_but_padding_never_leaks() -> None:

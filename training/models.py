@@ -69,6 +69,10 @@ class ModelConfig:
     """Scale the audio branch's logits down for audio far outside the training data (a
     Mahalanobis distance in the principal subspace of the training features): a voice or a
     synthetic sound unlike any seen then cannot overrule the words. Needs ``logits`` fusion."""
+    turn_residual: bool = False
+    """Add each turn's own projected vector to the dialogue GRU's output at that turn, so the classifier
+    reads the turn itself beside its context (a turn whose emotion differs from the turns before it
+    is not drowned by them)."""
     speaker_shift: bool = False
     """The audio input comes with a speaker shift per turn (``features.speaker_norm``): the classifier
     reads the audio vector less the shift, the audio gate the raw vector (a voice's offset taken
@@ -281,6 +285,7 @@ class Branch(nn.Module):
     def __init__(self, cfg: ModelConfig, gru: bool, attention: bool, classifier: bool) -> None:
         super().__init__()
         self.gru = DialogueGRU(cfg.hidden, cfg.causal) if gru else None
+        self.residual = cfg.turn_residual
         self.attention = DialogueAttention(cfg.hidden, cfg.heads, cfg.dropout, cfg.causal) if attention else None
         self.drop = nn.Dropout(cfg.dropout)
         self.classifier = nn.Linear(cfg.hidden, len(cfg.labels)) if classifier else None
@@ -385,7 +390,8 @@ class EmotionModel(nn.Module):
     @staticmethod
     def _run(branch: Branch, h: Tensor, mask: Tensor, lengths: Tensor) -> Tensor:
         if branch.gru is not None:
-            h = branch.drop(branch.gru(h, lengths))
+            g = branch.drop(branch.gru(h, lengths))
+            h = g + h if branch.residual else g
         if branch.attention is not None:
             h = branch.attention(h, mask)
         if branch.classifier is not None:

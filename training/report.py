@@ -82,6 +82,29 @@ def per_class(v: dict[str, Any]) -> list[str]:
     return lines
 
 
+def by_table(doc: dict[str, Any]) -> list[str]:
+    """Each variant on the test turns of each value of its ``protocol.report_by`` columns (mean ± std over
+    seeds of the mean over folds), with the number of such turns per seed."""
+    import numpy as np
+
+    lines = ["| variant | turns | n | WA % | UAR % |", "|---|---|---|---|---|"]
+    for v in doc["variants"]:
+        by = v["runs"][0].get("by", {}) if v["runs"] else {}
+        seeds = sorted({r["seed"] for r in v["runs"]})
+        for column, values in by.items():
+            for value in values:
+                cells = {}
+                for key in ("weighted_accuracy", "uar"):
+                    per_seed = [np.mean([r["by"][column][value]["metrics"][key] for r in v["runs"] if r["seed"] == s])
+                                for s in seeds]
+                    cells[key] = format_pct({"mean": float(np.mean(per_seed)), "std": float(np.std(per_seed)),
+                                             "n": len(seeds)})
+                n = sum(r["by"][column][value]["metrics"]["n"] for r in v["runs"]) // max(1, len(seeds))
+                lines.append(f"| {v['variant']} | {column} = {value} | {n} | {cells['weighted_accuracy']} | "
+                             f"{cells['uar']} |")
+    return lines
+
+
 def fusion_table(doc: dict[str, Any]) -> list[str]:
     lines = ["| depth | method | single loss WA % | single UAR % | perspective WA % | perspective UAR % |",
              "|---|---|---|---|---|---|"]
@@ -120,6 +143,8 @@ def main() -> int:
     missing = []
     spec = [
         ("text_iemocap", "Text only, IEMOCAP transcripts (weighted accuracy per test session)", text_table),
+        ("text_iemocap_residual", "Text only, IEMOCAP transcripts, causal: each turn's own vector beside its "
+                                  "context (model.turn_residual)", generic_table),
         ("text_encoders", "Contextual vs static text vectors (IEMOCAP, leave-one-session-out)", generic_table),
         ("audio_ravdess", "Audio only, RAVDESS 4 classes, speaker-disjoint (5 x 4 actors)", generic_table),
         ("audio_ravdess8", "Audio only, RAVDESS 8 classes, speaker-disjoint (5 x 4 actors)", generic_table),
@@ -164,6 +189,9 @@ def main() -> int:
         if name == "fusion":
             sections += ["Per-modality heads inside the fused models (mean over runs):", ""]
             sections += modality_table(doc) + [""]
+        if any(r.get("by") for v in doc["variants"] for r in v["runs"][:1]):
+            sections += ["The same runs on subsets of the test turns (`protocol.report_by`):", ""]
+            sections += by_table(doc) + [""]
         if name in ("audio_ravdess", "text_iemocap"):
             v = doc["variants"][0] if name == "audio_ravdess" else _variant(
                 doc, **{"protocol.folds": "session", "model.causal": True})

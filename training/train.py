@@ -126,7 +126,8 @@ class ProtocolConfig:
     """For ``folds = "group"``: the manifest column whose values are left out one at a time."""
     report_by: tuple[str, ...] = ()
     """Manifest columns whose values each get their own report of the test turns too (e.g. the
-    corpus of the voice, or whether the transcript was typed or recognized)."""
+    corpus of the voice, or whether the transcript was typed or recognized); also
+    ``emotion_change`` (:data:`EMOTION_CHANGE`), which the trainer derives from the labels."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "only_folds", tuple(self.only_folds))
@@ -760,13 +761,33 @@ def _git_commit() -> str:
         return "unknown"
 
 
+EMOTION_CHANGE = "emotion_change"
+"""A ``report_by`` column of the trainer's own: per labeled turn, ``first`` (the speaker's first labeled
+turn of the dialogue), ``same`` (the label of the speaker's previous labeled turn) or ``changed``."""
+
+
+def turn_values(d: Dialogue, column: str) -> list[str]:
+    """``column``'s value for each labeled turn of ``d``, in order: a manifest column or :data:`EMOTION_CHANGE`."""
+    if column != EMOTION_CHANGE:
+        return [u.meta(column) for u, y in zip(d.utterances, d.y, strict=True) if y >= 0]
+    last: dict[str, int] = {}
+    out = []
+    for u, y in zip(d.utterances, d.y, strict=True):
+        if y < 0:
+            continue
+        before = last.get(u.speaker)
+        out.append("first" if before is None else "same" if before == y else "changed")
+        last[u.speaker] = int(y)
+    return out
+
+
 def reports_by(cfg: ExperimentConfig, test: Sequence[Dialogue], pred: dict[str, np.ndarray]
                ) -> dict[str, dict[str, Any]]:
     """Per value of each ``protocol.report_by`` column: the report of the test turns with that value
     (fused and per modality), in the order :func:`predict` lists the labeled turns."""
     out: dict[str, dict[str, Any]] = {}
     for column in cfg.protocol.report_by:
-        values = np.array([u.meta(column) for d in test for u, y in zip(d.utterances, d.y, strict=True) if y >= 0])
+        values = np.array([v for d in test for v in turn_values(d, column)])
         out[column] = {}
         for v in sorted(set(values)):
             keep = values == v
@@ -822,8 +843,7 @@ def run_variant(cfg: ExperimentConfig, data: DialogueSet, folds: Sequence[Fold],
             kept.setdefault("fold", []).append(np.full(len(pred["y"]), fold_index))
             kept.setdefault("seed", []).append(np.full(len(pred["y"]), seed))
             for column in cfg.protocol.report_by:
-                kept.setdefault(f"by:{column}", []).append(np.array(
-                    [u.meta(column) for d in test for u, y in zip(d.utterances, d.y, strict=True) if y >= 0]))
+                kept.setdefault(f"by:{column}", []).append(np.array([v for d in test for v in turn_values(d, column)]))
             log.info("%s | %s | %s | seed %d: WA %.3f UAR %.3f (%d epochs, %.1fs)", cfg.name, name, fold.name,
                      seed, report["weighted_accuracy"], report["uar"], info["epochs_run"], seconds)
     per_fold: dict[str, Any] = {}
