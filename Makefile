@@ -86,7 +86,7 @@ bench-bus: $(STAMP) sysdeps models
 	$(BIN)/python -m bench.summary
 
 # Every experiment of training/RESULTS.md (each under an hour on 2 cores), then the tables.
-TRAIN_CONFIGS := text_iemocap text_encoders text_finetuned audio_ravdess audio_ravdess8 audio_tess audio_combined \
+TRAIN_CONFIGS := text_iemocap text_iemocap_residual text_encoders text_finetuned audio_ravdess audio_ravdess8 audio_tess audio_combined \
 	voices_ravdess voices_crema_d voices_cross voices_cross_crema_d voices_ravdess8 voices_crema_d6 \
 	voices_ravdess_speaker_norm voices_crema_d_speaker_norm voices_cross_speaker_norm \
 	voices_ravdess8_speaker_norm voices_crema_d6_speaker_norm \

@@ -290,7 +290,7 @@ def markdown(r: dict[str, Any]) -> str:
         lines += ["", f"## {title}", "", d["description"].replace("\n", " "), "",
                   f"| test turns | n | {fused}UAR % | {fused}WA % | ECE | audio alone UAR % | text alone UAR % | "
                   "audio weight |", "|---|---|---|---|---|---|---|---|"]
-        for column in ("kind", "voice_corpus"):
+        for column in ("kind", "voice_corpus", "emotion_change"):
             for value, entry in d["by"].get(column, {}).items():
                 f = entry["fused"]
                 a, t = entry.get("audio"), entry.get("text")
@@ -298,6 +298,9 @@ def markdown(r: dict[str, Any]) -> str:
                 lines.append(f"| {column} = {value} | {f['n_per_seed']} | {_pm(f['uar'])} | "
                              f"{_pm(f['weighted_accuracy'])} | {_pm(f['ece'], False)} | "
                              f"{_pm(a['uar']) if a else '–'} | {_pm(t['uar']) if t else '–'} | {weight} |")
+        if "emotion_change" in d["by"]:
+            lines += ["", "emotion_change: each labeled turn against the same speaker's previous labeled turn of its "
+                      "dialogue (`first` includes every acted clip heard alone)."]
         if key == "default_cv" and all(e["fused"]["uar"].get("min") == e["fused"]["uar"].get("max")
                                        for by in d["by"].values() for e in by.values()):
             lines += ["", "One seed (a run of this recipe takes about 20 minutes on 2 cores); the spread over "
