@@ -781,13 +781,13 @@ def turn_values(d: Dialogue, column: str) -> list[str]:
     return out
 
 
-def reports_by(cfg: ExperimentConfig, test: Sequence[Dialogue], pred: dict[str, np.ndarray]
+def reports_by(cfg: ExperimentConfig, columns: dict[str, np.ndarray], pred: dict[str, np.ndarray]
                ) -> dict[str, dict[str, Any]]:
-    """Per value of each ``protocol.report_by`` column: the report of the test turns with that value
-    (fused and per modality), in the order :func:`predict` lists the labeled turns."""
+    """Per value of each ``protocol.report_by`` column (``columns``: its value for each labeled test turn,
+    in the order :func:`predict` lists them): the report of the test turns with that value (fused and per
+    modality)."""
     out: dict[str, dict[str, Any]] = {}
-    for column in cfg.protocol.report_by:
-        values = np.array([v for d in test for v in turn_values(d, column)])
+    for column, values in columns.items():
         out[column] = {}
         for v in sorted(set(values)):
             keep = values == v
@@ -831,7 +831,8 @@ def run_variant(cfg: ExperimentConfig, data: DialogueSet, folds: Sequence[Fold],
             report = classification_report(pred["y"], pred["logits"], cfg.model.labels)
             per_mod = {m: classification_report(pred["y"], pred[m], cfg.model.labels)
                        for m in cfg.model.modalities if m in pred and cfg.model.fused}
-            by = reports_by(cfg, test, pred)
+            columns = {c: np.array([v for d in test for v in turn_values(d, c)]) for c in cfg.protocol.report_by}
+            by = reports_by(cfg, columns, pred)
             seconds = time.perf_counter() - t0
             runs.append({"fold": fold.name, "seed": seed, "metrics": report, "modalities": per_mod, "by": by,
                          "temperature": info.get("temperature"),
@@ -842,8 +843,8 @@ def run_variant(cfg: ExperimentConfig, data: DialogueSet, folds: Sequence[Fold],
                 kept.setdefault(k, []).append(v)
             kept.setdefault("fold", []).append(np.full(len(pred["y"]), fold_index))
             kept.setdefault("seed", []).append(np.full(len(pred["y"]), seed))
-            for column in cfg.protocol.report_by:
-                kept.setdefault(f"by:{column}", []).append(np.array([v for d in test for v in turn_values(d, column)]))
+            for column, values in columns.items():
+                kept.setdefault(f"by:{column}", []).append(values)
             log.info("%s | %s | %s | seed %d: WA %.3f UAR %.3f (%d epochs, %.1fs)", cfg.name, name, fold.name,
                      seed, report["weighted_accuracy"], report["uar"], info["epochs_run"], seconds)
     per_fold: dict[str, Any] = {}
