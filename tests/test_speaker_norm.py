@@ -21,10 +21,10 @@ from realtime_ser.recognition import AUDIO
 def test_a_speaker_is_shifted_by_their_earlier_turns_only() -> None:
     norm = SpeakerNorm(np.array([1.0, 1.0]), shrink=2.0)
     a1, a2, b1 = np.array([5.0, 1.0]), np.array([3.0, 3.0]), np.array([9.0, 9.0])
-    assert np.allclose(norm.apply("a", a1), a1), "a first turn is as it is"
-    assert np.allclose(norm.apply("b", b1), b1), "another speaker's first turn too"
+    assert np.allclose(a1 - norm.step("a", a1), a1), "a first turn is as it is"
+    assert np.allclose(b1 - norm.step("b", b1), b1), "another speaker's first turn too"
     # (5, 1) heard once: shift = ((5, 1) + 2 * (1, 1)) / 3 - (1, 1) = (4/3, 0)
-    assert np.allclose(norm.apply("a", a2), a2 - [4 / 3, 0])
+    assert np.allclose(a2 - norm.step("a", a2), a2 - [4 / 3, 0])
     assert np.allclose(norm.shift("a"), (a1 + a2 + 2 * norm.mean) / 4 - norm.mean)
     assert np.allclose(norm.fresh().shift("a"), 0), "a new session has heard nobody"
     again = SpeakerNorm.from_card({"speaker_norm": norm.card()}, 2)

@@ -77,7 +77,3 @@ class SpeakerNorm:
         shift = self.shift(speaker)
         self.add(speaker, raw)
         return shift
-
-    def apply(self, speaker: str, raw: np.ndarray) -> np.ndarray:
-        """The shifted vector of ``speaker``'s next turn, which then joins their mean."""
-        return (np.asarray(raw, dtype=np.float32) - self.step(speaker, raw)).astype(np.float32)
