@@ -580,8 +580,22 @@ def apply_overrides(config: PipelineConfig, overrides: list[str]) -> PipelineCon
         section, dot, key = name.strip().partition(".")
         if not sep or not dot or not key:
             raise ConfigError(f"--set {item!r}: expected SECTION.KEY=VALUE, e.g. vad.hangover_ms=400")
-        data.setdefault(section, {})[key] = value.strip()
+        data.setdefault(section, {})[key] = _unquote(value.strip())
     return merge(config, data, origin="--set").validate()
+
+
+def _unquote(value: str) -> str:
+    """A value written as a TOML string (``"/tmp/x"`` or ``'/tmp/x'``, as the trainer's ``--set``
+    takes it) stands for its contents; anything else is taken as written and converted to the
+    key's type."""
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+        try:
+            parsed = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            return value
+        if isinstance(parsed, str):
+            return parsed
+    return value
 
 
 def to_dict(config: PipelineConfig) -> dict[str, Any]:

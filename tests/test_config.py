@@ -58,6 +58,19 @@ def test_overrides_coerce_and_validate() -> None:
         apply_overrides(PipelineConfig(), ["source.realtime=maybe"])
 
 
+def test_overrides_take_toml_strings_as_the_trainer_does() -> None:
+    """``--set key="value"`` (the trainer's form) and ``--set key=value`` mean the same."""
+    quoted = apply_overrides(PipelineConfig(), ['emotion.model="/tmp/my model"', "asr.backend='none'",
+                                                'vad.hangover_ms="400"'])
+    assert quoted.emotion.model == "/tmp/my model" and quoted.asr.backend == "none"
+    assert quoted.vad.hangover_ms == 400
+    plain = apply_overrides(PipelineConfig(), ["emotion.model=/tmp/my model", "asr.backend=none"])
+    assert plain.emotion.model == quoted.emotion.model and plain.asr.backend == quoted.asr.backend
+    # Not a TOML string: taken as written (a lone quote stays part of the value).
+    assert apply_overrides(PipelineConfig(), ['emotion.model="/tmp/x']).emotion.model == '"/tmp/x'
+    assert apply_overrides(PipelineConfig(), ['emotion.model="a"b"']).emotion.model == '"a"b"'
+
+
 def test_release_memory_interval_is_checked() -> None:
     assert apply_overrides(PipelineConfig(), ["server.release_memory_s=0"]).server.release_memory_s == 0
     with pytest.raises(ConfigError, match="release_memory_s"):
