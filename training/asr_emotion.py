@@ -1,34 +1,62 @@
-"""``python -m training.asr_emotion``: the packaged model's accuracy on recognized transcripts.
+"""``python -m training.asr_emotion``: what the recognizer's errors cost the emotion, on held-out turns.
 
-Held-out IEMOCAP dialogues (Session 4, voiced by the held-out RAVDESS actors as in
-``runs/default/test-dialogues-ref.csv`` from :mod:`training.default_model`) are scored by the
-packaged default model three times: with the typed transcripts, and with each turn's
-transcript replaced by what a recognizer makes of it when espeak-ng speaks it
-(:func:`bench.asr_compare.transcribe_text`: synthetic speech, one utterance per turn). The
-audio input of the model stays the dialogue's clips, so the difference is the transcript's.
-Reports the fused accuracy and the text head's own accuracy, with the word error rate.
+The default recipe (``configs/train/default.toml``) is trained without one of ``default_cv``'s
+folds: a group of voices (RAVDESS, CREMA-D and TESS actors) together with the IEMOCAP session
+they speak in the constructed dialogues of ``runs/default/all.csv`` (from
+``python -m training.default_model``). That fold's first dialogues (typed transcripts) are then
+scored three times: with the typed transcripts, and with each turn's transcript replaced by what
+a recognizer makes of it when espeak-ng speaks it (:func:`bench.asr_compare.transcribe_text`:
+synthetic speech, one utterance per turn). The model's audio input stays the dialogue's clips, so
+the rows differ only by their transcripts. Reports the fused accuracy and the text head's own,
+with the word error rate.
 
-Writes ``training/results/asr_emotion.{json,md}``. ``--dialogues N`` limits the work (whisper
-decodes about one turn per second on 2 cores).
+Writes ``training/results/asr_emotion.{json,md}``; the held-out model is kept in
+``runs/asr_emotion/model-group<N>`` (trained again when its training manifest changes).
+``--dialogues N`` limits the work (whisper decodes about one turn per second on 2 cores).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from .data import REPO, read_manifest, write_manifest
-from .default_report import MODELS, OUT, RUNS
+from .default_report import OUT, RUNS
 from .evaluate import evaluate
+
+ALL = RUNS / "default" / "all.csv"
+
+
+def held_out_model(group: str, work: Path) -> Path:
+    """The default recipe trained on every row of ``all.csv`` outside ``group`` (reused while that
+    training manifest is unchanged)."""
+    from .train import export_final, load_config
+
+    rows = [u for u in read_manifest(ALL).utterances if u.meta("group") != group]
+    train_csv = write_manifest(work / f"train-group{group}.csv", rows)
+    digest = hashlib.sha256(train_csv.read_bytes()).hexdigest()[:16]
+    out = work / f"model-group{group}"
+    stamp = out / "trained-on.txt"
+    if (out / "card.json").is_file() and stamp.is_file() and stamp.read_text().strip() == digest:
+        return out
+    print(f"training the default recipe without group {group} ({len(rows)} training rows)", flush=True)
+    cfg = load_config(REPO / "configs" / "train" / "default.toml", [f'data.manifests = ["{train_csv}"]'])
+    export_final(cfg, out, version=f"without-group{group}", name=f"default-without-group{group}")
+    stamp.write_text(digest + "\n")
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m training.asr_emotion", description=__doc__)
-    p.add_argument("--dialogues", type=int, default=5, help="Session 4 dialogues to use (default 5)")
+    p = argparse.ArgumentParser(prog="python -m training.asr_emotion", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--group", default="3", help="the default_cv fold held out (0-3; default 3, IEMOCAP Session 4)")
+    p.add_argument("--dialogues", type=int, default=5, help="that fold's dialogues to use (default 5)")
     p.add_argument("--backends", default="pocketsphinx,whisper")
     args = p.parse_args(argv)
 
@@ -37,17 +65,23 @@ def main(argv: list[str] | None = None) -> int:
     from realtime_ser.asr import create_backend
     from realtime_ser.config import AsrConfig
 
-    ref_path = RUNS / "test-dialogues-ref.csv"
-    if not ref_path.is_file():
-        print(f"error: {ref_path} is missing; run 'python -m training.default_model' first", file=sys.stderr)
+    if not ALL.is_file():
+        print(f"error: {ALL} is missing; run 'python -m training.default_model' first", file=sys.stderr)
         return 2
-    manifest = read_manifest(ref_path)
-    dialogues = manifest.dialogues()[: args.dialogues]
+    manifest = read_manifest(ALL)
+    dialogues = [d for d in manifest.dialogues()
+                 if d[0].meta("group") == args.group and d[0].meta("kind") == "dialogue_ref"][: args.dialogues]
+    if not dialogues:
+        groups = sorted({u.meta("group") for u in manifest.utterances})
+        print(f"error: no constructed dialogues in group {args.group!r}; groups: {', '.join(groups)}", file=sys.stderr)
+        return 2
     rows = [u for d in dialogues for u in d]
     work = RUNS / "asr_emotion"
     work.mkdir(parents=True, exist_ok=True)
+    model = held_out_model(args.group, work)
     sets = {"reference": write_manifest(work / "reference.csv", rows)}
-    result: dict[str, Any] = {"dialogues": len(dialogues), "turns": len(rows),
+    result: dict[str, Any] = {"group": args.group, "session": dialogues[0][0].meta("session"),
+                              "dialogues": len(dialogues), "turns": len(rows),
                               "labeled_turns": sum(u.labeled for u in rows), "recognizers": {}}
     for name in args.backends.split(","):
         backend = create_backend(AsrConfig(backend=name, worker_processes=False), in_process=True)
@@ -64,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         result["recognizers"][name] = {"wer": errors / max(words, 1), "seconds": round(time.perf_counter() - t0, 1)}
         print(f"{name}: WER {errors / max(words, 1):.3f} over {len(rows)} turns", flush=True)
     for name, path in sets.items():
-        r = evaluate(MODELS / "default", path)
+        r = evaluate(model, path)
         m, t = r["metrics"], r["modalities"]["text"]
         result.setdefault("emotion", {})[name] = {"fused": m, "text_head": t}
         print(f"{name:12s} fused WA {100 * m['weighted_accuracy']:.1f} UAR {100 * m['uar']:.1f} | text head "
@@ -78,10 +112,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def markdown(r: dict[str, Any]) -> str:
     lines = ["# Emotion on recognized transcripts", "",
-             f"`python -m training.asr_emotion`: {r['dialogues']} held-out IEMOCAP Session 4 dialogues "
-             f"({r['turns']} turns, {r['labeled_turns']} labeled), voiced by held-out RAVDESS actors for the "
-             "model's audio input; each turn's transcript typed, or spoken by espeak-ng and recognized. "
-             "Packaged default model (causal, audio + text).", "",
+             f"`python -m training.asr_emotion --group {r['group']}`: {r['dialogues']} constructed dialogues of "
+             f"IEMOCAP {r['session']} ({r['turns']} turns, {r['labeled_turns']} labeled), voiced by actors of "
+             f"`default_cv`'s group {r['group']}; the default recipe (causal, audio + text) trained without that "
+             "group's voices and session. Each turn's transcript typed, or spoken by espeak-ng and recognized.", "",
              "| transcripts | WER | fused WA % | fused UAR % | text head WA % | text head UAR % |",
              "|---|---:|---:|---:|---:|---:|"]
     for name, e in r["emotion"].items():
