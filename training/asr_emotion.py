@@ -26,19 +26,19 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from .data import REPO, read_manifest, write_manifest
+from .data import REPO, Manifest, read_manifest, write_manifest
 from .default_report import OUT, RUNS
 from .evaluate import evaluate
 
 ALL = RUNS / "default" / "all.csv"
 
 
-def held_out_model(group: str, work: Path) -> Path:
-    """The default recipe trained on every row of ``all.csv`` outside ``group`` (reused while that
-    training manifest is unchanged)."""
+def held_out_model(manifest: Manifest, group: str, work: Path) -> Path:
+    """The default recipe trained on every row of ``manifest`` (``all.csv``) outside ``group`` (reused
+    while that training manifest is unchanged)."""
     from .train import export_final, load_config
 
-    rows = [u for u in read_manifest(ALL).utterances if u.meta("group") != group]
+    rows = [u for u in manifest.utterances if u.meta("group") != group]
     train_csv = write_manifest(work / f"train-group{group}.csv", rows)
     digest = hashlib.sha256(train_csv.read_bytes()).hexdigest()[:16]
     out = work / f"model-group{group}"
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [u for d in dialogues for u in d]
     work = RUNS / "asr_emotion"
     work.mkdir(parents=True, exist_ok=True)
-    model = held_out_model(args.group, work)
+    model = held_out_model(manifest, args.group, work)
     sets = {"reference": write_manifest(work / "reference.csv", rows)}
     result: dict[str, Any] = {"group": args.group, "session": dialogues[0][0].meta("session"),
                               "dialogues": len(dialogues), "turns": len(rows),
