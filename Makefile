@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test bench bench-asr bench-bus soak fuzz lint sysdeps clean models train default-model
+.PHONY: demo test bench bench-asr bench-bus soak fuzz lint sysdeps clean models train default-model seed-ensembles
 
 # Python environment: the runtime, the vosk, whisper and redis extras, the trainer (torch, CPU
 # build, installed first and pinned so nothing pulls a CUDA build), test tools, the Korean
@@ -113,6 +113,21 @@ default-model: $(STAMP) models
 	$(BIN)/python -m training train --config configs/train/default_audio.toml --no-eval --export realtime_ser/data/models/audio
 	$(BIN)/python -m training train --config configs/train/default_offline.toml --no-eval --export realtime_ser/data/models/offline
 	$(BIN)/python -m training.default_report
+
+# Six more seeds of the held-out configs and three models averaged against one
+# (training/results/seed_ensembles.md); needs the runs of `make train` / `make default-model`. About 1 hour.
+ENSEMBLE_CONFIGS = voices_ravdess voices_ravdess_speaker_norm voices_ravdess8 voices_ravdess8_speaker_norm \
+  voices_crema_d voices_cross voices_cross_speaker_norm text_iemocap_residual
+seed-ensembles: $(STAMP) models
+	for c in $(ENSEMBLE_CONFIGS); do \
+	  pin=""; [ $$c = voices_ravdess ] && pin='--set features.audio="speech"'; \
+	  [ $$c = text_iemocap_residual ] && pin='--set model.turn_residual=false'; \
+	  eval $(BIN)/python -m training train --config configs/train/$$c.toml --set "'train.seeds=[3,4,5,6,7,8]'" $$pin \
+	    --out runs/seeds3-8/$$c || exit 1; done
+	$(BIN)/python -m training.seed_ensemble runs/voices_ravdess:audio=speech \
+	  runs/text_iemocap_residual:turn_residual=False \
+	  $(foreach c,$(filter-out voices_ravdess text_iemocap_residual,$(ENSEMBLE_CONFIGS)),runs/$(c)) \
+	  $(foreach c,$(ENSEMBLE_CONFIGS),runs/seeds3-8/$(c))
 
 lint: $(STAMP)
 	$(BIN)/ruff check realtime_ser tests bench training

@@ -1,0 +1,69 @@
+"""training.seed_ensemble: seeds pooled from several runs, disjoint groups, refused mismatches."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from training.seed_ensemble import main
+
+LABELS = ["neutral", "angry"]
+Y = np.array([0, 0, 0, 1, 1, 1])
+FOLD = np.array([0, 0, 0, 1, 1, 1])
+
+
+def _probs(wrong: list[int]) -> np.ndarray:
+    """Right with 0.9 on every turn but those in ``wrong``, where it leans to the other class with 0.6."""
+    p = np.zeros((len(Y), 2))
+    for i, c in enumerate(Y):
+        conf = 0.4 if i in wrong else 0.9
+        p[i, c], p[i, 1 - c] = conf, 1 - conf
+    return p
+
+
+def _run(folder: Path, name: str, seeds: dict[int, np.ndarray], variants: tuple[str, ...] = ("base",),
+         fold: np.ndarray = FOLD) -> Path:
+    folder.mkdir(parents=True)
+    docs = []
+    for i, variant in enumerate(variants, 1):
+        order = sorted(seeds)
+        np.savez_compressed(folder / f"predictions-{i}.npz", logits=np.concatenate([seeds[s] for s in order]),
+                            y=np.tile(Y, len(order)), fold=np.tile(fold, len(order)),
+                            seed=np.repeat(order, len(Y)))
+        docs.append({"variant": variant, "config": {"model": {"labels": LABELS}},
+                     "predictions": f"predictions-{i}.npz"})
+    (folder / "metrics.json").write_text(json.dumps({"name": name, "variants": docs}))
+    return folder
+
+
+def test_seeds_of_two_runs_form_disjoint_ensembles(tmp_path: Path) -> None:
+    # Each seed is wrong on a different pair of turns; three of them averaged are right on all six.
+    first = _run(tmp_path / "a", "cfg", {0: _probs([0, 3]), 1: _probs([1, 4]), 2: _probs([2, 5])})
+    second = _run(tmp_path / "b", "cfg", {3: _probs([0, 3]), 4: _probs([1, 4]), 5: _probs([2, 5]),
+                                         6: _probs([])})
+    out = tmp_path / "out" / "ens"
+    assert main([str(first), str(second), "--out", str(out)]) == 0
+    [r] = json.loads(out.with_suffix(".json").read_text())
+    assert r["seeds"] == [0, 1, 2, 3, 4, 5, 6] and r["groups"] == [[0, 1, 2], [3, 4, 5]]  # seed 6 left over
+    assert r["single"]["weighted_accuracy"][0] == pytest.approx((6 * 4 / 6 + 1) / 7)
+    assert r["ensemble"]["weighted_accuracy"] == pytest.approx([1.0, 0.0])
+    assert "| cfg | 6 | 0-6 |" in out.with_suffix(".md").read_text()
+
+
+def test_mismatched_runs_and_ambiguous_variants_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    first = _run(tmp_path / "a", "cfg", {0: _probs([]), 1: _probs([])})
+    other_folds = _run(tmp_path / "b", "cfg", {2: _probs([])}, fold=np.array([1, 1, 1, 0, 0, 0]))
+    assert main([str(first), str(other_folds), "--out", str(tmp_path / "x")]) == 2
+    assert "does not score the same test turns" in capsys.readouterr().err
+    twice = _run(tmp_path / "c", "cfg", {1: _probs([])})
+    assert main([str(first), str(twice), "--out", str(tmp_path / "x")]) == 2
+    assert "seed 1 of cfg is already given" in capsys.readouterr().err
+    grid = _run(tmp_path / "d", "cfg", {0: _probs([])}, variants=("audio=speech", "audio=acoustic"))
+    assert main([str(grid), "--out", str(tmp_path / "x")]) == 2
+    assert "name one as" in capsys.readouterr().err
+    assert main([f"{grid}:audio=acoustic", "--out", str(tmp_path / "x")]) == 0
+    assert main([f"{grid}:nope", "--out", str(tmp_path / "x")]) == 2
+    assert "no variant 'nope'" in capsys.readouterr().err

@@ -1,0 +1,160 @@
+"""``python -m training.seed_ensemble``: what averaging several training runs gains over one.
+
+Every run of a config trains one model per fold and seed and keeps its calibrated probabilities
+for each test turn (``predictions-N.npz``). Models of the same fold but different seeds score
+the same test turns, so their probabilities can be averaged: an ensemble of K models, which on
+the pooled speech-encoder features costs K small heads on one encoder pass.
+
+The seeds of one config, from any number of its runs (``--set "train.seeds=[3,4,5]"`` adds
+seeds to an earlier run), are cut into disjoint groups of K in seed order (seeds left over are
+not used). Each group's ensemble is scored pooled over the folds, as a single seed is in
+:mod:`training.report`; the figures are mean ± standard deviation over the groups, beside the
+single seeds' mean ± standard deviation. Seeds that do not score the same test turns in the same
+order (another fold split or data) are refused.
+
+Writes ``training/results/seed_ensembles.{json,md}`` (``--out`` to change); ``make seed-ensembles`` runs
+the extra seeds and this.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .data import REPO
+from .metrics import classification_report
+
+OUT = REPO / "training" / "results" / "seed_ensembles"
+
+
+@dataclass
+class Seeds:
+    """The kept predictions of every seed of one config: the shared test turns, each seed's probabilities."""
+
+    name: str
+    labels: tuple[str, ...]
+    y: np.ndarray | None = None
+    fold: np.ndarray | None = None
+    probs: dict[int, np.ndarray] = field(default_factory=dict)
+    sources: list[str] = field(default_factory=list)
+
+    def add(self, seed: int, y: np.ndarray, fold: np.ndarray, probs: np.ndarray, source: str) -> None:
+        if self.y is None or self.fold is None:
+            self.y, self.fold = y, fold
+        elif len(y) != len(self.y) or (y != self.y).any() or (fold != self.fold).any():
+            raise ValueError(f"{source}: seed {seed} of {self.name} does not score the same test turns in the same "
+                             f"order as {self.sources[0]} (another fold split or data?)")
+        if seed in self.probs:
+            raise ValueError(f"{source}: seed {seed} of {self.name} is already given by another run")
+        self.probs[seed] = probs
+        if source not in self.sources:
+            self.sources.append(source)
+
+
+def load_run(spec: str) -> tuple[str, tuple[str, ...], dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]]:
+    """``DIR`` or ``DIR:VARIANT`` (a run folder of ``python -m training train``): the config's name, its
+    labels and each seed's (y, fold, probabilities)."""
+    folder, _, wanted = spec.partition(":")
+    path = Path(folder) / "metrics.json"
+    if not path.is_file():
+        raise ValueError(f"{folder}: no metrics.json (not a training run folder)")
+    doc = json.loads(path.read_text())
+    variants = doc["variants"]
+    if wanted:
+        chosen = [v for v in variants if v["variant"] == wanted]
+        if not chosen:
+            raise ValueError(f"{folder}: no variant {wanted!r}; variants: {', '.join(v['variant'] for v in variants)}")
+    elif len(variants) > 1:
+        raise ValueError(f"{folder} has {len(variants)} variants; name one as {folder}:VARIANT "
+                         f"({', '.join(v['variant'] for v in variants)})")
+    else:
+        chosen = variants
+    v = chosen[0]
+    if not v.get("predictions"):
+        raise ValueError(f"{folder}: variant {v['variant']!r} kept no predictions")
+    kept = np.load(Path(folder) / v["predictions"])
+    out = {}
+    for seed in np.unique(kept["seed"]):
+        rows = kept["seed"] == seed
+        out[int(seed)] = (kept["y"][rows], kept["fold"][rows], kept["logits"][rows])
+    return doc["name"], tuple(v["config"]["model"]["labels"]), out
+
+
+def summarize(seeds: Seeds, k: int) -> dict[str, Any]:
+    """Single seeds and disjoint ensembles of ``k`` seeds, pooled over the folds."""
+    assert seeds.y is not None
+    keys = ("weighted_accuracy", "uar", "ece")
+    order = sorted(seeds.probs)
+    singles = [classification_report(seeds.y, seeds.probs[s], seeds.labels) for s in order]
+    groups = [order[i: i + k] for i in range(0, len(order) - k + 1, k)]
+    ensembles = [classification_report(seeds.y, np.mean([seeds.probs[s] for s in g], axis=0), seeds.labels)
+                 for g in groups]
+
+    def spread(reports: list[dict[str, Any]]) -> dict[str, list[float]]:
+        return {key: [float(np.mean([r[key] for r in reports])), float(np.std([r[key] for r in reports]))]
+                for key in keys} if reports else {}
+
+    return {"name": seeds.name, "n": len(seeds.y), "seeds": order, "k": k, "groups": groups,
+            "single": spread(singles), "ensemble": spread(ensembles),
+            "ensemble_each": [{key: float(r[key]) for key in keys} for r in ensembles], "sources": seeds.sources}
+
+
+def markdown(results: list[dict[str, Any]]) -> str:
+    def pct(v: list[float]) -> str:
+        return f"{100 * v[0]:.1f} ± {100 * v[1]:.1f}"
+
+    lines = ["# One model against an ensemble of several training runs", "",
+             "`python -m training.seed_ensemble`: each config's seeds cut into disjoint groups of K; each group's "
+             "calibrated probabilities averaged per test turn and scored pooled over the folds. Mean ± std over "
+             "single seeds and over groups; n = test turns per seed.", "",
+             "| config | n | seeds | one model: WA % | UAR % | ECE | K | ensembles | ensemble: WA % | UAR % | ECE |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        s, e = r["single"], r["ensemble"]
+        seeds = f"{r['seeds'][0]}-{r['seeds'][-1]}" if r["seeds"] == list(range(r["seeds"][0], r["seeds"][-1] + 1)) \
+            else ", ".join(map(str, r["seeds"]))
+        ens = (f"{pct(e['weighted_accuracy'])} | {pct(e['uar'])} | {e['ece'][0]:.3f} ± {e['ece'][1]:.3f}"
+               if e else "– | – | –")
+        lines.append(f"| {r['name']} | {r['n']} | {seeds} | {pct(s['weighted_accuracy'])} | {pct(s['uar'])} | "
+                     f"{s['ece'][0]:.3f} ± {s['ece'][1]:.3f} | {r['k']} | {len(r['groups'])} | {ens} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m training.seed_ensemble", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="+", metavar="DIR[:VARIANT]",
+                   help="run folders of `python -m training train` (several per config to pool their seeds)")
+    p.add_argument("--k", type=int, default=3, help="models per ensemble (default 3)")
+    p.add_argument("--out", type=Path, default=OUT, help="output path without suffix (.json and .md are written)")
+    args = p.parse_args(argv)
+    if args.k < 2:
+        p.error("--k must be at least 2")
+    configs: dict[str, Seeds] = {}
+    try:
+        for spec in args.runs:
+            name, labels, seeds = load_run(spec)
+            entry = configs.setdefault(name, Seeds(name, labels))
+            for seed, (y, fold, probs) in seeds.items():
+                entry.add(seed, y, fold, probs, spec)
+    except (ValueError, KeyError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    results = [summarize(s, args.k) for s in configs.values()]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
+    text = markdown(results)
+    args.out.with_suffix(".md").write_text(text)
+    print(text)
+    print(f"wrote {args.out.with_suffix('.md')} and .json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
