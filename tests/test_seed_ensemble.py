@@ -48,8 +48,9 @@ def test_seeds_of_two_runs_form_disjoint_ensembles(tmp_path: Path) -> None:
     assert main([str(first), str(second), "--out", str(out)]) == 0
     [r] = json.loads(out.with_suffix(".json").read_text())
     assert r["seeds"] == [0, 1, 2, 3, 4, 5, 6] and r["groups"] == [[0, 1, 2], [3, 4, 5]]  # seed 6 left over
-    assert r["single"]["weighted_accuracy"][0] == pytest.approx((6 * 4 / 6 + 1) / 7)
-    assert r["ensemble"]["weighted_accuracy"] == pytest.approx([1.0, 0.0])
+    assert r["single"]["weighted_accuracy"]["mean"] == pytest.approx((6 * 4 / 6 + 1) / 7)
+    assert r["ensemble"]["weighted_accuracy"]["mean"] == pytest.approx(1.0)
+    assert r["ensemble"]["weighted_accuracy"]["std"] == pytest.approx(0.0)
     assert "| cfg | 6 | 0-6 |" in out.with_suffix(".md").read_text()
 
 

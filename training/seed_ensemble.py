@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from .data import REPO
-from .metrics import classification_report
+from .metrics import classification_report, format_pct, mean_std
 
 OUT = REPO / "training" / "results" / "seed_ensembles"
 
@@ -96,19 +96,12 @@ def summarize(seeds: Seeds, k: int) -> dict[str, Any]:
     ensembles = [classification_report(seeds.y, np.mean([seeds.probs[s] for s in g], axis=0), seeds.labels)
                  for g in groups]
 
-    def spread(reports: list[dict[str, Any]]) -> dict[str, list[float]]:
-        return {key: [float(np.mean([r[key] for r in reports])), float(np.std([r[key] for r in reports]))]
-                for key in keys} if reports else {}
-
     return {"name": seeds.name, "n": len(seeds.y), "seeds": order, "k": k, "groups": groups,
-            "single": spread(singles), "ensemble": spread(ensembles),
+            "single": mean_std(singles, keys), "ensemble": mean_std(ensembles, keys) if ensembles else {},
             "ensemble_each": [{key: float(r[key]) for key in keys} for r in ensembles], "sources": seeds.sources}
 
 
 def markdown(results: list[dict[str, Any]]) -> str:
-    def pct(v: list[float]) -> str:
-        return f"{100 * v[0]:.1f} ± {100 * v[1]:.1f}"
-
     lines = ["# One model against an ensemble of several training runs", "",
              "`python -m training.seed_ensemble`: each config's seeds cut into disjoint groups of K; each group's "
              "calibrated probabilities averaged per test turn and scored pooled over the folds. Mean ± std over "
@@ -119,10 +112,11 @@ def markdown(results: list[dict[str, Any]]) -> str:
         s, e = r["single"], r["ensemble"]
         seeds = f"{r['seeds'][0]}-{r['seeds'][-1]}" if r["seeds"] == list(range(r["seeds"][0], r["seeds"][-1] + 1)) \
             else ", ".join(map(str, r["seeds"]))
-        ens = (f"{pct(e['weighted_accuracy'])} | {pct(e['uar'])} | {e['ece'][0]:.3f} ± {e['ece'][1]:.3f}"
-               if e else "– | – | –")
-        lines.append(f"| {r['name']} | {r['n']} | {seeds} | {pct(s['weighted_accuracy'])} | {pct(s['uar'])} | "
-                     f"{s['ece'][0]:.3f} ± {s['ece'][1]:.3f} | {r['k']} | {len(r['groups'])} | {ens} |")
+        ens = (f"{format_pct(e['weighted_accuracy'])} | {format_pct(e['uar'])} | "
+               f"{e['ece']['mean']:.3f} ± {e['ece']['std']:.3f}" if e else "– | – | –")
+        lines.append(f"| {r['name']} | {r['n']} | {seeds} | {format_pct(s['weighted_accuracy'])} | "
+                     f"{format_pct(s['uar'])} | {s['ece']['mean']:.3f} ± {s['ece']['std']:.3f} | {r['k']} | "
+                     f"{len(r['groups'])} | {ens} |")
     return "\n".join(lines) + "\n"
 
 
