@@ -163,6 +163,10 @@ def test_validation_speakers_per_corpus_come_from_every_corpus_alike() -> None:
     assert both.features.speaker_norm == 5.0 and both.model.audio_gate, "the gate reads the unshifted vectors"
     with pytest.raises(ConfigError, match="val_by must be one of"):
         config_from_dict({"name": "x", "data": {"manifests": ["ravdess"]}, "train": {"val_by": "corpus"}})
+    with pytest.raises(ConfigError, match=r"train.ensemble must be 1..2 .*\[0, 1\]"):
+        config_from_dict({"name": "x", "data": {"manifests": ["ravdess"]}, "train": {"seeds": [0, 1], "ensemble": 3}})
+    three = config_from_dict({"name": "x", "data": {"manifests": ["ravdess"]}, "train": {"ensemble": 3}})
+    assert three.train.ensemble == 3
 
 
 def test_config_names_labels_once_and_set_pins_a_grid_key(tmp_path: Path) -> None:

@@ -115,6 +115,44 @@ def test_a_speaker_adaptive_gated_model_takes_the_shift_as_an_input_of_its_own(t
         Runtime.load(tmp_path / "m")
 
 
+def test_several_models_export_as_one_graph_of_their_mean(tmp_path: Path) -> None:
+    """Three models of one recipe, different weights: one graph with one model's inputs and outputs,
+    whose every output (fused, per modality, the audio's weight) is the mean of theirs."""
+    models = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        m = _model(fusion_depth="logits", fusion_method="add", audio_gate=True, causal=True).eval()
+        m.gate.fit(torch.randn(400, DIMS["audio"]) + seed)
+        models.append(m)
+    runtime = export_model(models, tmp_path / "e", name="e", version="0", features=FEATURES, max_turns=5,
+                           training={})
+    card = json.loads((tmp_path / "e" / "card.json").read_text())
+    assert card["members"]["count"] == 3 and card["export"]["max_abs_difference_vs_torch"] <= 1e-4
+    assert runtime.card.modalities == ("audio", "text")
+    audio, text, mask, _ = _batch()
+    got = runtime.score({"audio": audio.numpy(), "text": text.numpy()}, mask.numpy())
+    valid = mask.numpy()
+    with torch.no_grad():
+        outs = [m(audio, text, mask, calibrated=True) for m in models]
+    expected = {"probs": np.mean([torch.softmax(o["logits"], -1).numpy() for o in outs], 0),
+                "audio": np.mean([torch.softmax(o["audio"], -1).numpy() for o in outs], 0),
+                "text": np.mean([torch.softmax(o["text"], -1).numpy() for o in outs], 0),
+                "audio_reliability": np.mean([o["reliability"].numpy() for o in outs], 0)}
+    assert set(got) == set(expected)
+    for k, v in expected.items():
+        np.testing.assert_allclose(got[k][valid], v[valid], atol=1e-5, err_msg=k)
+    # the mean of different models is none of them
+    single = torch.softmax(outs[0]["logits"], -1).numpy()
+    assert np.abs(got["probs"][valid] - single[valid]).max() > 1e-3
+    one = export_model(models[0], tmp_path / "one", name="o", version="0", features=FEATURES, max_turns=5, training={})
+    assert json.loads((tmp_path / "one" / "card.json").read_text())["members"]["count"] == 1
+    np.testing.assert_allclose(one.score({"audio": audio.numpy(), "text": text.numpy()}, mask.numpy())["probs"][valid],
+                               single[valid], atol=1e-5)
+    with pytest.raises(ValueError, match="share one configuration"):
+        export_model([models[0], _model(modalities=("audio",), causal=True).eval()], tmp_path / "x", name="x",
+                     version="0", features=FEATURES, max_turns=5, training={})
+
+
 @pytest.mark.parametrize("residual", [False, True])
 @pytest.mark.parametrize("depth", DEPTHS)
 def test_causal_model_never_looks_ahead(depth: str, residual: bool) -> None:

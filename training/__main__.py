@@ -76,8 +76,9 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
                         "Setting a key the [grid] varies pins it (one variant fewer)")
     p.add_argument("--out", type=Path, default=None, help="run folder (default runs/<name>)")
     p.add_argument("--export", type=Path, default=None, metavar="DIR",
-                   help="then train one model on all the data and export model.onnx + card.json into DIR: "
-                        "the first seed of train.seeds; train.val_fraction of the dialogues (of held-out speakers, "
+                   help="then train on all the data and export model.onnx + card.json into DIR: one model, "
+                        "of the first seed of train.seeds, or with train.ensemble=N one model per seed of the "
+                        "first N, averaged in one graph; train.val_fraction of the dialogues (of held-out speakers, "
                         "train.val_by) is kept out to choose the epoch and fit the confidence temperatures. "
                         "A config with a [grid] needs each grid key pinned with --set")
     p.add_argument("--version", default="", help="model version for the card (default: today's date)")

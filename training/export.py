@@ -1,4 +1,9 @@
-"""Export a trained model to ONNX with its model card, and check ONNX against torch."""
+"""Export a trained model, or several averaged, to ONNX with its model card, and check ONNX against torch.
+
+Several models of one recipe (trained with different seeds) export as one graph whose outputs are
+the mean of theirs: the mean of their calibrated probabilities, per output, and of the audio's
+weight. The graph's inputs and outputs are those of one model, so the runtime is the same for both.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import datetime as _dt
 import json
 import platform
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +47,34 @@ class _Wrapper(nn.Module):
         return tuple(probs)
 
 
+class _Averaged(nn.Module):
+    """The mean of several models' outputs, output by output (they share one configuration)."""
+
+    def __init__(self, models: Sequence[TorchModel]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(_Wrapper(m) for m in models)
+
+    def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        outs = [m(*args) for m in self.members]
+        return tuple(torch.stack(o).mean(0) for o in zip(*outs, strict=True))
+
+
+def members(model: TorchModel | Sequence[TorchModel]) -> list[TorchModel]:
+    """The models of an export (one, or several to average), checked to be interchangeable."""
+    models = [model] if isinstance(model, TorchModel) else list(model)
+    if not models:
+        raise ValueError("nothing to export: no model given")
+    first = models[0].cfg.to_dict()
+    for i, m in enumerate(models[1:], 1):
+        if m.cfg.to_dict() != first:
+            raise ValueError(f"models to average must share one configuration; model {i} differs from model 0")
+    return models
+
+
+def _graph(models: list[TorchModel]) -> nn.Module:
+    return _Wrapper(models[0]) if len(models) == 1 else _Averaged(models)
+
+
 def input_names(model: TorchModel) -> list[str]:
     """One input per modality, the speaker shift of a speaker-adaptive model, then the mask."""
     return [*model.cfg.modalities, *([SHIFT] if model.cfg.speaker_shift else []), "mask"]
@@ -52,8 +86,9 @@ def output_names(model: TorchModel) -> list[str]:
     return names + (["audio_reliability"] if model.cfg.audio_gate else [])
 
 
-def export_onnx(model: TorchModel, path: Path) -> Path:
-    model = model.eval()
+def export_onnx(model: TorchModel | Sequence[TorchModel], path: Path) -> Path:
+    models = [m.eval() for m in members(model)]
+    model = models[0]
     cfg = model.cfg
     b, t = 2, 5
     names = input_names(model)
@@ -67,13 +102,14 @@ def export_onnx(model: TorchModel, path: Path) -> Path:
         # The tracer's notes on shape arithmetic and on GRU batch sizes: the exported graph is
         # checked against torch on several batch and dialogue sizes after export instead.
         warnings.simplefilter("ignore")
-        torch.onnx.export(_Wrapper(model), tuple(args + [mask]), str(path), input_names=names, output_names=outs,
+        torch.onnx.export(_graph(models), tuple(args + [mask]), str(path), input_names=names, output_names=outs,
                           dynamic_axes=axes, opset_version=OPSET, dynamo=False)
     return path
 
 
-def max_difference(model: TorchModel, runtime: EmotionModel, seed: int = 0) -> float:
-    """Largest |torch - onnxruntime| over all outputs on random padded dialogue batches of several shapes.
+def max_difference(model: TorchModel | Sequence[TorchModel], runtime: EmotionModel, seed: int = 0) -> float:
+    """Largest |torch - onnxruntime| over all outputs on random padded dialogue batches of several shapes
+    (for several models, against the mean of their outputs).
 
     The features are drawn around the model's own normalization statistics (mean + 2 std x
     N(0, 1)), i.e. inputs like those it will see: raw N(0, 1) vectors would sit tens of
@@ -81,7 +117,8 @@ def max_difference(model: TorchModel, runtime: EmotionModel, seed: int = 0) -> f
     """
     g = torch.Generator().manual_seed(seed)
     worst = 0.0
-    model.eval()
+    models = [m.eval() for m in members(model)]
+    model, graph = models[0], _graph(models)
 
     def features(b: int, t: int, m: str) -> torch.Tensor:
         mean = getattr(model, f"mean_{m}", torch.zeros(model.cfg.dims[m]))
@@ -97,7 +134,7 @@ def max_difference(model: TorchModel, runtime: EmotionModel, seed: int = 0) -> f
         lengths[0] = t
         mask = torch.arange(t)[None] < lengths[:, None]
         with torch.no_grad():
-            ref = _Wrapper(model)(*inputs.values(), mask)
+            ref = graph(*inputs.values(), mask)
         got = runtime.score({m: x.numpy() for m, x in inputs.items()}, mask.numpy())
         keys = [name.removesuffix("_probs") for name in output_names(model)]
         for k, r in zip(keys, ref, strict=True):
@@ -106,13 +143,19 @@ def max_difference(model: TorchModel, runtime: EmotionModel, seed: int = 0) -> f
     return worst
 
 
-def export_model(model: TorchModel, out_dir: Path | str, *, name: str, version: str, features: dict[str, Any],
-                 max_turns: int, training: dict[str, Any], metrics: dict[str, Any] | None = None,
-                 licences: list[dict[str, str]] | None = None, tolerance: float = 1e-4) -> EmotionModel:
-    """Write ``model.onnx`` and ``card.json`` into ``out_dir``, load them back and check parity with torch."""
+def export_model(model: TorchModel | Sequence[TorchModel], out_dir: Path | str, *, name: str, version: str,
+                 features: dict[str, Any], max_turns: int, training: dict[str, Any],
+                 metrics: dict[str, Any] | None = None, licences: list[dict[str, str]] | None = None,
+                 tolerance: float = 1e-4) -> EmotionModel:
+    """Write ``model.onnx`` and ``card.json`` into ``out_dir``, load them back and check parity with torch.
+
+    Several models (one recipe, different seeds) become one graph that outputs the mean of their
+    outputs; the card says how many (``members``).
+    """
     out_dir = Path(out_dir)
-    onnx_path = export_onnx(model, out_dir / "model.onnx")
-    cfg = model.cfg
+    models = members(model)
+    onnx_path = export_onnx(models, out_dir / "model.onnx")
+    cfg = models[0].cfg
     card: dict[str, Any] = {
         "format": CARD_FORMAT,
         "format_version": CARD_VERSION,
@@ -125,12 +168,16 @@ def export_model(model: TorchModel, out_dir: Path | str, *, name: str, version: 
             {SHIFT: {"dim": int(cfg.dims["audio"]), "note": "each turn's speaker shift (features.audio.speaker_norm): "
                      "the classifier reads audio less it, the audio gate the raw audio"}}
             if cfg.speaker_shift else {}),
-        "outputs": output_names(model),
+        "outputs": output_names(models[0]),
         "causal": cfg.causal,
         "context": {"max_turns": int(max_turns),
                     "note": "the runtime scores turn n from the last max_turns turns up to n" if cfg.causal
                     else "offline model: scores a whole dialogue at once"},
         "architecture": cfg.to_dict(),
+        "members": {"count": len(models),
+                    "note": "one model" if len(models) == 1 else
+                    f"{len(models)} models of this architecture (trained with different seeds) averaged: "
+                    "each output is the mean of theirs"},
         "features": features,
         "training": training,
         "metrics": metrics or {},
@@ -140,7 +187,7 @@ def export_model(model: TorchModel, out_dir: Path | str, *, name: str, version: 
     }
     (out_dir / "card.json").write_text(json.dumps(card, indent=1) + "\n", encoding="utf-8")
     runtime = EmotionModel.load(out_dir)
-    diff = max_difference(model, runtime)
+    diff = max_difference(models, runtime)
     if diff > tolerance:
         raise RuntimeError(f"ONNX output differs from torch by {diff:.2e} (> {tolerance:.0e})")
     card["export"]["max_abs_difference_vs_torch"] = diff

@@ -88,6 +88,10 @@ class TrainConfig:
     """Fusion training: ``cold`` (all from scratch), ``frozen`` (pre-trained unimodal branches,
     frozen), ``warm`` (pre-trained unimodal branches, fine-tuned)."""
     seeds: tuple[int, ...] = (0, 1, 2)
+    ensemble: int = 1
+    """Models an export averages: one per seed, the first ``ensemble`` of ``seeds``, exported as
+    one graph whose outputs are the mean of theirs (cross-validation still scores each seed alone;
+    ``python -m training.seed_ensemble`` scores seeds averaged)."""
     threads: int = 1
     context_turns: int = 20
     """Context window of an exported causal model (written to its card; the runtime and the
@@ -103,6 +107,9 @@ class TrainConfig:
             raise ConfigError("train.val_fraction must be in [0, 1)")
         if self.val_by not in VAL_BY:
             raise ConfigError(f"train.val_by must be one of {', '.join(map(repr, VAL_BY))}, got {self.val_by!r}")
+        if not 1 <= self.ensemble <= len(self.seeds):
+            raise ConfigError(f"train.ensemble must be 1..{len(self.seeds)} (the number of train.seeds, "
+                              f"{list(self.seeds)}: an export averages one model per seed), got {self.ensemble}")
 
 
 @dataclass(frozen=True)
@@ -912,7 +919,8 @@ LICENCES = {
 
 def export_final(cfg: ExperimentConfig, out_dir: Path, version: str = "", metrics: dict[str, Any] | None = None,
                  name: str = "") -> Path:
-    """Train one model on every dialogue of the config (first seed) and export it with its card."""
+    """Train on every dialogue of the config and export with its card: one model per seed of the
+    first ``train.ensemble`` seeds, averaged in one graph (one model, the first seed's, by default)."""
     from .export import export_model
 
     if cfg.grid:
@@ -922,20 +930,26 @@ def export_final(cfg: ExperimentConfig, out_dir: Path, version: str = "", metric
     all_cfg = replace(cfg, protocol=replace(cfg.protocol, folds="all"))
     data = DialogueSet(all_cfg)
     dialogues = list(data.dialogues.values())
-    seed = cfg.train.seeds[0]
-    speaker_norm = None
+    seeds = cfg.train.seeds[:cfg.train.ensemble]
+    speaker_norm, mean = None, None
     if cfg.features.speaker_norm and "audio" in cfg.model.modalities:
         from realtime_ser.emotion.speaker import SpeakerNorm
 
         mean = np.concatenate([d.audio for d in dialogues if d.audio is not None]).mean(0)
         speaker_norm = SpeakerNorm(mean, cfg.features.speaker_norm)
-        dialogues = speaker_normalized(dialogues, mean, cfg.features.speaker_norm, seed)
-    pretrained = None
-    if cfg.model.fused and cfg.train.strategy != "cold":
-        pretrained = {m: train_model(replace(cfg, model=replace(cfg.model, modalities=(m,)),
-                                             train=replace(cfg.train, strategy="cold", loss="single")),
-                                     dialogues, seed)[0] for m in cfg.model.modalities}
-    model, info = train_model(cfg, dialogues, seed, pretrained)
+    models, runs = [], []
+    for seed in seeds:
+        train_dialogues = dialogues if mean is None else speaker_normalized(
+            dialogues, mean, cfg.features.speaker_norm, seed)
+        pretrained = None
+        if cfg.model.fused and cfg.train.strategy != "cold":
+            pretrained = {m: train_model(replace(cfg, model=replace(cfg.model, modalities=(m,)),
+                                                 train=replace(cfg.train, strategy="cold", loss="single")),
+                                         train_dialogues, seed)[0] for m in cfg.model.modalities}
+        model, info = train_model(cfg, train_dialogues, seed, pretrained)
+        models.append(model)
+        runs.append({"seed": seed, "epochs_run": info["epochs_run"], "best_epoch": info["best_epoch"]})
+        log.info("export: model %d of %d trained (seed %d)", len(models), len(seeds), seed)
     features = data.extractor.settings_card(cfg.model.modalities)
     if speaker_norm is not None:
         features["audio"]["speaker_norm"] = speaker_norm.card()
@@ -945,13 +959,11 @@ def export_final(cfg: ExperimentConfig, out_dir: Path, version: str = "", metric
     training = {
         "config": cfg.to_dict(),
         "data": {s: {"utterances": len(m), "labels": m.label_counts()} for s, m in data.manifests},
-        "epochs_run": info["epochs_run"],
-        "best_epoch": info["best_epoch"],
-        "seed": seed,
+        "models": runs,
         "git_commit": _git_commit(),
     }
     licences = [LICENCES[c] for c in corpora if c in LICENCES]
-    export_model(model, out_dir, name=name or cfg.name, version=version or _dt.date.today().isoformat(),
+    export_model(models, out_dir, name=name or cfg.name, version=version or _dt.date.today().isoformat(),
                  features=features, max_turns=cfg.train.context_turns, training=training, metrics=metrics or {},
                  licences=[{"data": x} for x in licences])
     return out_dir
