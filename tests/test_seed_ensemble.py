@@ -25,14 +25,15 @@ def _probs(wrong: list[int]) -> np.ndarray:
 
 
 def _run(folder: Path, name: str, seeds: dict[int, np.ndarray], variants: tuple[str, ...] = ("base",),
-         fold: np.ndarray = FOLD) -> Path:
+         fold: np.ndarray = FOLD, kind: np.ndarray | None = None) -> Path:
     folder.mkdir(parents=True)
     docs = []
     for i, variant in enumerate(variants, 1):
         order = sorted(seeds)
         np.savez_compressed(folder / f"predictions-{i}.npz", logits=np.concatenate([seeds[s] for s in order]),
                             y=np.tile(Y, len(order)), fold=np.tile(fold, len(order)),
-                            seed=np.repeat(order, len(Y)))
+                            seed=np.repeat(order, len(Y)),
+                            **({"by:kind": np.tile(kind, len(order))} if kind is not None else {}))
         docs.append({"variant": variant, "config": {"model": {"labels": LABELS}},
                      "predictions": f"predictions-{i}.npz"})
     (folder / "metrics.json").write_text(json.dumps({"name": name, "variants": docs}))
@@ -68,3 +69,21 @@ def test_mismatched_runs_and_ambiguous_variants_are_refused(tmp_path: Path, caps
     assert main([f"{grid}:audio=acoustic", "--out", str(tmp_path / "x")]) == 0
     assert main([f"{grid}:nope", "--out", str(tmp_path / "x")]) == 2
     assert "no variant 'nope'" in capsys.readouterr().err
+
+
+def test_each_value_of_a_report_by_column_is_scored_apart(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    # Seeds 0 and 1 both wrong on turn 0 (a clip), each right on every dialogue turn but one of its own.
+    kind = np.array(["clip", "clip", "dialogue", "dialogue", "dialogue", "clip"])
+    run = _run(tmp_path / "a", "cfg", {0: _probs([0, 2]), 1: _probs([0, 3])}, kind=kind)
+    out = tmp_path / "ens"
+    assert main([str(run), "--k", "2", "--by", "kind", "--out", str(out)]) == 0
+    [r] = json.loads(out.with_suffix(".json").read_text())
+    clip, dialogue = r["by"]["kind"]["clip"], r["by"]["kind"]["dialogue"]
+    assert clip["n"] == 3 and dialogue["n"] == 3
+    assert clip["single"]["weighted_accuracy"]["mean"] == pytest.approx(2 / 3)
+    assert clip["ensemble"]["weighted_accuracy"]["mean"] == pytest.approx(2 / 3)  # the same mistake stays
+    assert dialogue["single"]["weighted_accuracy"]["mean"] == pytest.approx(2 / 3)
+    assert dialogue["ensemble"]["weighted_accuracy"]["mean"] == pytest.approx(1.0)  # different mistakes cancel
+    assert "| cfg, kind = dialogue | 3 | 0-1 |" in out.with_suffix(".md").read_text()
+    assert main([str(run), "--k", "2", "--by", "corpus", "--out", str(out)]) == 2
+    assert "kept no column 'corpus'; it has: kind" in capsys.readouterr().err

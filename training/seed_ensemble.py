@@ -12,6 +12,9 @@ not used). Each group's ensemble is scored pooled over the folds, as a single se
 single seeds' mean ± standard deviation. Seeds that do not score the same test turns in the same
 order (another fold split or data) are refused.
 
+``--by COLUMN`` (a column the config reports by, ``protocol.report_by``, e.g. ``kind``) scores each
+value of it apart as well.
+
 Writes ``training/results/seed_ensembles.{json,md}`` (``--out`` to change); ``make seed-ensembles`` runs
 the extra seeds and this.
 """
@@ -43,10 +46,13 @@ class Seeds:
     fold: np.ndarray | None = None
     probs: dict[int, np.ndarray] = field(default_factory=dict)
     sources: list[str] = field(default_factory=list)
+    by: dict[str, np.ndarray] = field(default_factory=dict)
+    """Each report-by column of the test turns (``kind``: dialogue or clip, ...)."""
 
-    def add(self, seed: int, y: np.ndarray, fold: np.ndarray, probs: np.ndarray, source: str) -> None:
+    def add(self, seed: int, y: np.ndarray, fold: np.ndarray, probs: np.ndarray, source: str,
+            by: dict[str, np.ndarray] | None = None) -> None:
         if self.y is None or self.fold is None:
-            self.y, self.fold = y, fold
+            self.y, self.fold, self.by = y, fold, dict(by or {})
         elif len(y) != len(self.y) or (y != self.y).any() or (fold != self.fold).any():
             raise ValueError(f"{source}: seed {seed} of {self.name} does not score the same test turns in the same "
                              f"order as {self.sources[0]} (another fold split or data?)")
@@ -57,9 +63,10 @@ class Seeds:
             self.sources.append(source)
 
 
-def load_run(spec: str) -> tuple[str, tuple[str, ...], dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]]:
+def load_run(spec: str) -> tuple[str, tuple[str, ...],
+                                 dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]]]:
     """``DIR`` or ``DIR:VARIANT`` (a run folder of ``python -m training train``): the config's name, its
-    labels and each seed's (y, fold, probabilities)."""
+    labels and each seed's (y, fold, probabilities, report-by columns)."""
     folder, _, wanted = spec.partition(":")
     path = Path(folder) / "metrics.json"
     if not path.is_file():
@@ -82,21 +89,34 @@ def load_run(spec: str) -> tuple[str, tuple[str, ...], dict[int, tuple[np.ndarra
     out = {}
     for seed in np.unique(kept["seed"]):
         rows = kept["seed"] == seed
-        out[int(seed)] = (kept["y"][rows], kept["fold"][rows], kept["logits"][rows])
+        by = {k.removeprefix("by:"): kept[k][rows] for k in kept.files if k.startswith("by:")}
+        out[int(seed)] = (kept["y"][rows], kept["fold"][rows], kept["logits"][rows], by)
     return doc["name"], tuple(v["config"]["model"]["labels"]), out
 
 
-def summarize(seeds: Seeds, k: int) -> dict[str, Any]:
-    """Single seeds and disjoint ensembles of ``k`` seeds, pooled over the folds."""
+def summarize(seeds: Seeds, k: int, by: str = "") -> dict[str, Any]:
+    """Single seeds and disjoint ensembles of ``k`` seeds, pooled over the folds (and per value of
+    the report-by column ``by``)."""
+    assert seeds.y is not None
+    if by and by not in seeds.by:
+        raise ValueError(f"{seeds.name} kept no column {by!r}; it has: {', '.join(seeds.by) or 'none'}")
+    result = _summary(seeds, k, np.ones(len(seeds.y), bool))
+    if by:
+        result["by"] = {by: {str(v): _summary(seeds, k, seeds.by[by] == v) for v in np.unique(seeds.by[by])}}
+    return result
+
+
+def _summary(seeds: Seeds, k: int, rows: np.ndarray) -> dict[str, Any]:
     assert seeds.y is not None
     keys = ("weighted_accuracy", "uar", "ece")
     order = sorted(seeds.probs)
-    singles = [classification_report(seeds.y, seeds.probs[s], seeds.labels) for s in order]
+    y = seeds.y[rows]
+    singles = [classification_report(y, seeds.probs[s][rows], seeds.labels) for s in order]
     groups = [order[i: i + k] for i in range(0, len(order) - k + 1, k)]
-    ensembles = [classification_report(seeds.y, np.mean([seeds.probs[s] for s in g], axis=0), seeds.labels)
+    ensembles = [classification_report(y, np.mean([seeds.probs[s][rows] for s in g], axis=0), seeds.labels)
                  for g in groups]
 
-    return {"name": seeds.name, "n": len(seeds.y), "seeds": order, "k": k, "groups": groups,
+    return {"name": seeds.name, "n": len(y), "seeds": order, "k": k, "groups": groups,
             "single": mean_std(singles, keys), "ensemble": mean_std(ensembles, keys) if ensembles else {},
             "ensemble_each": [{key: float(r[key]) for key in keys} for r in ensembles], "sources": seeds.sources}
 
@@ -109,15 +129,21 @@ def markdown(results: list[dict[str, Any]]) -> str:
              "| config | n | seeds | one model: WA % | UAR % | ECE | K | ensembles | ensemble: WA % | UAR % | ECE |",
              "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
-        s, e = r["single"], r["ensemble"]
-        seeds = f"{r['seeds'][0]}-{r['seeds'][-1]}" if r["seeds"] == list(range(r["seeds"][0], r["seeds"][-1] + 1)) \
-            else ", ".join(map(str, r["seeds"]))
-        ens = (f"{format_pct(e['weighted_accuracy'])} | {format_pct(e['uar'])} | "
-               f"{e['ece']['mean']:.3f} ± {e['ece']['std']:.3f}" if e else "– | – | –")
-        lines.append(f"| {r['name']} | {r['n']} | {seeds} | {format_pct(s['weighted_accuracy'])} | "
-                     f"{format_pct(s['uar'])} | {s['ece']['mean']:.3f} ± {s['ece']['std']:.3f} | {r['k']} | "
-                     f"{len(r['groups'])} | {ens} |")
+        lines.append(_row(r["name"], r))
+        for column, values in r.get("by", {}).items():
+            lines += [_row(f"{r['name']}, {column} = {value}", sub) for value, sub in values.items()]
     return "\n".join(lines) + "\n"
+
+
+def _row(title: str, r: dict[str, Any]) -> str:
+    s, e = r["single"], r["ensemble"]
+    seeds = f"{r['seeds'][0]}-{r['seeds'][-1]}" if r["seeds"] == list(range(r["seeds"][0], r["seeds"][-1] + 1)) \
+        else ", ".join(map(str, r["seeds"]))
+    ens = (f"{format_pct(e['weighted_accuracy'])} | {format_pct(e['uar'])} | "
+           f"{e['ece']['mean']:.3f} ± {e['ece']['std']:.3f}" if e else "– | – | –")
+    return (f"| {title} | {r['n']} | {seeds} | {format_pct(s['weighted_accuracy'])} | "
+            f"{format_pct(s['uar'])} | {s['ece']['mean']:.3f} ± {s['ece']['std']:.3f} | {r['k']} | "
+            f"{len(r['groups'])} | {ens} |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("runs", nargs="+", metavar="DIR[:VARIANT]",
                    help="run folders of `python -m training train` (several per config to pool their seeds)")
     p.add_argument("--k", type=int, default=3, help="models per ensemble (default 3)")
+    p.add_argument("--by", default="", metavar="COLUMN",
+                   help="also score each value of this report-by column apart (e.g. kind)")
     p.add_argument("--out", type=Path, default=OUT, help="output path without suffix (.json and .md are written)")
     args = p.parse_args(argv)
     if args.k < 2:
@@ -135,12 +163,12 @@ def main(argv: list[str] | None = None) -> int:
         for spec in args.runs:
             name, labels, seeds = load_run(spec)
             entry = configs.setdefault(name, Seeds(name, labels))
-            for seed, (y, fold, probs) in seeds.items():
-                entry.add(seed, y, fold, probs, spec)
+            for seed, (y, fold, probs, by) in seeds.items():
+                entry.add(seed, y, fold, probs, spec, by)
+        results = [summarize(s, args.k, args.by) for s in configs.values()]
     except (ValueError, KeyError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    results = [summarize(s, args.k) for s in configs.values()]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
     text = markdown(results)
