@@ -12,8 +12,8 @@ not used). Each group's ensemble is scored pooled over the folds, as a single se
 single seeds' mean ± standard deviation. Seeds that do not score the same test turns in the same
 order (another fold split or data) are refused.
 
-``--by COLUMN`` (a column the config reports by, ``protocol.report_by``, e.g. ``kind``) scores each
-value of it apart as well.
+``--by COLUMN`` (a column the config reports by, ``protocol.report_by``, e.g. ``kind``; repeatable)
+scores each value of it apart as well.
 
 Writes ``training/results/seed_ensembles.{json,md}`` (``--out`` to change); ``make seed-ensembles`` runs
 the extra seeds and this.
@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,15 +95,16 @@ def load_run(spec: str) -> tuple[str, tuple[str, ...],
     return doc["name"], tuple(v["config"]["model"]["labels"]), out
 
 
-def summarize(seeds: Seeds, k: int, by: str = "") -> dict[str, Any]:
+def summarize(seeds: Seeds, k: int, by: Sequence[str] = ()) -> dict[str, Any]:
     """Single seeds and disjoint ensembles of ``k`` seeds, pooled over the folds (and per value of
-    the report-by column ``by``)."""
+    each report-by column in ``by``)."""
     assert seeds.y is not None
-    if by and by not in seeds.by:
-        raise ValueError(f"{seeds.name} kept no column {by!r}; it has: {', '.join(seeds.by) or 'none'}")
+    for column in by:
+        if column not in seeds.by:
+            raise ValueError(f"{seeds.name} kept no column {column!r}; it has: {', '.join(seeds.by) or 'none'}")
     result = _summary(seeds, k, np.ones(len(seeds.y), bool))
     if by:
-        result["by"] = {by: {str(v): _summary(seeds, k, seeds.by[by] == v) for v in np.unique(seeds.by[by])}}
+        result["by"] = {c: {str(v): _summary(seeds, k, seeds.by[c] == v) for v in np.unique(seeds.by[c])} for c in by}
     return result
 
 
@@ -152,8 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("runs", nargs="+", metavar="DIR[:VARIANT]",
                    help="run folders of `python -m training train` (several per config to pool their seeds)")
     p.add_argument("--k", type=int, default=3, help="models per ensemble (default 3)")
-    p.add_argument("--by", default="", metavar="COLUMN",
-                   help="also score each value of this report-by column apart (e.g. kind)")
+    p.add_argument("--by", action="append", default=[], metavar="COLUMN",
+                   help="also score each value of this report-by column apart (e.g. kind); repeatable")
     p.add_argument("--out", type=Path, default=OUT, help="output path without suffix (.json and .md are written)")
     args = p.parse_args(argv)
     if args.k < 2:
