@@ -87,3 +87,21 @@ def test_each_value_of_a_report_by_column_is_scored_apart(tmp_path: Path, capsys
     assert "| cfg, kind = dialogue | 3 | 0-1 |" in out.with_suffix(".md").read_text()
     assert main([str(run), "--k", "2", "--by", "corpus", "--out", str(out)]) == 2
     assert "kept no column 'corpus'; it has: kind" in capsys.readouterr().err
+
+
+def test_log_probabilities_average_to_a_normalized_geometric_mean(tmp_path: Path) -> None:
+    from training.seed_ensemble import combine
+
+    a, b = np.array([[0.9, 0.1]]), np.array([[0.5, 0.5]])
+    np.testing.assert_allclose(combine([a, b]), [[0.7, 0.3]])
+    g = np.sqrt([0.45, 0.05])
+    np.testing.assert_allclose(combine([a, b], "logprobs"), [g / g.sum()])
+    # Two confident models that agree stay as confident; their arithmetic mean with a hesitant one is less so.
+    run = _run(tmp_path / "a", "cfg", {0: _probs([]), 1: _probs([]), 2: _probs([0])})
+    out = tmp_path / "ens"
+    assert main([str(run), "--combine", "logprobs", "--out", str(out)]) == 0
+    [r] = json.loads(out.with_suffix(".json").read_text())
+    assert r["combine"] == "logprobs" and r["ensemble"]["weighted_accuracy"]["mean"] == pytest.approx(1.0)
+    assert "log-probabilities averaged" in out.with_suffix(".md").read_text()
+    with pytest.raises(ValueError, match="combine must be one of"):
+        combine([a], "median")

@@ -116,8 +116,9 @@ def test_a_speaker_adaptive_gated_model_takes_the_shift_as_an_input_of_its_own(t
 
 
 def test_several_models_export_as_one_graph_of_their_mean(tmp_path: Path) -> None:
-    """Three models of one recipe, different weights: one graph with one model's inputs and outputs,
-    whose every output (fused, per modality, the audio's weight) is the mean of theirs."""
+    """Three models of one recipe, different weights: one graph with one model's inputs and outputs;
+    each probability output (fused, per modality) the normalized geometric mean of theirs, the audio's
+    weight the mean."""
     models = []
     for seed in range(3):
         torch.manual_seed(seed)
@@ -134,9 +135,11 @@ def test_several_models_export_as_one_graph_of_their_mean(tmp_path: Path) -> Non
     valid = mask.numpy()
     with torch.no_grad():
         outs = [m(audio, text, mask, calibrated=True) for m in models]
-    expected = {"probs": np.mean([torch.softmax(o["logits"], -1).numpy() for o in outs], 0),
-                "audio": np.mean([torch.softmax(o["audio"], -1).numpy() for o in outs], 0),
-                "text": np.mean([torch.softmax(o["text"], -1).numpy() for o in outs], 0),
+    def geometric(key: str) -> np.ndarray:
+        g = np.exp(np.mean([np.log(torch.softmax(o[key], -1).numpy()) for o in outs], 0))
+        return g / g.sum(-1, keepdims=True)
+
+    expected = {"probs": geometric("logits"), "audio": geometric("audio"), "text": geometric("text"),
                 "audio_reliability": np.mean([o["reliability"].numpy() for o in outs], 0)}
     assert set(got) == set(expected)
     for k, v in expected.items():

@@ -1,8 +1,9 @@
 """Export a trained model, or several averaged, to ONNX with its model card, and check ONNX against torch.
 
 Several models of one recipe (trained with different seeds) export as one graph whose outputs are
-the mean of theirs: the mean of their calibrated probabilities, per output, and of the audio's
-weight. The graph's inputs and outputs are those of one model, so the runtime is the same for both.
+their mean: per probability output, the normalized geometric mean of their calibrated
+probabilities; the mean of the audio's weight. The graph's inputs and outputs are those of one
+model, so the runtime is the same for both.
 """
 
 from __future__ import annotations
@@ -34,29 +35,41 @@ class _Wrapper(nn.Module):
         self.model = model
         self.mods = model.cfg.modalities
 
-    def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def scores(self, *args: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """Calibrated logits of each output (fused, then per modality) and the audio's weight (gated models)."""
         names = input_names(self.model)
         inputs = dict(zip(names, args, strict=True))
         out = self.model(inputs.get("audio"), inputs.get("text"), inputs["mask"], calibrated=True,
                          audio_shift=inputs.get(SHIFT))
-        probs = [torch.softmax(out["logits"], -1)]
-        if self.model.cfg.fused:
-            probs += [torch.softmax(out[m], -1) for m in self.mods]
-        if self.model.cfg.audio_gate:
-            probs.append(out["reliability"])
-        return tuple(probs)
+        logits = [out["logits"]] + ([out[m] for m in self.mods] if self.model.cfg.fused else [])
+        return logits, out["reliability"] if self.model.cfg.audio_gate else None
+
+    def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        logits, reliability = self.scores(*args)
+        return tuple([torch.softmax(x, -1) for x in logits] + ([reliability] if reliability is not None else []))
 
 
 class _Averaged(nn.Module):
-    """The mean of several models' outputs, output by output (they share one configuration)."""
+    """Several models of one configuration as one: each probability output is the softmax of the mean
+    of their calibrated log-probabilities (a normalized geometric mean), the audio's weight the mean
+    of theirs.
+
+    The arithmetic mean of calibrated probabilities is less confident than its accuracy warrants
+    (on the default recipe's folds: ECE 0.042 against 0.021 for one model); the geometric mean keeps
+    one model's calibration (0.023) with the same accuracy (``training/RESULTS.md``).
+    """
 
     def __init__(self, models: Sequence[TorchModel]) -> None:
         super().__init__()
         self.members = nn.ModuleList(_Wrapper(m) for m in models)
 
     def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        outs = [m(*args) for m in self.members]
-        return tuple(torch.stack(o).mean(0) for o in zip(*outs, strict=True))
+        parts = [m.scores(*args) for m in self.members]
+        outputs = [torch.softmax(torch.stack([torch.log_softmax(p[0][i], -1) for p in parts]).mean(0), -1)
+                   for i in range(len(parts[0][0]))]
+        if parts[0][1] is not None:
+            outputs.append(torch.stack([p[1] for p in parts]).mean(0))
+        return tuple(outputs)
 
 
 def members(model: TorchModel | Sequence[TorchModel]) -> list[TorchModel]:
@@ -149,8 +162,8 @@ def export_model(model: TorchModel | Sequence[TorchModel], out_dir: Path | str, 
                  tolerance: float = 1e-4) -> EmotionModel:
     """Write ``model.onnx`` and ``card.json`` into ``out_dir``, load them back and check parity with torch.
 
-    Several models (one recipe, different seeds) become one graph that outputs the mean of their
-    outputs; the card says how many (``members``).
+    Several models (one recipe, different seeds) become one graph that outputs their mean
+    (:class:`_Averaged`); the card says how many (``members``).
     """
     out_dir = Path(out_dir)
     models = members(model)
@@ -177,7 +190,8 @@ def export_model(model: TorchModel | Sequence[TorchModel], out_dir: Path | str, 
         "members": {"count": len(models),
                     "note": "one model" if len(models) == 1 else
                     f"{len(models)} models of this architecture (trained with different seeds) averaged: "
-                    "each output is the mean of theirs"},
+                    "each probability output is the softmax of the mean of their calibrated log-probabilities, "
+                    "audio_reliability the mean of theirs"},
         "features": features,
         "training": training,
         "metrics": metrics or {},

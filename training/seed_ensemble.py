@@ -12,6 +12,10 @@ not used). Each group's ensemble is scored pooled over the folds, as a single se
 single seeds' mean ± standard deviation. Seeds that do not score the same test turns in the same
 order (another fold split or data) are refused.
 
+``--combine logprobs`` averages log-probabilities instead (the normalized geometric mean, as an
+export with ``train.ensemble`` does; the arithmetic mean of calibrated probabilities is less
+confident than its accuracy warrants).
+
 ``--by COLUMN`` (a column the config reports by, ``protocol.report_by``, e.g. ``kind``; repeatable)
 scores each value of it apart as well.
 
@@ -95,27 +99,44 @@ def load_run(spec: str) -> tuple[str, tuple[str, ...],
     return doc["name"], tuple(v["config"]["model"]["labels"]), out
 
 
-def summarize(seeds: Seeds, k: int, by: Sequence[str] = ()) -> dict[str, Any]:
+COMBINE = ("probs", "logprobs")
+
+
+def combine(probs: Sequence[np.ndarray], how: str = "probs") -> np.ndarray:
+    """Several models' probabilities of the same turns as one: their mean (``probs``) or the normalized
+    geometric mean (``logprobs``: the softmax of the mean log-probability)."""
+    if how == "probs":
+        return np.mean(probs, axis=0)
+    if how != "logprobs":
+        raise ValueError(f"combine must be one of {COMBINE}, got {how!r}")
+    logp = np.mean([np.log(np.clip(p, 1e-12, None)) for p in probs], axis=0)
+    g = np.exp(logp - logp.max(-1, keepdims=True))
+    return g / g.sum(-1, keepdims=True)
+
+
+def summarize(seeds: Seeds, k: int, by: Sequence[str] = (), how: str = "probs") -> dict[str, Any]:
     """Single seeds and disjoint ensembles of ``k`` seeds, pooled over the folds (and per value of
     each report-by column in ``by``)."""
     assert seeds.y is not None
     for column in by:
         if column not in seeds.by:
             raise ValueError(f"{seeds.name} kept no column {column!r}; it has: {', '.join(seeds.by) or 'none'}")
-    result = _summary(seeds, k, np.ones(len(seeds.y), bool))
+    result = _summary(seeds, k, np.ones(len(seeds.y), bool), how)
+    result["combine"] = how
     if by:
-        result["by"] = {c: {str(v): _summary(seeds, k, seeds.by[c] == v) for v in np.unique(seeds.by[c])} for c in by}
+        result["by"] = {c: {str(v): _summary(seeds, k, seeds.by[c] == v, how) for v in np.unique(seeds.by[c])}
+                        for c in by}
     return result
 
 
-def _summary(seeds: Seeds, k: int, rows: np.ndarray) -> dict[str, Any]:
+def _summary(seeds: Seeds, k: int, rows: np.ndarray, how: str) -> dict[str, Any]:
     assert seeds.y is not None
     keys = ("weighted_accuracy", "uar", "ece")
     order = sorted(seeds.probs)
     y = seeds.y[rows]
     singles = [classification_report(y, seeds.probs[s][rows], seeds.labels) for s in order]
     groups = [order[i: i + k] for i in range(0, len(order) - k + 1, k)]
-    ensembles = [classification_report(y, np.mean([seeds.probs[s][rows] for s in g], axis=0), seeds.labels)
+    ensembles = [classification_report(y, combine([seeds.probs[s][rows] for s in g], how), seeds.labels)
                  for g in groups]
 
     return {"name": seeds.name, "n": len(y), "seeds": order, "k": k, "groups": groups,
@@ -124,9 +145,11 @@ def _summary(seeds: Seeds, k: int, rows: np.ndarray) -> dict[str, Any]:
 
 
 def markdown(results: list[dict[str, Any]]) -> str:
+    averaged = ("calibrated log-probabilities averaged (a normalized geometric mean)"
+                if results and results[0].get("combine") == "logprobs" else "calibrated probabilities averaged")
     lines = ["# One model against an ensemble of several training runs", "",
              "`python -m training.seed_ensemble`: each config's seeds cut into disjoint groups of K; each group's "
-             "calibrated probabilities averaged per test turn and scored pooled over the folds. Mean ± std over "
+             f"{averaged} per test turn and scored pooled over the folds. Mean ± std over "
              "single seeds and over groups; n = test turns per seed.", "",
              "| config | n | seeds | one model: WA % | UAR % | ECE | K | ensembles | ensemble: WA % | UAR % | ECE |",
              "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -154,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("runs", nargs="+", metavar="DIR[:VARIANT]",
                    help="run folders of `python -m training train` (several per config to pool their seeds)")
     p.add_argument("--k", type=int, default=3, help="models per ensemble (default 3)")
+    p.add_argument("--combine", choices=COMBINE, default="probs",
+                   help="average probabilities (default) or log-probabilities (as an export with train.ensemble)")
     p.add_argument("--by", action="append", default=[], metavar="COLUMN",
                    help="also score each value of this report-by column apart (e.g. kind); repeatable")
     p.add_argument("--out", type=Path, default=OUT, help="output path without suffix (.json and .md are written)")
@@ -167,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
             entry = configs.setdefault(name, Seeds(name, labels))
             for seed, (y, fold, probs, by) in seeds.items():
                 entry.add(seed, y, fold, probs, spec, by)
-        results = [summarize(s, args.k, args.by) for s in configs.values()]
+        results = [summarize(s, args.k, args.by, args.combine) for s in configs.values()]
     except (ValueError, KeyError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

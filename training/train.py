@@ -90,8 +90,9 @@ class TrainConfig:
     seeds: tuple[int, ...] = (0, 1, 2)
     ensemble: int = 1
     """Models an export averages: one per seed, the first ``ensemble`` of ``seeds``, exported as
-    one graph whose outputs are the mean of theirs (cross-validation still scores each seed alone;
-    ``python -m training.seed_ensemble`` scores seeds averaged)."""
+    one graph whose probabilities are the normalized geometric mean of theirs (cross-validation
+    still scores each seed alone; ``python -m training.seed_ensemble --combine logprobs`` scores
+    seeds averaged as the export does)."""
     threads: int = 1
     context_turns: int = 20
     """Context window of an exported causal model (written to its card; the runtime and the
