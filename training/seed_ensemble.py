@@ -164,8 +164,8 @@ def _row(title: str, r: dict[str, Any]) -> str:
     s, e = r["single"], r["ensemble"]
     seeds = f"{r['seeds'][0]}-{r['seeds'][-1]}" if r["seeds"] == list(range(r["seeds"][0], r["seeds"][-1] + 1)) \
         else ", ".join(map(str, r["seeds"]))
-    ens = (f"{format_pct(e['weighted_accuracy'])} | {format_pct(e['uar'])} | "
-           f"{e['ece']['mean']:.3f} ± {e['ece']['std']:.3f}" if e else "– | – | –")
+    ens = (f"{format_pct(e['weighted_accuracy'])} | {format_pct(e['uar'])} | {e['ece']['mean']:.3f}"
+           + (f" ± {e['ece']['std']:.3f}" if len(r["groups"]) > 1 else "") if e else "– | – | –")
     return (f"| {title} | {r['n']} | {seeds} | {format_pct(s['weighted_accuracy'])} | "
             f"{format_pct(s['uar'])} | {s['ece']['mean']:.3f} ± {s['ece']['std']:.3f} | {r['k']} | "
             f"{len(r['groups'])} | {ens} |")
