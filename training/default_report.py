@@ -213,7 +213,8 @@ def packaged(results: dict[str, Any], live: bool) -> None:
             continue
         pred = RUNS / "default" / f"pred-{name}-held-out.csv"
         r = evaluate(directory, manifest, pred)
-        entry: dict[str, Any] = {"metrics": r["metrics"], "modalities": r.get("modalities", {})}
+        members = json.loads((directory / "card.json").read_text()).get("members", {}).get("count", 1)
+        entry: dict[str, Any] = {"metrics": r["metrics"], "modalities": r.get("modalities", {}), "members": members}
         if live and name in ("default", "audio"):
             asr = "whisper" if name == "default" else "none"
             entry["live"] = compare_live(manifest, directory, asr, RUNS / "default" / f"live-{name}-held-out.csv")
@@ -332,7 +333,8 @@ def markdown(r: dict[str, Any]) -> str:
                   "| model | clips | UAR % | WA % | ECE |", "|---|---|---|---|---|"]
         for name, e in pk.items():
             m = e["metrics"]
-            lines.append(f"| {name} | {m['n']} | {100 * m['uar']:.1f} | {100 * m['weighted_accuracy']:.1f} | "
+            title = f"{name} ({e['members']} models averaged)" if e.get("members", 1) > 1 else name
+            lines.append(f"| {title} | {m['n']} | {100 * m['uar']:.1f} | {100 * m['weighted_accuracy']:.1f} | "
                          f"{m['ece']:.3f} |")
         for name, e in pk.items():
             if "live" in e:
