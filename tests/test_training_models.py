@@ -20,6 +20,7 @@ from realtime_ser.emotion.model import EmotionModel as Runtime  # noqa: E402
 from realtime_ser.errors import ModelError  # noqa: E402
 from training.export import export_model, max_difference  # noqa: E402
 from training.models import DEPTHS, METHODS, EmotionModel, ModelConfig, load_unimodal_into  # noqa: E402
+from training.seed_ensemble import combine  # noqa: E402
 
 DIMS = {"audio": 6, "text": 10}
 FEATURES = {"audio": {"key": "a"}, "text": {"key": "t"}}
@@ -135,9 +136,8 @@ def test_several_models_export_as_one_graph_of_their_mean(tmp_path: Path) -> Non
     valid = mask.numpy()
     with torch.no_grad():
         outs = [m(audio, text, mask, calibrated=True) for m in models]
-    def geometric(key: str) -> np.ndarray:
-        g = np.exp(np.mean([np.log(torch.softmax(o[key], -1).numpy()) for o in outs], 0))
-        return g / g.sum(-1, keepdims=True)
+    def geometric(key: str) -> np.ndarray:  # as python -m training.seed_ensemble --combine logprobs scores seeds
+        return combine([torch.softmax(o[key], -1).numpy() for o in outs], "logprobs")
 
     expected = {"probs": geometric("logits"), "audio": geometric("audio"), "text": geometric("text"),
                 "audio_reliability": np.mean([o["reliability"].numpy() for o in outs], 0)}

@@ -64,11 +64,11 @@ class _Averaged(nn.Module):
         self.members = nn.ModuleList(_Wrapper(m) for m in models)
 
     def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        parts = [m.scores(*args) for m in self.members]
-        outputs = [torch.softmax(torch.stack([torch.log_softmax(p[0][i], -1) for p in parts]).mean(0), -1)
-                   for i in range(len(parts[0][0]))]
-        if parts[0][1] is not None:
-            outputs.append(torch.stack([p[1] for p in parts]).mean(0))
+        logits, weights = zip(*(m.scores(*args) for m in self.members), strict=True)
+        outputs = [torch.softmax(torch.stack([torch.log_softmax(x, -1) for x in output]).mean(0), -1)
+                   for output in zip(*logits, strict=True)]
+        if weights[0] is not None:
+            outputs.append(torch.stack(weights).mean(0))
         return tuple(outputs)
 
 
