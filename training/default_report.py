@@ -360,9 +360,9 @@ def main(argv: list[str] | None = None) -> int:
         (OUT / "default_model.md").write_text(markdown(json.loads((OUT / "default_model.json").read_text())))
         return 0
     if args.packaged:
-        results = json.loads((OUT / "default_model.json").read_text())
-        results.pop("packaged", None)
-        write(results, live=not args.no_live)
+        kept = json.loads((OUT / "default_model.json").read_text())
+        kept.pop("packaged", None)
+        write(kept, live=not args.no_live)
         return 0
     curves: list[tuple[str, str, np.ndarray, np.ndarray]] = []
     results: dict[str, Any] = {"voices": {}}

@@ -14,7 +14,7 @@ import platform
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -64,7 +64,7 @@ class _Averaged(nn.Module):
         self.members = nn.ModuleList(_Wrapper(m) for m in models)
 
     def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        logits, weights = zip(*(m.scores(*args) for m in self.members), strict=True)
+        logits, weights = zip(*(cast(_Wrapper, m).scores(*args) for m in self.members), strict=True)
         outputs = [torch.softmax(torch.stack([torch.log_softmax(x, -1) for x in output]).mean(0), -1)
                    for output in zip(*logits, strict=True)]
         if weights[0] is not None:
