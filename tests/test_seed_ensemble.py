@@ -105,3 +105,33 @@ def test_log_probabilities_average_to_a_normalized_geometric_mean(tmp_path: Path
     assert "log-probabilities averaged" in out.with_suffix(".md").read_text()
     with pytest.raises(ValueError, match="combine must be one of"):
         combine([a], "median")
+
+
+def test_runs_of_different_models_form_ensembles_across_them(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    # Two configs (two text encoders, say) with the same seeds: each ensemble takes one seed of each.
+    a = _run(tmp_path / "a", "cfg", {0: _probs([0, 3]), 1: _probs([1])})
+    b = _run(tmp_path / "b", "cfg", {0: _probs([0]), 1: _probs([2]), 2: _probs([4])})
+    c = _run(tmp_path / "c", "other", {5: _probs([0, 4]), 7: _probs([])})
+    out = tmp_path / "ens"
+    assert main([str(a), str(b), "--out", str(out)]) == 2  # as seeds of one config, seed 0 twice
+    assert "already given" in capsys.readouterr().err
+    assert main([str(a), str(b), str(c), "--across", "mix", "--combine", "logprobs", "--out", str(out)]) == 0
+    results = json.loads(out.with_suffix(".json").read_text())
+    assert [r["name"] for r in results] == [str(a), str(b), str(c), "mix"]
+    mix = results[-1]
+    assert mix["across"] == [str(a), str(b), str(c)] and mix["k"] == 3
+    assert mix["groups"] == [[f"{a}:0", f"{b}:0", f"{c}:5"], [f"{a}:1", f"{b}:1", f"{c}:7"]]  # b's seed 2 unused
+    assert mix["seeds"] == [f"{a}:0", f"{a}:1", f"{b}:0", f"{b}:1", f"{b}:2", f"{c}:5", f"{c}:7"]
+    assert mix["single"]["weighted_accuracy"]["mean"] == pytest.approx((4 + 5 + 5 + 5 + 5 + 4 + 6) / 7 / 6)
+    # Ensemble 0: all three wrong on turn 0, two of three right on turns 3 and 4; ensemble 1 right on all.
+    each = [e["weighted_accuracy"] for e in mix["ensemble_each"]]
+    assert each == pytest.approx([5 / 6, 1.0])
+    assert "| mix | 6 | 7 models |" in out.with_suffix(".md").read_text()
+    other_labels = _run(tmp_path / "d", "cfg", {0: _probs([])})
+    doc = json.loads((other_labels / "metrics.json").read_text())
+    doc["variants"][0]["config"]["model"]["labels"] = ["happy", "sad"]
+    (other_labels / "metrics.json").write_text(json.dumps(doc))
+    assert main([str(a), str(other_labels), "--across", "mix", "--out", str(out)]) == 2
+    assert "differ from" in capsys.readouterr().err
+    assert main([str(a), "--across", "mix", "--out", str(out)]) == 2
+    assert "at least two runs" in capsys.readouterr().err

@@ -16,6 +16,11 @@ order (another fold split or data) are refused.
 export with ``train.ensemble`` does; the arithmetic mean of calibrated probabilities is less
 confident than its accuracy warrants).
 
+``--across NAME`` takes the runs as different models of the same test turns (another text encoder,
+another config) instead of seeds of one config: each ensemble takes the i-th seed of every run, so
+there are as many models per ensemble as runs, and as many ensembles as the fewest seeds of a run.
+The runs' own seeds and ensembles are reported beside it.
+
 ``--by COLUMN`` (a column the config reports by, ``protocol.report_by``, e.g. ``kind``; repeatable)
 scores each value of it apart as well.
 
@@ -51,6 +56,10 @@ class Seeds:
     fold: np.ndarray | None = None
     probs: dict[int, np.ndarray] = field(default_factory=dict)
     sources: list[str] = field(default_factory=list)
+    groups: list[list[int]] | None = None
+    """The ensembles' members, when not disjoint groups of K in seed order (``--across``)."""
+    titles: dict[int, str] = field(default_factory=dict)
+    """How a member is named in the report, when not by its seed (``--across``: ``run:seed``)."""
     by: dict[str, np.ndarray] = field(default_factory=dict)
     """Each report-by column of the test turns (``kind``: dialogue or clip, ...)."""
 
@@ -114,6 +123,29 @@ def combine(probs: Sequence[np.ndarray], how: str = "probs") -> np.ndarray:
     return g / g.sum(-1, keepdims=True)
 
 
+def across(name: str, runs: Sequence[tuple[str, Seeds]]) -> Seeds:
+    """Runs of different models scoring the same test turns as one pool: ensemble i takes the i-th seed
+    (in seed order) of every run."""
+    if len(runs) < 2:
+        raise ValueError("--across needs at least two runs")
+    labels = runs[0][1].labels
+    pool = Seeds(name, labels)
+    per_run = []
+    for r, (spec, seeds) in enumerate(runs):
+        if seeds.labels != labels:
+            raise ValueError(f"{spec}: labels {list(seeds.labels)} differ from {runs[0][0]}'s {list(labels)}")
+        assert seeds.y is not None and seeds.fold is not None
+        keys = []
+        for seed in sorted(seeds.probs):
+            key = r * 1_000_000 + seed
+            pool.add(key, seeds.y, seeds.fold, seeds.probs[seed], spec, seeds.by)
+            pool.titles[key] = f"{spec}:{seed}"
+            keys.append(key)
+        per_run.append(keys)
+    pool.groups = [list(g) for g in zip(*per_run, strict=False)]
+    return pool
+
+
 def summarize(seeds: Seeds, k: int, by: Sequence[str] = (), how: str = "probs") -> dict[str, Any]:
     """Single seeds and disjoint ensembles of ``k`` seeds, pooled over the folds (and per value of
     each report-by column in ``by``)."""
@@ -135,10 +167,15 @@ def _summary(seeds: Seeds, k: int, rows: np.ndarray, how: str) -> dict[str, Any]
     order = sorted(seeds.probs)
     y = seeds.y[rows]
     singles = [classification_report(y, seeds.probs[s][rows], seeds.labels) for s in order]
-    groups = [order[i: i + k] for i in range(0, len(order) - k + 1, k)]
+    groups = seeds.groups if seeds.groups is not None else [order[i: i + k] for i in range(0, len(order) - k + 1, k)]
+    if seeds.groups is not None:
+        k = len(groups[0]) if groups else 0
     ensembles = [classification_report(y, combine([seeds.probs[s][rows] for s in g], how), seeds.labels)
                  for g in groups]
 
+    if seeds.titles:
+        order = [seeds.titles[s] for s in order]  # type: ignore[misc]
+        groups = [[seeds.titles[s] for s in g] for g in groups]  # type: ignore[misc]
     return {"name": seeds.name, "n": len(y), "seeds": order, "k": k, "groups": groups,
             "single": mean_std(singles, keys), "ensemble": mean_std(ensembles, keys) if ensembles else {},
             "ensemble_each": [{key: float(r[key]) for key in keys} for r in ensembles], "sources": seeds.sources}
@@ -154,6 +191,8 @@ def markdown(results: list[dict[str, Any]]) -> str:
              "| config | n | seeds | one model: WA % | UAR % | ECE | K | ensembles | ensemble: WA % | UAR % | ECE |",
              "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
+        if r.get("across"):
+            lines.append(f"| **{r['name']}**: ensemble i = the i-th seed of each run above | | | | | | | | | | |")
         lines.append(_row(r["name"], r))
         for column, values in r.get("by", {}).items():
             lines += [_row(f"{r['name']}, {column} = {value}", sub) for value, sub in values.items()]
@@ -162,8 +201,12 @@ def markdown(results: list[dict[str, Any]]) -> str:
 
 def _row(title: str, r: dict[str, Any]) -> str:
     s, e = r["single"], r["ensemble"]
-    seeds = f"{r['seeds'][0]}-{r['seeds'][-1]}" if r["seeds"] == list(range(r["seeds"][0], r["seeds"][-1] + 1)) \
-        else ", ".join(map(str, r["seeds"]))
+    if not all(isinstance(x, int) for x in r["seeds"]):  # --across: models named run:seed
+        seeds = f"{len(r['seeds'])} models"
+    elif r["seeds"] == list(range(r["seeds"][0], r["seeds"][-1] + 1)):
+        seeds = f"{r['seeds'][0]}-{r['seeds'][-1]}"
+    else:
+        seeds = ", ".join(map(str, r["seeds"]))
     ens = (f"{format_pct(e['weighted_accuracy'])} | {format_pct(e['uar'])} | {e['ece']['mean']:.3f}"
            + (f" ± {e['ece']['std']:.3f}" if len(r["groups"]) > 1 else "") if e else "– | – | –")
     return (f"| {title} | {r['n']} | {seeds} | {format_pct(s['weighted_accuracy'])} | "
@@ -181,6 +224,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="average probabilities (default) or log-probabilities (as an export with train.ensemble)")
     p.add_argument("--by", action="append", default=[], metavar="COLUMN",
                    help="also score each value of this report-by column apart (e.g. kind); repeatable")
+    p.add_argument("--across", metavar="NAME",
+                   help="the runs are different models of the same test turns (other encoders or configs): "
+                        "ensemble i takes the i-th seed of every run; reported as NAME beside each run")
     p.add_argument("--out", type=Path, default=OUT, help="output path without suffix (.json and .md are written)")
     args = p.parse_args(argv)
     if args.k < 2:
@@ -189,10 +235,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for spec in args.runs:
             name, labels, seeds = load_run(spec)
-            entry = configs.setdefault(name, Seeds(name, labels))
+            key = spec if args.across else name  # across runs, runs of one config are models of their own
+            entry = configs.setdefault(key, Seeds(spec if args.across else name, labels))
             for seed, (y, fold, probs, by) in seeds.items():
                 entry.add(seed, y, fold, probs, spec, by)
         results = [summarize(s, args.k, args.by, args.combine) for s in configs.values()]
+        if args.across:
+            pool = summarize(across(args.across, list(configs.items())), args.k, args.by, args.combine)
+            pool["across"] = list(configs)
+            results.append(pool)
     except (ValueError, KeyError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
