@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test bench bench-asr bench-bus soak fuzz lint sysdeps clean models train default-model seed-ensembles
+.PHONY: text-ensemble demo test bench bench-asr bench-bus soak fuzz lint sysdeps clean models train default-model seed-ensembles
 
 # Python environment: the runtime, the vosk, whisper and redis extras, the trainer (torch, CPU
 # build, installed first and pinned so nothing pulls a CUDA build), test tools, the Korean
@@ -117,6 +117,21 @@ default-model: $(STAMP) models
 	$(BIN)/python -m training train --config configs/train/default_audio.toml --no-eval --export realtime_ser/data/models/audio
 	$(BIN)/python -m training train --config configs/train/default_offline.toml --no-eval --export realtime_ser/data/models/offline
 	$(BIN)/python -m training.default_report
+
+# The IEMOCAP text model with three sentence encoders (all-MiniLM-L6-v2 as packaged, all-mpnet-base-v2
+# from PyPI, MiniLM fine-tuned per fold), each with and without the turn's own vector, and their
+# ensembles across encoders (training/results/text_ensemble.md). About 30 minutes on 2 cores, plus
+# 400 MB of downloads for all-mpnet-base-v2.
+text-ensemble: $(STAMP) models
+	$(BIN)/python -m training.mpnet
+	$(BIN)/python -m training train --config configs/train/text_iemocap_residual.toml
+	$(BIN)/python -m training train --config configs/train/text_mpnet_residual.toml
+	$(BIN)/python -m training train --config configs/train/text_finetuned.toml --set 'protocol.folds="session"' \
+	  --set model.causal=true --set 'protocol.report_by=["emotion_change"]' --out runs/text_finetuned_causal
+	$(BIN)/python -m training.seed_ensemble --across "three encoders, with and without the turn's own vector" \
+	  runs/text_iemocap_residual:turn_residual=False runs/text_iemocap_residual:turn_residual=True \
+	  runs/text_mpnet_residual:turn_residual=False runs/text_mpnet_residual:turn_residual=True \
+	  runs/text_finetuned_causal --combine logprobs --by emotion_change --out training/results/text_ensemble
 
 # Six more seeds of the held-out configs and three models averaged against one
 # (training/results/seed_ensembles.md); needs the runs of `make train` / `make default-model`. About 1 hour.
