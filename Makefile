@@ -4,7 +4,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: text-ensemble demo test bench bench-asr bench-bus soak fuzz lint sysdeps clean models train default-model seed-ensembles
+.PHONY: demo test bench bench-asr bench-bus soak fuzz lint sysdeps clean models train default-model seed-ensembles \
+	text-ensemble
 
 # Python environment: the runtime, the vosk, whisper and redis extras, the trainer (torch, CPU
 # build, installed first and pinned so nothing pulls a CUDA build), test tools, the Korean

@@ -173,10 +173,11 @@ def _summary(seeds: Seeds, k: int, rows: np.ndarray, how: str) -> dict[str, Any]
     ensembles = [classification_report(y, combine([seeds.probs[s][rows] for s in g], how), seeds.labels)
                  for g in groups]
 
-    if seeds.titles:
-        order = [seeds.titles[s] for s in order]  # type: ignore[misc]
-        groups = [[seeds.titles[s] for s in g] for g in groups]  # type: ignore[misc]
-    return {"name": seeds.name, "n": len(y), "seeds": order, "k": k, "groups": groups,
+    def title(s: int) -> int | str:
+        return seeds.titles.get(s, s)
+
+    return {"name": seeds.name, "n": len(y), "seeds": [title(s) for s in order], "k": k,
+            "groups": [[title(s) for s in g] for g in groups],
             "single": mean_std(singles, keys), "ensemble": mean_std(ensembles, keys) if ensembles else {},
             "ensemble_each": [{key: float(r[key]) for key in keys} for r in ensembles], "sources": seeds.sources}
 
