@@ -126,7 +126,8 @@ def test_runs_of_different_models_form_ensembles_across_them(tmp_path: Path, cap
     # Ensemble 0: all three wrong on turn 0, two of three right on turns 3 and 4; ensemble 1 right on all.
     each = [e["weighted_accuracy"] for e in mix["ensemble_each"]]
     assert each == pytest.approx([5 / 6, 1.0])
-    assert "| mix | 6 | 7 models |" in out.with_suffix(".md").read_text()
+    text = out.with_suffix(".md").read_text()
+    assert text.startswith("# Models of several runs averaged across them") and "| mix | 6 | 7 models |" in text
     other_labels = _run(tmp_path / "d", "cfg", {0: _probs([])})
     doc = json.loads((other_labels / "metrics.json").read_text())
     doc["variants"][0]["config"]["model"]["labels"] = ["happy", "sad"]

@@ -185,7 +185,9 @@ def _summary(seeds: Seeds, k: int, rows: np.ndarray, how: str) -> dict[str, Any]
 def markdown(results: list[dict[str, Any]]) -> str:
     averaged = ("calibrated log-probabilities averaged (a normalized geometric mean)"
                 if results and results[0].get("combine") == "logprobs" else "calibrated probabilities averaged")
-    lines = ["# One model against an ensemble of several training runs", "",
+    title = ("Models of several runs averaged across them" if any(r.get("across") for r in results)
+             else "One model against an ensemble of several training runs")
+    lines = [f"# {title}", "",
              "`python -m training.seed_ensemble`: each config's seeds cut into disjoint groups of K; each group's "
              f"{averaged} per test turn and scored pooled over the folds. Mean ± std over "
              "single seeds and over groups; n = test turns per seed.", "",
