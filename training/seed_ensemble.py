@@ -167,8 +167,10 @@ def _summary(seeds: Seeds, k: int, rows: np.ndarray, how: str) -> dict[str, Any]
     order = sorted(seeds.probs)
     y = seeds.y[rows]
     singles = [classification_report(y, seeds.probs[s][rows], seeds.labels) for s in order]
-    groups = seeds.groups if seeds.groups is not None else [order[i: i + k] for i in range(0, len(order) - k + 1, k)]
-    if seeds.groups is not None:
+    if seeds.groups is None:
+        groups = [order[i: i + k] for i in range(0, len(order) - k + 1, k)]
+    else:
+        groups = seeds.groups
         k = len(groups[0]) if groups else 0
     ensembles = [classification_report(y, combine([seeds.probs[s][rows] for s in g], how), seeds.labels)
                  for g in groups]
@@ -239,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         for spec in args.runs:
             name, labels, seeds = load_run(spec)
             key = spec if args.across else name  # across runs, runs of one config are models of their own
-            entry = configs.setdefault(key, Seeds(spec if args.across else name, labels))
+            entry = configs.setdefault(key, Seeds(key, labels))
             for seed, (y, fold, probs, by) in seeds.items():
                 entry.add(seed, y, fold, probs, spec, by)
         results = [summarize(s, args.k, args.by, args.combine) for s in configs.values()]
