@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
 .PHONY: demo test bench bench-asr bench-bus soak fuzz lint sysdeps clean models train default-model seed-ensembles \
-	text-ensemble
+	text-ensemble channels
 
 # Python environment: the runtime, the vosk, whisper and redis extras, the trainer (torch, CPU
 # build, installed first and pinned so nothing pulls a CUDA build), test tools, the Korean
@@ -138,6 +138,11 @@ text-ensemble: $(STAMP) models
 	  --set "train.seeds=[0,1,2]" --out runs/default_cv_mpnet
 	$(BIN)/python -m training.seed_ensemble runs/default_cv_mpnet --combine logprobs --by kind --by voice_corpus \
 	  --by emotion_change --out training/results/default_cv_mpnet
+
+# The packaged default and audio models on the demo-voices actors' clips made quieter, louder, narrow-band
+# (telephone) and noisy (training/results/channels.md). A few minutes.
+channels: $(STAMP) models
+	$(BIN)/python -m training.channels
 
 # Six more seeds of the held-out configs and three models averaged against one
 # (training/results/seed_ensembles.md); needs the runs of `make train` / `make default-model`. About 1 hour.

@@ -88,6 +88,8 @@ def evaluate(model_dir: Path, manifest_path: Path, predictions: Path | None = No
         "context_max_turns": model.card.max_turns,
         "metrics": classification_report(np.array(ys), np.stack(probs["probs"]), model.labels),
     }
+    if "audio_reliability" in probs:
+        report["audio_weight"] = float(np.clip(np.stack(probs["audio_reliability"]), 0.0, 1.0).mean())
     for m in model.card.modalities:
         if m in probs:
             report.setdefault("modalities", {})[m] = classification_report(np.array(ys), np.stack(probs[m]),
@@ -115,6 +117,8 @@ def format_report(report: dict[str, Any]) -> str:
         "  confusion (rows true, columns predicted; " + ", ".join(m["labels"]) + "):",
     ]
     lines += ["    " + " ".join(f"{x:5d}" for x in row) for row in m["confusion"]]
+    if report.get("audio_weight") is not None:
+        lines.append(f"  audio weight in the fusion (1 = the voice fully trusted), mean {report['audio_weight']:.2f}")
     for mod, r in report.get("modalities", {}).items():
         lines.append(f"  {mod} branch alone: accuracy {100 * r['weighted_accuracy']:.1f}%  UAR {100 * r['uar']:.1f}%  "
                      f"ECE {r['ece']:.3f}")

@@ -1,0 +1,177 @@
+"""``python -m training.channels``: how the packaged emotion models hold up when the sound changes.
+
+A desktop microphone may record far quieter than the corpora, a call arrives through a telephone
+line, a room adds noise. This scores exported models (by default the packaged ``default`` and
+``audio``) on the same clips under each such condition, through ``python -m training evaluate``'s
+code path (:func:`training.evaluate.evaluate`), and writes ``training/results/channels.{md,json}``.
+
+The clips are the 108 four-class clips of the two demo-voices actors, the only voices no
+packaged model was trained on (:func:`training.default_report.held_out_clips`); another manifest
+can be given. Each condition's copies are written as 16-bit WAV (what a recording holds) into a
+temporary folder; noise is seeded, so a rerun gives the same figures.
+
+Conditions (``--conditions``, comma-separated): ``clean``; ``gain:DB`` (the level scaled by DB
+decibels, e.g. ``gain:-20``; peaks limited, never clipped); ``telephone`` (8 kHz, 300-3400 Hz);
+``telephone-mulaw`` (with G.711 mu-law); ``noise:DB`` (pink noise at DB dB signal-to-noise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .data import REPO, Utterance, read_manifest, write_manifest
+
+MODELS = REPO / "realtime_ser" / "data" / "models"
+OUT = REPO / "training" / "results"
+DEFAULT_CONDITIONS = ("clean", "gain:-30", "gain:-20", "gain:-12", "gain:-6", "gain:6", "telephone",
+                      "telephone-mulaw", "noise:20", "noise:10")
+
+Transform = Callable[[np.ndarray, int, np.random.Generator], np.ndarray]
+
+
+def condition(spec: str) -> Transform:
+    """The transform a condition names; ``ValueError`` saying what is allowed otherwise."""
+    from . import augment
+
+    kind, _, arg = spec.partition(":")
+    if kind in ("clean", "telephone", "telephone-mulaw") and not arg:
+        if kind == "clean":
+            return lambda x, sr, rng: x
+        mu = kind == "telephone-mulaw"
+        return lambda x, sr, rng: augment.telephone(x, sr, mu_law=mu)
+    if kind in ("gain", "noise") and arg:
+        try:
+            db = float(arg)
+        except ValueError:
+            raise ValueError(f"condition {spec!r}: {arg!r} is not a number of decibels") from None
+        if kind == "gain":
+            if not -60 <= db <= 20:
+                raise ValueError(f"condition {spec!r}: the gain must be -60..20 dB")
+            return lambda x, sr, rng: augment.apply_gain(x, db) if db > 0 else x * np.float32(10 ** (db / 20))
+        return lambda x, sr, rng: augment.add_noise(x, db, rng, kind="pink")
+    raise ValueError(f"unknown condition {spec!r}; allowed: clean, gain:DB, telephone, telephone-mulaw, noise:DB")
+
+
+def transformed_manifest(manifest_path: Path, spec: str, folder: Path, seed: int = 0) -> Path:
+    """A copy of ``manifest_path`` whose labeled clips went through ``spec``, as 16-bit WAVs in ``folder``."""
+    import soundfile as sf
+
+    transform = condition(spec)
+    manifest = read_manifest(manifest_path, require_audio=True)
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, u in enumerate(manifest.utterances):
+        src = manifest.audio_path(u)
+        assert src is not None
+        x, rate = sf.read(src, dtype="float32", always_2d=True)
+        y = np.clip(transform(x.mean(axis=1), rate, rng), -1.0, 1.0)
+        path = folder / f"{i:05d}.wav"
+        sf.write(path, y, rate, subtype="PCM_16")
+        rows.append(Utterance(u.dialogue_id, u.utt_index, u.speaker, u.label, u.text, str(path), u.extra))
+    return write_manifest(folder / "manifest.csv", rows)
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the repository when it is inside it (results do not name the machine's folders)."""
+    full = path.resolve()
+    return str(full.relative_to(REPO)) if full.is_relative_to(REPO) else str(path)
+
+
+def run(models: Sequence[Path], manifest: Path, conditions: Sequence[str], seed: int = 0) -> dict[str, Any]:
+    """Every model's figures under every condition."""
+    from .evaluate import evaluate
+
+    for spec in conditions:
+        condition(spec)  # refuse a bad condition before any work
+    results: dict[str, Any] = {"manifest": str(manifest), "seed": seed, "conditions": list(conditions),
+                               "models": {}}
+    with tempfile.TemporaryDirectory(prefix="channels-") as tmp:
+        for spec in conditions:
+            copy = transformed_manifest(manifest, spec, Path(tmp) / spec.replace(":", "_"), seed)
+            for model in models:
+                started = time.perf_counter()
+                report = evaluate(model, copy)
+                entry = {"metrics": report["metrics"], "modalities": report.get("modalities", {}),
+                         "audio_weight": report.get("audio_weight"), "seconds": round(time.perf_counter() - started, 1)}
+                card = results["models"].setdefault(report["model"]["name"], {
+                    "dir": _shown(model), "version": report["model"]["version"], "conditions": {}})
+                card["conditions"][spec] = entry
+                m = report["metrics"]
+                print(f"{report['model']['name']:8s} {spec:16s} UAR {100 * m['uar']:5.1f}%  ECE {m['ece']:.3f}",
+                      flush=True)
+    return results
+
+
+def markdown(results: dict[str, Any]) -> str:
+    lines = ["# The packaged models under level and channel changes", "",
+             f"Written by `python -m training.channels`. Clips: {results['manifest']}; each",
+             "condition applied to every clip, written as 16-bit WAV, scored through `python -m training evaluate`'s",
+             "code path. UAR and WA in %, ECE over the clips (15 bins); *audio weight*: the mean weight the",
+             "fusion gave the voice (1 = fully trusted; only for fused models with the audio gate).", ""]
+    for name, card in results["models"].items():
+        conds = card["conditions"]
+        n = conds[results["conditions"][0]]["metrics"]["n"]
+        lines += [f"## `{name}` ({card['version']}), n = {n} clips", "",
+                  "| condition | UAR % | WA % | ECE | audio branch UAR % | audio weight | "
+                  "recall: neutral, happy, sad, angry |",
+                  "|---|---:|---:|---:|---:|---:|---|"]
+        for spec in results["conditions"]:
+            c = conds[spec]
+            m = c["metrics"]
+            audio = c["modalities"].get("audio")
+            rec = ", ".join("-" if v is None else f"{100 * v:.0f}" for v in m["per_class_recall"].values())
+            weight = "" if c["audio_weight"] is None else f"{c['audio_weight']:.2f}"
+            branch = "" if audio is None else f"{100 * audio['uar']:.1f}"
+            lines.append(f"| {spec} | {100 * m['uar']:.1f} | {100 * m['weighted_accuracy']:.1f} | {m['ece']:.3f} | "
+                         f"{branch} | {weight} | {rec} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m training.channels", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", type=Path, action="append", default=None, metavar="DIR",
+                   help="exported model directory (repeatable; default: the packaged default and audio models)")
+    p.add_argument("--manifest", type=Path, default=None, metavar="CSV",
+                   help="clips to score (default: the 4-class clips of the two demo-voices actors)")
+    p.add_argument("--conditions", default=",".join(DEFAULT_CONDITIONS),
+                   help="comma-separated: clean, gain:DB, telephone, telephone-mulaw, noise:DB (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the noise (default: %(default)s)")
+    p.add_argument("--out", type=Path, default=OUT / "channels",
+                   help="writes OUT.json and OUT.md (default: %(default)s)")
+    args = p.parse_args(argv)
+    conditions = [c.strip() for c in args.conditions.split(",") if c.strip()]
+    try:
+        for spec in conditions:
+            condition(spec)
+    except ValueError as exc:
+        p.error(str(exc))
+    models = args.model or [MODELS / "default", MODELS / "audio"]
+    manifest = args.manifest
+    with tempfile.TemporaryDirectory(prefix="channels-clips-") as tmp:
+        if manifest is None:
+            from .default_report import held_out_clips
+
+            manifest = held_out_clips(Path(tmp) / "held-out-demo-actors.csv")
+        results = run(models, manifest, conditions, args.seed)
+    if args.manifest is None:
+        results["manifest"] = "the 4-class clips of the two demo-voices actors (training.default_report.held_out_clips)"
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+    args.out.with_suffix(".md").write_text(markdown(results) + "\n", encoding="utf-8")
+    print(f"wrote {args.out.with_suffix('.md')} and .json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
