@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -93,13 +94,17 @@ def test_packaged_audio_model_under_conditions(tmp_path: Path) -> None:
     rows = [Utterance(p.stem, 0, "crema_1006", "angry" if "_ANG_" in p.name else "sad", "Don't forget a jacket",
                       str(p)) for p in clips]
     manifest = write_manifest(tmp_path / "clips.csv", rows)
+    copy = tmp_path / "audio-copy"
+    shutil.copytree(channels.MODELS / "audio", copy)
     out = tmp_path / "channels"
-    assert channels.main(["--model", str(channels.MODELS / "audio"), "--manifest", str(manifest),
-                          "--conditions", "clean,gain:-20", "--out", str(out)]) == 0
+    assert channels.main(["--model", str(channels.MODELS / "audio"), "--model", str(copy), "--manifest",
+                          str(manifest), "--conditions", "clean,gain:-20", "--out", str(out)]) == 0
     results = json.loads(out.with_suffix(".json").read_text())
+    assert list(results["models"]) == ["audio", f"audio ({copy})"], "two models of one name told apart"
     audio = results["models"]["audio"]
     assert set(audio["conditions"]) == {"clean", "gain:-20"}
-    for entry in audio["conditions"].values():
+    for spec, entry in audio["conditions"].items():
         assert entry["metrics"]["n"] == 4 and entry["modalities"] == {}
+        assert results["models"][f"audio ({copy})"]["conditions"][spec]["metrics"] == entry["metrics"]
     text = out.with_suffix(".md").read_text()
     assert "| clean | " in text and "| gain:-20 | " in text

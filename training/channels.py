@@ -103,11 +103,14 @@ def run(models: Sequence[Path], manifest: Path, conditions: Sequence[str], seed:
                 report = evaluate(model, copy)
                 entry = {"metrics": report["metrics"], "modalities": report.get("modalities", {}),
                          "audio_weight": report.get("audio_weight"), "seconds": round(time.perf_counter() - started, 1)}
-                card = results["models"].setdefault(report["model"]["name"], {
+                name = report["model"]["name"]
+                if results["models"].get(name, {}).get("dir", _shown(model)) != _shown(model):
+                    name = f"{name} ({_shown(model)})"  # two models of one name: told apart by folder
+                card = results["models"].setdefault(name, {
                     "dir": _shown(model), "version": report["model"]["version"], "conditions": {}})
                 card["conditions"][spec] = entry
                 m = report["metrics"]
-                print(f"{report['model']['name']:8s} {spec:16s} UAR {100 * m['uar']:5.1f}%  ECE {m['ece']:.3f}",
+                print(f"{name:8s} {spec:16s} UAR {100 * m['uar']:5.1f}%  ECE {m['ece']:.3f}",
                       flush=True)
     return results
 
