@@ -144,3 +144,76 @@ def test_front_end_pools_encoder_output_it_is_given(encoder: speech.SpeechEncode
     other = speech.EncodedUtterance(given.states * 0, None, 1.0, key="another-window")
     out2 = front.extract([a], [other])
     assert np.abs(out2[0]).sum() > 0, "output of other settings is not used"
+
+
+def test_scale_to_level_sets_the_active_level_whatever_the_input_gain() -> None:
+    x = _tone(1.5).astype(np.float32) / 32768.0
+    x[:8000] *= 0.001  # a near-silent lead-in is not part of the active level
+    outs = [speech.scale_to_level(x * g, -26.0) for g in (1.0, 0.03, 0.001)]
+    for y in outs:
+        active = y[8000:].astype(np.float64)
+        assert 10 * np.log10(np.mean(active**2)) == pytest.approx(-26.0, abs=0.2)
+        np.testing.assert_allclose(y, outs[0], atol=1e-5)
+    loud = speech.scale_to_level(x, -6.0)
+    assert np.abs(loud).max() <= speech.MAX_PEAK + 1e-6, "peaks are held below full scale"
+    silence = np.zeros(RATE, np.float32)
+    assert speech.scale_to_level(silence, -26.0) is silence
+
+
+def test_level_setting_is_checked_and_keyed_apart() -> None:
+    with pytest.raises(ValueError, match="level_dbfs"):
+        speech.SpeechEncoderConfig(level_dbfs=0)
+    plain = speech.SpeechEncoderConfig()
+    assert plain.level_dbfs is None
+    # An unset level leaves the key as it was before the setting existed (packaged models keep theirs).
+    import hashlib
+    import json
+
+    before = json.dumps({"window_s": 10, "pooling": "mean_std", "compute_type": "int8", "version": "1",
+                         "model": "x" * 64}, sort_keys=True, separators=(",", ":"))
+    assert plain.key("x" * 64) == hashlib.sha256(before.encode()).hexdigest()[:12]
+    level = speech.SpeechEncoderConfig(level_dbfs=-26)
+    assert level.level_dbfs == -26.0 and level == speech.SpeechEncoderConfig(level_dbfs=-26.0)
+    assert level.key("x" * 64) != plain.key("x" * 64)
+
+
+def test_a_level_front_end_hears_a_quiet_copy_as_the_same_voice(encoder: speech.SpeechEncoder) -> None:
+    """With the level setting, a copy 30 dB quieter pools to (almost) the same vector; without it,
+    it does not. The setting travels in the model card."""
+    from realtime_ser.features.audio import AudioFrontEnd
+
+    x = _tone(1.5).astype(np.float32) / 32768.0
+    quiet = x * np.float32(10 ** (-30 / 20))
+    level = AudioFrontEnd.create("speech", speech_config=speech.SpeechEncoderConfig(level_dbfs=-26))
+    plain = AudioFrontEnd.create("speech")
+    a, b = level.extract([x, quiet])
+    c, d = plain.extract([x, quiet])
+    assert np.abs(a - b).max() < 0.1 * np.abs(c - d).max()
+    card = level.card()
+    assert card["speech"]["config"]["level_dbfs"] == -26.0
+    again = AudioFrontEnd.for_card(card)
+    assert again.key() == level.key() != plain.key()
+    np.testing.assert_allclose(again.extract([quiet])[0], b, atol=1e-5)
+    # The recognizer's encoder pass (plain settings) is not pooled by a level front end.
+    (given,) = encoder.encode([x])
+    assert plain.shares(given) and not level.shares(given)
+
+
+def test_the_trainer_and_the_evaluator_follow_the_level_setting(encoder: speech.SpeechEncoder) -> None:
+    """The trainer's features carry the level into the card, keyed apart in the feature cache; the
+    evaluator builds its front end from the card's level, so it computes what the model was trained on."""
+    from types import SimpleNamespace
+
+    from training.evaluate import extractor_for
+    from training.features import FeatureExtractor, FeatureSettings
+
+    level = FeatureExtractor(FeatureSettings(audio="speech", speech_level_dbfs=-26))
+    plain = FeatureExtractor(FeatureSettings(audio="speech"))
+    assert level.audio_key() != plain.audio_key()
+    card = level.settings_card(("audio",))["audio"]
+    assert card["speech"]["config"]["level_dbfs"] == -26.0
+    seen: list[object] = []
+    model = SimpleNamespace(card=SimpleNamespace(features={"audio": card}, modalities=("audio",)),
+                            check_features=lambda audio, text: seen.append(audio))
+    extractor = extractor_for(model)  # type: ignore[arg-type]
+    assert seen == [card["key"]] and extractor.front_end.speech.config.level_dbfs == -26.0  # type: ignore[union-attr]

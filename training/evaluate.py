@@ -26,8 +26,9 @@ def extractor_for(model: EmotionModel) -> FeatureExtractor:
     """A feature extractor with the front ends the model's card names; refuses a mismatch."""
     text = model.card.features.get("text", {})
     audio = model.card.features.get("audio", {})
-    settings = FeatureSettings(text_encoder=text.get("kind", "contextual"),
-                               text_encoder_dir=text_encoder_dir(model), audio=audio.get("kind", "acoustic"))
+    level = audio.get("speech", {}).get("config", {}).get("level_dbfs")
+    settings = FeatureSettings(text_encoder=text.get("kind", "contextual"), text_encoder_dir=text_encoder_dir(model),
+                               audio=audio.get("kind", "acoustic"), speech_level_dbfs=level)
     extractor = FeatureExtractor(settings)
     audio_key = extractor.front_end.key() if "audio" in model.card.modalities else None
     text_key = extractor.text_encoder.key() if "text" in model.card.modalities else None

@@ -56,6 +56,10 @@ class FeatureSettings:
     audio: str = "speech"
     """``speech`` (Whisper's encoder states, pooled), ``acoustic`` (realtime_ser's numpy
     functionals) or ``speech+acoustic`` (both)."""
+    speech_level_dbfs: float | None = None
+    """Scale each utterance's active part to this RMS level (dBFS, e.g. -26) before Whisper's encoder
+    (:attr:`realtime_ser.features.speech.SpeechEncoderConfig.level_dbfs`; an exported model's card
+    carries it and the runtime does the same); ``None``: the level as recorded."""
     speaker_norm: float = 0.0
     """Speaker-adaptive audio vectors: each utterance's vector shifted by the running mean of its
     voice's earlier utterances, shrunk towards the training mean by this many pseudo-utterances
@@ -171,7 +175,12 @@ class FeatureExtractor:
 
     def _part(self, kind: str) -> AudioFrontEnd:
         if kind not in self._parts:
-            self._parts[kind] = AudioFrontEnd.create(kind, threads=self.threads)
+            speech = None
+            if "speech" in kind and self.settings.speech_level_dbfs is not None:
+                from realtime_ser.features.speech import SpeechEncoderConfig
+
+                speech = SpeechEncoderConfig(level_dbfs=self.settings.speech_level_dbfs)
+            self._parts[kind] = AudioFrontEnd.create(kind, threads=self.threads, speech_config=speech)
         return self._parts[kind]
 
     def audio_key(self, kind: str | None = None) -> str:

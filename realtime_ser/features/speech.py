@@ -16,6 +16,11 @@ How an utterance is encoded (the same in training, in offline evaluation and liv
   30 s Whisper was trained on: the encoder costs about a fifth, and decoding from it keeps the
   word error rate (measured in ``bench/results``). An utterance longer than the window is cut
   into consecutive windows.
+- **The level (optional).** With :attr:`SpeechEncoderConfig.level_dbfs` set, the utterance is
+  first scaled so that its active part (the 20 ms frames within 30 dB of its loudest) has that
+  RMS level, peaks held below full scale (:func:`scale_to_level`): Whisper's log-Mel keeps the
+  absolute level, so without it a recording far quieter than the training data reads as another
+  voice. Off (``None``) in the models trained before it; their features are unchanged.
 - **The utterance's frames.** The encoder gives one 512-dimensional state every 20 ms; only the
   states of frames that hold audio of the utterance are kept (not the padding).
 - **Pooling.** Mean and standard deviation over those states: 1024 numbers for Whisper base.
@@ -53,6 +58,7 @@ __all__ = [
     "SpeechEncoderConfig",
     "load",
     "log_mel",
+    "scale_to_level",
 ]
 
 log = logging.getLogger(__name__)
@@ -80,17 +86,53 @@ class SpeechEncoderConfig:
     compute_type: str = "int8"
     """CTranslate2 compute type of the encoder (int8 on CPUs: about 2x faster than float32)."""
     version: str = "1"
+    level_dbfs: float | None = None
+    """Scale each utterance's active part to this RMS level (dB below full scale) before encoding
+    (:func:`scale_to_level`); ``None``: the level as recorded."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.window_s <= 30:
             raise ValueError(f"window_s must be 1..30 seconds (Whisper's encoder holds 30 s), got {self.window_s}")
         if self.pooling != "mean_std":
             raise ValueError(f"pooling must be 'mean_std', got {self.pooling!r}")
+        if self.level_dbfs is not None:
+            if not LEVEL_LIMITS[0] <= self.level_dbfs <= LEVEL_LIMITS[1]:
+                raise ValueError(f"level_dbfs must be {LEVEL_LIMITS[0]}..{LEVEL_LIMITS[1]} dB (full scale = 0), "
+                                 f"or none; got {self.level_dbfs!r}")
+            object.__setattr__(self, "level_dbfs", float(self.level_dbfs))
 
     def key(self, model_sha256: str) -> str:
-        """Short stable hash of these settings and the weights they run on."""
-        blob = json.dumps({**asdict(self), "model": model_sha256}, sort_keys=True, separators=(",", ":"))
+        """Short stable hash of these settings and the weights they run on (an unset level is left out,
+        so the models trained before it keep their key)."""
+        settings = {k: v for k, v in asdict(self).items() if not (k == "level_dbfs" and v is None)}
+        blob = json.dumps({**settings, "model": model_sha256}, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:12]
+
+
+LEVEL_LIMITS = (-60.0, -6.0)
+ACTIVE_RANGE_DB = 30.0
+"""Frames within this many dB of an utterance's loudest frame count as its active part."""
+MAX_PEAK = 0.99
+
+
+def scale_to_level(x: np.ndarray, level_dbfs: float) -> np.ndarray:
+    """Float audio ``x`` scaled so that its active 20 ms frames (within :data:`ACTIVE_RANGE_DB` of the
+    loudest) have an RMS of ``level_dbfs``; scaled down further where a peak would pass
+    :data:`MAX_PEAK`. Silence comes back unchanged."""
+    n = max(1, len(x) // FRAME_SAMPLES)
+    frames = np.asarray(x[: n * FRAME_SAMPLES], dtype=np.float64)
+    if frames.size < FRAME_SAMPLES:
+        frames = np.asarray(x, dtype=np.float64)[None]
+    else:
+        frames = frames.reshape(n, FRAME_SAMPLES)
+    power = np.mean(frames * frames, axis=1)
+    if power.max() <= 0:
+        return x
+    active = power >= power.max() * 10 ** (-ACTIVE_RANGE_DB / 10)
+    gain = 10 ** (level_dbfs / 20) / np.sqrt(power[active].mean())
+    peak = float(np.abs(x).max())
+    gain = min(gain, MAX_PEAK / peak)
+    return (x * gain).astype(np.float32)
 
 
 # -- log-Mel spectrogram -----------------------------------------------------------------------
@@ -212,6 +254,8 @@ class SpeechEncoder:
     def windows(self, samples: np.ndarray) -> tuple[list[np.ndarray], list[int]]:
         """The log-Mel spectrogram of each window of one utterance, and the encoder frames that hold audio."""
         x = _float_audio(samples)
+        if self.config.level_dbfs is not None:
+            x = scale_to_level(x, self.config.level_dbfs)
         w = self.window_samples
         n_windows = max(1, -(-len(x) // w))
         mels, frames = [], []
