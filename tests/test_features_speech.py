@@ -156,8 +156,10 @@ def test_scale_to_level_sets_the_active_level_whatever_the_input_gain() -> None:
         np.testing.assert_allclose(y, outs[0], atol=1e-5)
     loud = speech.scale_to_level(x, -6.0)
     assert np.abs(loud).max() <= speech.MAX_PEAK + 1e-6, "peaks are held below full scale"
-    silence = np.zeros(RATE, np.float32)
-    assert speech.scale_to_level(silence, -26.0) is silence
+    for silence in (np.zeros(RATE, np.float32), np.zeros(0, np.float32), np.zeros(100, np.float32)):
+        assert speech.scale_to_level(silence, -26.0) is silence
+    short = speech.scale_to_level(x[8000:8100], -26.0)  # shorter than one frame
+    assert 10 * np.log10(np.mean(short.astype(np.float64) ** 2)) == pytest.approx(-26.0, abs=0.2)
 
 
 def test_level_setting_is_checked_and_keyed_apart() -> None:

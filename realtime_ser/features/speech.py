@@ -118,7 +118,9 @@ MAX_PEAK = 0.99
 def scale_to_level(x: np.ndarray, level_dbfs: float) -> np.ndarray:
     """Float audio ``x`` scaled so that its active 20 ms frames (within :data:`ACTIVE_RANGE_DB` of the
     loudest) have an RMS of ``level_dbfs``; scaled down further where a peak would pass
-    :data:`MAX_PEAK`. Silence comes back unchanged."""
+    :data:`MAX_PEAK`. Silence (or no audio at all) comes back unchanged."""
+    if x.size == 0:
+        return x
     n = max(1, len(x) // FRAME_SAMPLES)
     frames = np.asarray(x[: n * FRAME_SAMPLES], dtype=np.float64)
     if frames.size < FRAME_SAMPLES:
