@@ -121,12 +121,8 @@ def scale_to_level(x: np.ndarray, level_dbfs: float) -> np.ndarray:
     :data:`MAX_PEAK`. Silence (or no audio at all) comes back unchanged."""
     if x.size == 0:
         return x
-    n = max(1, len(x) // FRAME_SAMPLES)
-    frames = np.asarray(x[: n * FRAME_SAMPLES], dtype=np.float64)
-    if frames.size < FRAME_SAMPLES:
-        frames = np.asarray(x, dtype=np.float64)[None]
-    else:
-        frames = frames.reshape(n, FRAME_SAMPLES)
+    n = len(x) // FRAME_SAMPLES
+    frames = (x[: n * FRAME_SAMPLES].reshape(n, FRAME_SAMPLES) if n else x[None]).astype(np.float64)
     power = np.mean(frames * frames, axis=1)
     if power.max() <= 0:
         return x
