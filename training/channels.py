@@ -62,7 +62,7 @@ def condition(spec: str) -> Transform:
 
 
 def transformed_manifest(manifest_path: Path, spec: str, folder: Path, seed: int = 0) -> Path:
-    """A copy of ``manifest_path`` whose labeled clips went through ``spec``, as 16-bit WAVs in ``folder``."""
+    """A copy of ``manifest_path`` whose clips went through ``spec``, as 16-bit WAVs in ``folder``."""
     import soundfile as sf
 
     transform = condition(spec)
@@ -103,11 +103,11 @@ def run(models: Sequence[Path], manifest: Path, conditions: Sequence[str], seed:
                 report = evaluate(model, copy)
                 entry = {"metrics": report["metrics"], "modalities": report.get("modalities", {}),
                          "audio_weight": report.get("audio_weight"), "seconds": round(time.perf_counter() - started, 1)}
-                name = report["model"]["name"]
-                if results["models"].get(name, {}).get("dir", _shown(model)) != _shown(model):
-                    name = f"{name} ({_shown(model)})"  # two models of one name: told apart by folder
+                name, shown = report["model"]["name"], _shown(model)
+                if results["models"].get(name, {}).get("dir", shown) != shown:
+                    name = f"{name} ({shown})"  # two models of one name: told apart by folder
                 card = results["models"].setdefault(name, {
-                    "dir": _shown(model), "version": report["model"]["version"], "conditions": {}})
+                    "dir": shown, "version": report["model"]["version"], "conditions": {}})
                 card["conditions"][spec] = entry
                 m = report["metrics"]
                 print(f"{name:8s} {spec:16s} UAR {100 * m['uar']:5.1f}%  ECE {m['ece']:.3f}",
