@@ -114,7 +114,8 @@ def experiment(name: str, curves: list[tuple[str, str, np.ndarray, np.ndarray]],
     pred = predictions(folder, v)
     result: dict[str, Any] = {"experiment": name, "variant": v["variant"], "description": doc.get("description", ""),
                               "folds": list(v["per_fold"]), "git_commit": doc.get("git_commit", ""),
-                              "summary": v["summary"], "labels": labels}
+                              "summary": v["summary"], "labels": labels,
+                              "level_dbfs": v["config"].get("features", {}).get("speech_level_dbfs")}
     if pred is not None:
         result["pooled"] = pooled(pred, labels)
         seed0 = pred["seed"] == pred["seed"].min()
@@ -244,6 +245,12 @@ def _recall(p: dict[str, Any], labels: list[str]) -> str:
     return " | ".join(f"{100 * p['per_class_recall'][lab]:.1f}" for lab in labels)
 
 
+def _level(e: dict[str, Any]) -> str:
+    """The input level the experiment's voice features were computed at (``features.speech_level_dbfs``)."""
+    level = e.get("level_dbfs")
+    return "as recorded" if level is None else f"{level:g} dBFS"
+
+
 def markdown(r: dict[str, Any]) -> str:
     lines = ["# The packaged emotion models on voices they never heard", "",
              "Written by `python -m training.default_report` from the experiments `make default-model` runs. "
@@ -258,9 +265,12 @@ def markdown(r: dict[str, Any]) -> str:
               "speaker's earlier ones (`features.speaker_norm`, `realtime_ser.emotion.speaker`), each test "
               "actor's clips taken as one session in a random order; no test actor is trained on. The packaged "
               "models read raw vectors: in dialogues whose speakers hold one emotion for many turns, the "
-              "running mean takes that emotion in (the default recipe's sections below).", "",
-              "| test set | classes | n | UAR % | WA % (accuracy) | ECE (floor) | recall " + " / ".join(LABELS) + " |",
-              "|---|---|---|---|---|---|---|"]
+              "running mean takes that emotion in (the default recipe's sections below). Input level: the "
+              "level each utterance was scaled to before the speech encoder (`features.speech_level_dbfs`; "
+              "the packaged models use -26 dBFS).", "",
+              "| test set | classes | n | input level | UAR % | WA % (accuracy) | ECE (floor) | recall "
+              + " / ".join(LABELS) + " |",
+              "|---|---|---|---|---|---|---|---|"]
     for key, title in (("ravdess", "RAVDESS, 5 groups of 4 actors"), ("crema_d", "CREMA-D, 5 groups of 15 actors"),
                        ("ravdess8", "RAVDESS, 8 classes"), ("crema_d6", "CREMA-D, 6 classes"),
                        ("cross_tess", "TESS, trained without it (RAVDESS + CREMA-D)"),
@@ -272,12 +282,13 @@ def markdown(r: dict[str, Any]) -> str:
                        ("cross_tess_adaptive", "TESS, trained without it, speaker-adaptive")):
         e = r["voices"].get(key)
         if not e or "pooled" not in e:
-            lines.append(f"| {title} | – | – | not run | | | |")
+            lines.append(f"| {title} | – | – | – | not run | | | |")
             continue
         p = e["pooled"]
         labels = e["labels"]
         recall = _recall(p, list(LABELS)) if tuple(labels) == LABELS else "see JSON"
-        lines.append(f"| {title} | {len(labels)} | {p['n_per_seed']} | {_pm(p['uar'])} | {_pm(p['weighted_accuracy'])}"
+        lines.append(f"| {title} | {len(labels)} | {p['n_per_seed']} | {_level(e)} | {_pm(p['uar'])} | "
+                     f"{_pm(p['weighted_accuracy'])}"
                      f" | {_ece(p)} | {recall} |")
     recipes = (("default_cv", "The default model's recipe: voice group and IEMOCAP session held out together"),
                ("default_cv_speaker_norm", "The same recipe, speaker-adaptive"),
@@ -288,7 +299,7 @@ def markdown(r: dict[str, Any]) -> str:
         if not d or "by" not in d:
             continue
         fused = "fused " if "pooled_modalities" in d else ""
-        lines += ["", f"## {title}", "", d["description"].replace("\n", " "), "",
+        lines += ["", f"## {title}", "", d["description"].replace("\n", " ") + f" Input level: {_level(d)}.", "",
                   f"| test turns | n | {fused}UAR % | {fused}WA % | ECE | audio alone UAR % | text alone UAR % | "
                   "audio weight |", "|---|---|---|---|---|---|---|---|"]
         for column in ("kind", "voice_corpus", "emotion_change"):
