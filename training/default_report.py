@@ -366,6 +366,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--packaged", action="store_true",
                    help="only measure the packaged models again (after an export) and update their cards and "
                         "that section of default_model.json and .md; the experiments' figures are kept")
+    p.add_argument("--only", default="", metavar="NAME[,NAME...]",
+                   help="recompute only these experiments' figures from runs/NAME (after rerunning some of them), "
+                        "keep the others of default_model.json, and measure the packaged models again")
     args = p.parse_args(argv)
     if args.render:
         (OUT / "default_model.md").write_text(markdown(json.loads((OUT / "default_model.json").read_text())))
@@ -376,36 +379,39 @@ def main(argv: list[str] | None = None) -> int:
         write(kept, live=not args.no_live)
         return 0
     curves: list[tuple[str, str, np.ndarray, np.ndarray]] = []
-    results: dict[str, Any] = {"voices": {}}
-    specs: dict[str, tuple[str, dict[str, Any]]] = {
-        "ravdess": ("voices_ravdess", {"features.audio": "speech"}), "crema_d": ("voices_crema_d", {}),
-        "ravdess8": ("voices_ravdess8", {}), "crema_d6": ("voices_crema_d6", {}),
-        "cross_tess": ("voices_cross", {}), "cross_crema_d": ("voices_cross_crema_d", {}),
-        "ravdess_adaptive": ("voices_ravdess_speaker_norm", {}),
-        "crema_d_adaptive": ("voices_crema_d_speaker_norm", {}),
-        "ravdess8_adaptive": ("voices_ravdess8_speaker_norm", {}),
-        "crema_d6_adaptive": ("voices_crema_d6_speaker_norm", {}),
-        "cross_tess_adaptive": ("voices_cross_speaker_norm", {})}
-    for key, (name, settings) in specs.items():
+    only = {n.strip() for n in args.only.split(",") if n.strip()}
+    known = {*(name for name, _ in SPECS.values()), *DEFAULT_RECIPES, *(name for _, name, _ in TEXT)}
+    if only - known:
+        p.error(f"--only: unknown experiment(s) {', '.join(sorted(only - known))}; "
+                f"use some of {', '.join(sorted(known))}")
+    results: dict[str, Any] = json.loads((OUT / "default_model.json").read_text()) if only else {"voices": {}}
+    results.pop("packaged", None)
+
+    def measured(name: str, **settings: Any) -> dict[str, Any] | None:
         e = experiment(name, curves, **settings)
+        if only and (e is None or "pooled" not in e):
+            p.error(f"--only {name}: runs/{name} with its test predictions is needed (run the experiment first)")
+        return e
+
+    for key, (name, settings) in SPECS.items():
+        if only and name not in only:
+            continue
+        e = measured(name, **settings)
         if e is not None:
             results["voices"][key] = e
-    for name in ("default_cv", "default_cv_speaker_norm", "default_cv_audio", "default_cv_audio_speaker_norm"):
-        results[name] = experiment(name, curves)
-    text: dict[str, Any] = {}
-    for key, name, settings in (("frozen_causal", "text_iemocap", {"protocol.folds": "session", "model.causal": True}),
-                                ("finetuned_causal", "text_finetuned",
-                                 {"protocol.folds": "session", "model.causal": True}),
-                                ("finetuned_offline", "text_finetuned",
-                                 {"protocol.folds": "session", "model.causal": False}),
-                                ("finetuned_script_causal", "text_finetuned",
-                                 {"protocol.folds": "speaker_script", "model.causal": True})):
-        e = experiment(name, curves, **settings)
+    for name in DEFAULT_RECIPES:
+        if not only or name in only:
+            results[name] = measured(name)
+    text: dict[str, Any] = results.get("text", {}) if only else {}
+    for key, name, settings in TEXT:
+        if only and name not in only:
+            continue
+        e = measured(name, **settings)
         if e is not None:
             text[key] = e
     results["text"] = text
     IMG.mkdir(parents=True, exist_ok=True)
-    results["diagrams"] = {}
+    results.setdefault("diagrams", {})
     groups = {"ravdess": ["voices_ravdess"], "crema_d": ["voices_crema_d"], "tess_cross": ["voices_cross"],
               "iemocap_text": ["text_finetuned"], "default_cv": ["default_cv"]}
     for title, names in groups.items():
@@ -419,6 +425,24 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: ECE {ece(probs, y):.3f} (n={len(y)})")
     write(results, live=not args.no_live)
     return 0
+
+
+SPECS: dict[str, tuple[str, dict[str, Any]]] = {
+    "ravdess": ("voices_ravdess", {"features.audio": "speech"}), "crema_d": ("voices_crema_d", {}),
+    "ravdess8": ("voices_ravdess8", {}), "crema_d6": ("voices_crema_d6", {}),
+    "cross_tess": ("voices_cross", {}), "cross_crema_d": ("voices_cross_crema_d", {}),
+    "ravdess_adaptive": ("voices_ravdess_speaker_norm", {}),
+    "crema_d_adaptive": ("voices_crema_d_speaker_norm", {}),
+    "ravdess8_adaptive": ("voices_ravdess8_speaker_norm", {}),
+    "crema_d6_adaptive": ("voices_crema_d6_speaker_norm", {}),
+    "cross_tess_adaptive": ("voices_cross_speaker_norm", {})}
+"""The every-voice experiments: report key -> (experiment, the variant's settings)."""
+DEFAULT_RECIPES = ("default_cv", "default_cv_speaker_norm", "default_cv_audio", "default_cv_audio_speaker_norm")
+TEXT: tuple[tuple[str, str, dict[str, Any]], ...] = (
+    ("frozen_causal", "text_iemocap", {"protocol.folds": "session", "model.causal": True}),
+    ("finetuned_causal", "text_finetuned", {"protocol.folds": "session", "model.causal": True}),
+    ("finetuned_offline", "text_finetuned", {"protocol.folds": "session", "model.causal": False}),
+    ("finetuned_script_causal", "text_finetuned", {"protocol.folds": "speaker_script", "model.causal": True}))
 
 
 def write(results: dict[str, Any], live: bool) -> None:
