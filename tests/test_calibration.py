@@ -243,3 +243,17 @@ def test_report_tables_each_report_by_value_per_seed() -> None:
                                                   run(1, "b", 0.9)]}]}
     # Seed 0: mean over folds 60%, seed 1: 80%; n is the turns of one seed (two folds of 10).
     assert by_table(doc)[2] == "| v | emotion_change = changed | 20 | 70.0 ± 10.0 | 60.0 ± 10.0 |"
+
+
+def test_default_report_recomputes_only_named_experiments_it_knows(capsys: pytest.CaptureFixture[str]) -> None:
+    """``--only`` refuses names it does not know (listing those it does) and experiments without
+    their test predictions in runs/, before touching the committed report."""
+    from training import default_report
+
+    before = (default_report.OUT / "default_model.json").read_bytes()
+    with pytest.raises(SystemExit) as exc:
+        default_report.main(["--only", "voices_bogus"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "unknown experiment(s) voices_bogus" in err and "voices_ravdess" in err
+    assert (default_report.OUT / "default_model.json").read_bytes() == before
