@@ -106,5 +106,9 @@ def test_packaged_audio_model_under_conditions(tmp_path: Path) -> None:
     for spec, entry in audio["conditions"].items():
         assert entry["metrics"]["n"] == 4 and entry["modalities"] == {}
         assert results["models"][f"audio ({copy})"]["conditions"][spec]["metrics"] == entry["metrics"]
+    found = results["speech_found"]
+    assert found["clean"]["clips"] == 4 and found["clean"]["no_speech"] == 0
+    assert 0.3 < found["clean"]["kept_mean"] <= 1.0
+    assert found["gain:-20"]["kept_mean"] < found["clean"]["kept_mean"], "the detector keeps less of quiet speech"
     text = out.with_suffix(".md").read_text()
-    assert "| clean | " in text and "| gain:-20 | " in text
+    assert "| clean | " in text and "| gain:-20 | " in text and "| clean | 0 of 4 |" in text

@@ -87,6 +87,25 @@ def _shown(path: Path) -> str:
     return str(full.relative_to(REPO)) if full.is_relative_to(REPO) else str(path)
 
 
+def speech_found(manifest_path: Path) -> dict[str, Any]:
+    """What the segmenter (the default voice-activity detector, as live and in training) keeps of each
+    clip: how many clips it finds no speech in at all, and the mean share of a clip's samples kept."""
+    import soundfile as sf
+
+    from realtime_ser.features.segment import utterance_audio
+
+    manifest = read_manifest(manifest_path)
+    kept = []
+    for u in manifest.utterances:
+        path = manifest.audio_path(u)
+        if path is None:
+            raise ValueError(f"{manifest_path}: {u.dialogue_id} has no audio file")
+        total = sf.info(str(path)).frames
+        kept.append(sum(len(x) for x in utterance_audio(path)) / max(1, total))
+    return {"clips": len(kept), "no_speech": int(sum(k == 0 for k in kept)),
+            "kept_mean": float(np.mean(kept)) if kept else 0.0}
+
+
 def run(models: Sequence[Path], manifest: Path, conditions: Sequence[str], seed: int = 0) -> dict[str, Any]:
     """Every model's figures under every condition."""
     from .evaluate import evaluate
@@ -94,10 +113,11 @@ def run(models: Sequence[Path], manifest: Path, conditions: Sequence[str], seed:
     for spec in conditions:
         condition(spec)  # refuse a bad condition before any work
     results: dict[str, Any] = {"manifest": str(manifest), "seed": seed, "conditions": list(conditions),
-                               "models": {}}
+                               "models": {}, "speech_found": {}}
     with tempfile.TemporaryDirectory(prefix="channels-") as tmp:
         for spec in conditions:
             copy = transformed_manifest(manifest, spec, Path(tmp) / spec.replace(":", "_"), seed)
+            results["speech_found"][spec] = speech_found(copy)
             for model in models:
                 started = time.perf_counter()
                 report = evaluate(model, copy)
@@ -121,6 +141,16 @@ def markdown(results: dict[str, Any]) -> str:
              "condition applied to every clip, written as 16-bit WAV, scored through `python -m training evaluate`'s",
              "code path. UAR and WA in %, ECE over the clips (15 bins); *audio weight*: the mean weight the",
              "fusion gave the voice (1 = fully trusted; only for fused models with the audio gate).", ""]
+    found = results.get("speech_found", {})
+    if found:
+        lines += ["## What the voice-activity detector keeps", "",
+                  "The default segmenter (webrtcvad, as live and in training) on each copy: a clip in which it finds",
+                  "no speech reaches the model as silence (live, it is no utterance at all).", "",
+                  "| condition | clips with no speech found | share of a clip's samples kept, mean % |",
+                  "|---|---:|---:|"]
+        lines += [f"| {spec} | {f['no_speech']} of {f['clips']} | {100 * f['kept_mean']:.0f} |"
+                  for spec, f in found.items()]
+        lines.append("")
     for name, card in results["models"].items():
         conds = card["conditions"]
         n = conds[results["conditions"][0]]["metrics"]["n"]
