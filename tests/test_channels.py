@@ -76,8 +76,9 @@ def test_copies_keep_rows_and_labels_and_are_reproducible(tmp_path: Path) -> Non
 
 
 def test_packaged_audio_model_under_conditions(tmp_path: Path) -> None:
-    """The real packaged audio model on real acted clips, clean and 20 dB quieter: the report holds
-    every condition with the evaluator's figures, and the markdown table says them."""
+    """The real packaged audio model on real acted clips, clean, 20 and 45 dB quieter: the report holds
+    every condition with the evaluator's figures, what the voice-activity detector kept, the figures
+    on the clips it heard, and the markdown table says them."""
     from realtime_ser.errors import ModelError
     from realtime_ser.features import speech
 
@@ -98,11 +99,11 @@ def test_packaged_audio_model_under_conditions(tmp_path: Path) -> None:
     shutil.copytree(channels.MODELS / "audio", copy)
     out = tmp_path / "channels"
     assert channels.main(["--model", str(channels.MODELS / "audio"), "--model", str(copy), "--manifest",
-                          str(manifest), "--conditions", "clean,gain:-20", "--out", str(out)]) == 0
+                          str(manifest), "--conditions", "clean,gain:-20,gain:-45", "--out", str(out)]) == 0
     results = json.loads(out.with_suffix(".json").read_text())
     assert list(results["models"]) == ["audio", f"audio ({copy})"], "two models of one name told apart"
     audio = results["models"]["audio"]
-    assert set(audio["conditions"]) == {"clean", "gain:-20"}
+    assert set(audio["conditions"]) == {"clean", "gain:-20", "gain:-45"}
     for spec, entry in audio["conditions"].items():
         assert entry["metrics"]["n"] == 4 and entry["modalities"] == {}
         assert results["models"][f"audio ({copy})"]["conditions"][spec]["metrics"] == entry["metrics"]
@@ -110,5 +111,10 @@ def test_packaged_audio_model_under_conditions(tmp_path: Path) -> None:
     assert found["clean"]["clips"] == 4 and found["clean"]["no_speech"] == 0
     assert 0.3 < found["clean"]["kept_mean"] <= 1.0
     assert found["gain:-20"]["kept_mean"] < found["clean"]["kept_mean"], "the detector keeps less of quiet speech"
+    for spec, f in found.items():  # scored again on the heard clips only where some were not heard
+        heard = audio["conditions"][spec].get("heard_metrics")
+        assert (heard is None) == (f["no_speech"] == 0)
+        assert heard is None or heard["n"] == f["clips"] - f["no_speech"]
+    assert found["gain:-45"]["no_speech"] > 0, "45 dB quieter, the detector misses some clips"
     text = out.with_suffix(".md").read_text()
     assert "| clean | " in text and "| gain:-20 | " in text and "| clean | 0 of 4 |" in text
