@@ -24,6 +24,8 @@ ALLOWED_INPUT_RATES = (8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000)
 ASR_BACKENDS = ("pocketsphinx", "vosk", "none", "whisper", "auto")
 VAD_DETECTORS = ("silero", "webrtc")
 WHISPER_WINDOWS = (10, 15, 30)
+WHISPER_LEVEL_LIMITS = (-60.0, -6.0)
+"""The levels the speech encoder scales to (``realtime_ser.features.speech.LEVEL_LIMITS``)."""
 WHISPER_WORD_TIMES = ("timestamps", "align")
 WHISPER_COMPUTE_TYPES = ("int8", "int8_float32", "int16", "float32", "default")
 
@@ -125,6 +127,10 @@ class AsrConfig:
     whisper_window_s: int = 0
     """Encoder window: 0 = per utterance, the smallest of 10, 15, 30 s that holds it with room;
     10, 15 or 30 = always that one (utterances that do not fit still go to 30 s)."""
+    whisper_level_dbfs: float = -26.0
+    """Scale each utterance's active part to this RMS level (dB below full scale) before Whisper's
+    encoder; 0 = the level as recorded. The packaged emotion models are trained on -26, so the
+    one encoder pass serves both; a model trained at another level (or none) pays its own pass."""
     whisper_word_times: str = "timestamps"
     """``timestamps``: from the timestamp tokens of the decode itself (no second pass);
     ``align``: cross-attention alignment, one more decoder pass per utterance."""
@@ -366,6 +372,9 @@ class PipelineConfig:
         if a.whisper_window_s not in (0, *WHISPER_WINDOWS):
             raise ConfigError(f"asr.whisper_window_s={a.whisper_window_s} is not allowed; use 0 (per utterance) or "
                               f"one of {', '.join(map(str, WHISPER_WINDOWS))}")
+        if a.whisper_level_dbfs and not WHISPER_LEVEL_LIMITS[0] <= a.whisper_level_dbfs <= WHISPER_LEVEL_LIMITS[1]:
+            raise ConfigError(f"asr.whisper_level_dbfs={a.whisper_level_dbfs} is not allowed; use 0 (as recorded) or "
+                              f"{WHISPER_LEVEL_LIMITS[0]:g}..{WHISPER_LEVEL_LIMITS[1]:g} (dB below full scale)")
         if a.whisper_word_times not in WHISPER_WORD_TIMES:
             raise ConfigError(f"asr.whisper_word_times={a.whisper_word_times!r} is not allowed; use "
                               f"{' or '.join(WHISPER_WORD_TIMES)}")

@@ -414,8 +414,9 @@ class Engine:
         self.tokenizer = WhisperTokenizer(path)
         self.encoders: dict[int, Any] = {}
         model_dir: str | Path = "" if not config.whisper_model else path
+        level = config.whisper_level_dbfs or None
         for w in WINDOWS if not config.whisper_window_s else sorted({config.whisper_window_s, 30}):
-            cfg = speech.SpeechEncoderConfig(window_s=w, compute_type=config.whisper_compute_type)
+            cfg = speech.SpeechEncoderConfig(window_s=w, compute_type=config.whisper_compute_type, level_dbfs=level)
             try:
                 self.encoders[w] = speech.load(model_dir, threads=config.whisper_threads, config=cfg)
             except ModelError as exc:
@@ -423,7 +424,7 @@ class Engine:
                                  f"not a CTranslate2 Whisper model; {_HINT}") from exc
         self.model = self.encoders[30].model
         self.shared_key = (self.encoders[10].key() if 10 in self.encoders
-                           and self.encoders[10].config == speech.SpeechEncoderConfig() else "")
+                           and self.encoders[10].config == speech.SpeechEncoderConfig(level_dbfs=level) else "")
         """The key of the encoder output a final utterance carries for the emotion model ('' = none)."""
         self.language = self.tokenizer.language(config.whisper_language) if config.whisper_language else 0
         self.stats: dict[str, int] = {"utterances": 0, "fallbacks": 0, "repaired": 0, "batches": 0}

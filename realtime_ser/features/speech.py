@@ -20,7 +20,9 @@ How an utterance is encoded (the same in training, in offline evaluation and liv
   first scaled so that its active part (the 20 ms frames within 30 dB of its loudest) has that
   RMS level, peaks held below full scale (:func:`scale_to_level`): Whisper's log-Mel keeps the
   absolute level, so without it a recording far quieter than the training data reads as another
-  voice. Off (``None``) in the models trained before it; their features are unchanged.
+  voice. The packaged models use -26 dBFS, and so does the Whisper recognizer
+  (``asr.whisper_level_dbfs``), so the one pass still serves both. Off (``None``) in models
+  trained before it; their features are unchanged.
 - **The utterance's frames.** The encoder gives one 512-dimensional state every 20 ms; only the
   states of frames that hold audio of the utterance are kept (not the padding).
 - **Pooling.** Mean and standard deviation over those states: 1024 numbers for Whisper base.
@@ -49,6 +51,7 @@ from typing import Any
 
 import numpy as np
 
+from ..config import WHISPER_LEVEL_LIMITS
 from ..errors import ModelError
 
 __all__ = [
@@ -109,7 +112,7 @@ class SpeechEncoderConfig:
         return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:12]
 
 
-LEVEL_LIMITS = (-60.0, -6.0)
+LEVEL_LIMITS = WHISPER_LEVEL_LIMITS
 ACTIVE_RANGE_DB = 30.0
 """Frames within this many dB of an utterance's loudest frame count as its active part."""
 MAX_PEAK = 0.99
