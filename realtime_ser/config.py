@@ -262,7 +262,9 @@ class EmotionConfig:
     """After each turn, re-score the window's earlier turns with an offline (bidirectional) model
     and send ``emotion.revised`` for a turn whose label changes with the later context."""
     revise_model: str = ""
-    """Offline model directory for revisions ('' = the packaged ``offline`` model)."""
+    """Offline model directory for revisions ('' = the packaged ``offline`` model). It scores the live
+    model's audio vectors, so it must have been trained on the same ones (same ``features.audio.key``
+    in both cards: front end, input level, segmentation); another is refused at start."""
 
 
 @dataclass(frozen=True)

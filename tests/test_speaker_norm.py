@@ -93,6 +93,23 @@ def test_a_revision_model_must_read_the_same_vectors(tmp_path: Path) -> None:
         EmotionStage(EmotionConfig(model=str(live), revise=True, revise_model=str(other)), audio_only=False)
 
 
+def test_a_revision_model_must_read_vectors_of_the_same_front_end_and_level(tmp_path: Path) -> None:
+    """The offline model scores the live model's audio vectors: one computed another way (here, at
+    another input level) is refused at start, not fed vectors it was not trained on."""
+    from realtime_ser.emotion.stage import EmotionStage
+
+    other = tmp_path / "other"
+    shutil.copytree(packaged_model("offline"), other)
+    card = json.loads((other / "card.json").read_text())
+    card["features"]["audio"]["speech"]["config"]["level_dbfs"] = -20.0
+    card["features"]["audio"]["key"] = "0123456789ab"
+    (other / "card.json").write_text(json.dumps(card))
+    with pytest.raises(ModelError, match="features.audio.key 0123456789ab"):
+        EmotionStage(EmotionConfig(revise=True, revise_model=str(other)), audio_only=False)
+    stage = EmotionStage(EmotionConfig(revise=True), audio_only=False)  # the packaged pair reads the same
+    stage.close()
+
+
 def test_card_field_round_trips(tmp_path: Path) -> None:
     model_dir = _with_norm(tmp_path, "audio")
     raw = json.loads((model_dir / "card.json").read_text())
