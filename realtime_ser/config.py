@@ -263,8 +263,8 @@ class EmotionConfig:
     and send ``emotion.revised`` for a turn whose label changes with the later context."""
     revise_model: str = ""
     """Offline model directory for revisions ('' = the packaged ``offline`` model). It scores the live
-    model's audio vectors, so it must have been trained on the same ones (same ``features.audio.key``
-    in both cards: front end, input level, segmentation); another is refused at start."""
+    model's audio and text vectors, so it must have been trained on the same ones (the same feature
+    keys in both cards: front ends, input level, segmentation); another is refused at start."""
 
 
 @dataclass(frozen=True)

@@ -104,7 +104,7 @@ def test_a_revision_model_must_read_vectors_of_the_same_front_end_and_level(tmp_
     card["features"]["audio"]["speech"]["config"]["level_dbfs"] = -20.0
     card["features"]["audio"]["key"] = "0123456789ab"
     (other / "card.json").write_text(json.dumps(card))
-    with pytest.raises(ModelError, match="features.audio.key 0123456789ab"):
+    with pytest.raises(ModelError, match="it expects audio features '0123456789ab'"):
         EmotionStage(EmotionConfig(revise=True, revise_model=str(other)), audio_only=False)
     stage = EmotionStage(EmotionConfig(revise=True), audio_only=False)  # the packaged pair reads the same
     stage.close()

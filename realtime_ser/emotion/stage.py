@@ -67,13 +67,14 @@ class EmotionStage:
                              f"live model's modalities {list(modalities)} and labels "
                              f"{list(self.service.model.labels)}; it has causal={model.card.causal}, "
                              f"modalities {list(model.card.modalities)}, labels {list(model.labels)}")
-        live_key, key = (m.card.raw.get("features", {}).get("audio", {}).get("key")
-                         for m in (self.service.model, model))
-        if live_key != key:
+        service = self.service  # the revisions score the vectors its front ends computed
+        try:
+            model.check_features(service.audio.key() if service.audio is not None else None,
+                                 service.encoder.key() if service.encoder is not None else None)
+        except ModelError as exc:
             self.close()
-            raise ModelError(f"emotion.revise_model {path}: it must read the audio vectors the live model reads "
-                             f"(features.audio.key {key} against the live model's {live_key}: another front end, "
-                             f"input level or segmentation)")
+            raise ModelError(f"emotion.revise_model {path}: it must read the vectors the live model reads "
+                             f"(another front end, input level or segmentation): {exc}") from exc
         return model
 
     @property
