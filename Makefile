@@ -77,6 +77,7 @@ bench-asr: $(STAMP) models
 	$(BIN)/python -m bench.asr_compare --backends pocketsphinx,whisper,vosk,whisper:10,whisper:15,whisper:30,whisper+align,whisper+silero,whisper+500ms
 	$(BIN)/python -m bench.whisper
 	$(BIN)/python -m bench.vad_compare
+	$(BIN)/python -m bench.vad_level
 	$(BIN)/python -m bench.summary
 
 # The Redis bus against the in-memory bus in one run (about 12 minutes; needs redis-server), then

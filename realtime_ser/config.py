@@ -26,6 +26,8 @@ VAD_DETECTORS = ("silero", "webrtc")
 WHISPER_WINDOWS = (10, 15, 30)
 WHISPER_LEVEL_LIMITS = (-60.0, -6.0)
 """The levels the speech encoder scales to (``realtime_ser.features.speech.LEVEL_LIMITS``)."""
+AUTO_GAIN_LIMITS = (-60.0, -10.0)
+"""Levels ``vad.auto_gain_dbfs`` may ask for (dBFS; 0 = off)."""
 WHISPER_WORD_TIMES = ("timestamps", "align")
 WHISPER_COMPUTE_TYPES = ("int8", "int8_float32", "int16", "float32", "default")
 
@@ -82,6 +84,17 @@ class VadConfig:
     """Utterances are cut at this length; the speech goes on as the next utterance."""
     input_timeout_ms: int = 1000
     """An open utterance is closed when no audio arrives for this long (live input)."""
+    auto_gain_dbfs: float = 0.0
+    """Quiet input: the level (dB below full scale) the voice detector should hear speech at; 0 = off.
+    When on, the detector (not the recognizer or the emotion model, which get the audio as it came)
+    hears each frame raised by a gain that brings the stream's recent speech level (the 95th
+    percentile of its 20 ms frames' levels over the last 10 s) up to this level, at most
+    ``auto_gain_max_db``. It is never lowered, it is only set while those 10 s hold a level range
+    of speech (95th against 10th percentile at least 12 dB apart) and it holds through pauses, so
+    steady noise is not raised. Speech that is quiet at the microphone otherwise goes unheard:
+    webrtcvad misses a third of acted clips 30 dB below their recorded level."""
+    auto_gain_max_db: float = 30.0
+    """The most gain ``auto_gain_dbfs`` may give the detector (dB)."""
 
 
 @dataclass(frozen=True)
@@ -360,6 +373,12 @@ class PipelineConfig:
             raise ConfigError("vad.end_padding_ms must not exceed vad.hangover_ms")
         if v.max_utterance_ms < max(v.min_utterance_ms, 1000):
             raise ConfigError("vad.max_utterance_ms must be at least 1000 and at least vad.min_utterance_ms")
+        if v.auto_gain_dbfs and not AUTO_GAIN_LIMITS[0] <= v.auto_gain_dbfs <= AUTO_GAIN_LIMITS[1]:
+            raise ConfigError(f"vad.auto_gain_dbfs={v.auto_gain_dbfs} is not allowed; use 0 (off) or "
+                              f"{AUTO_GAIN_LIMITS[0]:g}..{AUTO_GAIN_LIMITS[1]:g} (dB below full scale)")
+        if not 0.0 < v.auto_gain_max_db <= 60.0:
+            raise ConfigError(f"vad.auto_gain_max_db={v.auto_gain_max_db} is not allowed; use more than 0 and "
+                              "at most 60 (dB)")
         if a.backend not in ASR_BACKENDS:
             raise ConfigError(f"asr.backend={a.backend!r} is not known; use one of {', '.join(ASR_BACKENDS)}")
         if a.whisper_threads < 0:

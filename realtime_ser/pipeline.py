@@ -288,6 +288,7 @@ class Pipeline:
         live = self.source.live or cfg.source.realtime
         last_input = time.monotonic()
         busy = 0.0
+        hinted: set[int] = set()
         while not self._stop.is_set():
             try:
                 item = self._q_frames.get(timeout=min(_POLL, timeout) if timeout > 0 else _POLL)
@@ -316,6 +317,12 @@ class Pipeline:
                     break
                 events += segmenters[frame.channel].feed(frame, self._clock())
             busy += time.perf_counter() - t0
+            for seg in segmenters:
+                if seg.quiet_input_dbfs is not None and seg.channel not in hinted:
+                    hinted.add(seg.channel)
+                    log.warning("channel %d is quiet (speech at about %.0f dBFS): the voice detector may miss some "
+                                "of it; raise the input gain, or set vad.auto_gain_dbfs=-35 (README, quiet input)",
+                                seg.channel, seg.quiet_input_dbfs)
             last_input = time.monotonic()
             if end is not None:
                 for seg in segmenters:

@@ -159,6 +159,71 @@ class SileroDetector:
         return self._speaking
 
 
+class InputLevels:
+    """The levels (dBFS, mean power) of a channel's last ``AUTO_GAIN_WINDOW_MS`` of frames, digital
+    silence left out: what :class:`DetectorGain` and the quiet-input hint read."""
+
+    def __init__(self, frame_ms: int) -> None:
+        self._levels: collections.deque[float] = collections.deque(maxlen=max(1, AUTO_GAIN_WINDOW_MS // frame_ms))
+        self._min_frames = max(1, AUTO_GAIN_MIN_MS // frame_ms)
+
+    def add(self, samples: np.ndarray) -> None:
+        x = samples.astype(np.float32)
+        power = float(np.mean(x * x)) / 32768.0**2 if x.size else 0.0
+        if power > AUTO_GAIN_SILENCE:  # digital silence (a muted or starting device) says nothing of the floor
+            self._levels.append(10.0 * np.log10(power))
+
+    def speech_level(self) -> float | None:
+        """The speech level (the ``AUTO_GAIN_PERCENTILE`` percentile) while the window holds a speech-like
+        range of levels (at least ``AUTO_GAIN_RANGE_DB`` above the 10th percentile); ``None`` otherwise
+        (steady noise, silence, too little audio)."""
+        if len(self._levels) < self._min_frames:
+            return None
+        floor, level = np.percentile(np.fromiter(self._levels, np.float64), (10.0, AUTO_GAIN_PERCENTILE))
+        return float(level) if level - floor >= AUTO_GAIN_RANGE_DB else None
+
+
+class DetectorGain:
+    """The gain ``vad.auto_gain_dbfs`` gives the voice detector's copy of each frame (quiet input).
+
+    While the channel's recent levels (:class:`InputLevels`) say speech, the gain is set to bring the
+    speech level up to ``target_dbfs``, between 0 and ``max_db``; otherwise (steady noise, silence,
+    too little audio) it holds, so a quiet speaker's pauses keep it and noise alone never raises it.
+    """
+
+    def __init__(self, target_dbfs: float, max_db: float, levels: InputLevels) -> None:
+        self.target_dbfs = target_dbfs
+        self.max_db = max_db
+        self.levels = levels
+        self.gain_db = 0.0
+        """The gain the latest frame was given (dB)."""
+
+    def apply(self, samples: np.ndarray) -> np.ndarray:
+        """``samples`` (int16) as the detector should hear them (their level already added to ``levels``)."""
+        level = self.levels.speech_level()
+        if level is not None:
+            self.gain_db = float(min(max(self.target_dbfs - level, 0.0), self.max_db))
+        if self.gain_db <= 0.0:
+            return samples
+        y = samples.astype(np.float32) * np.float32(10.0 ** (self.gain_db / 20.0))
+        return np.clip(y, -32768.0, 32767.0).astype(np.int16)
+
+
+AUTO_GAIN_WINDOW_MS = 10000
+"""How much recent audio :class:`InputLevels` measures the speech level over."""
+AUTO_GAIN_MIN_MS = 200
+"""Audio :class:`InputLevels` needs before it says a level."""
+AUTO_GAIN_SILENCE = 1e-10
+"""Frames below this power (-100 dBFS, under the last bit of 16-bit audio: digital silence) are left out."""
+AUTO_GAIN_PERCENTILE = 95.0
+"""Which percentile of the frames' levels counts as the speech level."""
+AUTO_GAIN_RANGE_DB = 12.0
+"""Level range (95th against 10th percentile of frames) that says speech is in the window."""
+QUIET_HINT_DBFS = -45.0
+"""With the detector gain off, a channel whose speech level over ``AUTO_GAIN_WINDOW_MS`` is below this gets
+a hint (:attr:`Segmenter.quiet_input_dbfs`): webrtcvad starts to miss acted clips about there."""
+
+
 def make_detector(config: VadConfig) -> VoiceDetector:
     """The voice detector ``config.detector`` names, with its settings."""
     if config.detector == "silero":
@@ -199,8 +264,17 @@ class Segmenter:
         self.reset()
 
     def reset(self) -> None:
-        """Forget all state: no open utterance, empty pre-roll."""
+        """Forget all state: no open utterance, empty pre-roll, no detector gain."""
         self._vad = self._detector_factory(self.config)
+        self._levels = InputLevels(self.frame_ms)
+        self._gain = (DetectorGain(self.config.auto_gain_dbfs, self.config.auto_gain_max_db, self._levels)
+                      if self.config.auto_gain_dbfs else None)
+        self._hint_frames = max(1, AUTO_GAIN_WINDOW_MS // self.frame_ms)
+        self._hint_count = 0
+        self.quiet_input_dbfs: float | None = None
+        """Set once (the speech level, dBFS) when a window of ``AUTO_GAIN_WINDOW_MS`` holds speech-like levels
+        below ``QUIET_HINT_DBFS``, so quiet that the detector may miss some of it (only with
+        ``vad.auto_gain_dbfs`` off). The pipeline logs a hint."""
         self._preroll: collections.deque[tuple[AudioFrame, bool]] = collections.deque(
             maxlen=self._window_frames + self._pad_frames
         )
@@ -220,6 +294,11 @@ class Segmenter:
     def in_speech(self) -> bool:
         return self._in_speech
 
+    @property
+    def detector_gain_db(self) -> float:
+        """The gain the voice detector heard the latest frame with (``vad.auto_gain_dbfs``; 0 when off)."""
+        return self._gain.gain_db if self._gain is not None else 0.0
+
     # -- feeding -----------------------------------------------------------------
 
     def feed(self, frame: AudioFrame, now_ns: int = 0) -> list[SegmentEvent]:
@@ -229,7 +308,11 @@ class Segmenter:
                 f"frame has {len(frame.samples)} samples; this segmenter takes {self._frame_len} "
                 f"({self.frame_ms} ms at {SAMPLE_RATE} Hz)"
             )
-        voiced = self._vad.is_speech(frame.samples.tobytes(), SAMPLE_RATE)
+        self._levels.add(frame.samples)
+        heard = frame.samples if self._gain is None else self._gain.apply(frame.samples)
+        voiced = self._vad.is_speech(heard.tobytes(), SAMPLE_RATE)
+        if self._gain is None and self.quiet_input_dbfs is None:
+            self._check_quiet()
         out: list[SegmentEvent] = []
         if not self._in_speech:
             if self._continue_next:
@@ -281,6 +364,14 @@ class Segmenter:
         return out
 
     # -- internals ------------------------------------------------------------------
+
+    def _check_quiet(self) -> None:
+        self._hint_count += 1
+        if self._hint_count >= self._hint_frames:
+            self._hint_count = 0
+            level = self._levels.speech_level()
+            if level is not None and level < QUIET_HINT_DBFS:
+                self.quiet_input_dbfs = level
 
     def _open(
         self,

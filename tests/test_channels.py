@@ -75,10 +75,8 @@ def test_copies_keep_rows_and_labels_and_are_reproducible(tmp_path: Path) -> Non
     assert info.subtype == "PCM_16"
 
 
-def test_packaged_audio_model_under_conditions(tmp_path: Path) -> None:
-    """The real packaged audio model on real acted clips, clean, 20 and 45 dB quieter: the report holds
-    every condition with the evaluator's figures, what the voice-activity detector kept, the figures
-    on the clips it heard, and the markdown table says them."""
+def _acted_clips(tmp_path: Path) -> Path:
+    """A manifest of four real CREMA-D clips (two angry, two sad; skips without the data or Whisper)."""
     from realtime_ser.errors import ModelError
     from realtime_ser.features import speech
 
@@ -94,7 +92,38 @@ def test_packaged_audio_model_under_conditions(tmp_path: Path) -> None:
     assert len(clips) == 4
     rows = [Utterance(p.stem, 0, "crema_1006", "angry" if "_ANG_" in p.name else "sad", "Don't forget a jacket",
                       str(p)) for p in clips]
-    manifest = write_manifest(tmp_path / "clips.csv", rows)
+    return write_manifest(tmp_path / "clips.csv", rows)
+
+
+def test_the_detector_gain_hears_clips_30_db_quieter(tmp_path: Path) -> None:
+    """``--set vad.auto_gain_dbfs=-35`` cuts the clips with the detector gain: the two sad clips that
+    webrtcvad does not hear 30 dB quieter are heard, and the report says which setting it ran with."""
+    manifest = _acted_clips(tmp_path)
+    found = {}
+    for name, settings in (("off", []), ("on", ["--set", "vad.auto_gain_dbfs=-35"])):
+        out = tmp_path / name
+        assert channels.main(["--model", str(channels.MODELS / "audio"), "--manifest", str(manifest),
+                              "--conditions", "gain:-30", "--out", str(out), *settings]) == 0
+        results = json.loads(out.with_suffix(".json").read_text())
+        found[name] = results["speech_found"]["gain:-30"]
+        assert results["settings"] == settings[1:]
+    assert found["off"]["no_speech"] == 2 and found["on"]["no_speech"] == 0
+    assert found["on"]["kept_mean"] > found["off"]["kept_mean"]
+    assert "`vad.auto_gain_dbfs=-35`" in (tmp_path / "on.md").read_text()
+
+
+def test_the_command_line_refuses_a_bad_setting(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        channels.main(["--conditions", "clean", "--set", "vad.auto_gain_dbfs=-90"])
+    assert exit_info.value.code == 2
+    assert "vad.auto_gain_dbfs=-90.0 is not allowed; use 0 (off) or -60..-10" in capsys.readouterr().err
+
+
+def test_packaged_audio_model_under_conditions(tmp_path: Path) -> None:
+    """The real packaged audio model on real acted clips, clean, 20 and 45 dB quieter: the report holds
+    every condition with the evaluator's figures, what the voice-activity detector kept, the figures
+    on the clips it heard, and the markdown table says them."""
+    manifest = _acted_clips(tmp_path)
     copy = tmp_path / "audio-copy"
     shutil.copytree(channels.MODELS / "audio", copy)
     out = tmp_path / "channels"

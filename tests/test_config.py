@@ -71,6 +71,28 @@ def test_overrides_take_toml_strings_as_the_trainer_does() -> None:
     assert apply_overrides(PipelineConfig(), ['emotion.model="a"b"']).emotion.model == '"a"b"'
 
 
+@pytest.mark.parametrize(("setting", "match"), [
+    ("vad.auto_gain_dbfs=-70", r"use 0 \(off\) or -60..-10"),
+    ("vad.auto_gain_dbfs=-3", r"use 0 \(off\) or -60..-10"),
+    ("vad.auto_gain_max_db=0", "more than 0 and at most 60"),
+    ("vad.auto_gain_max_db=90", "more than 0 and at most 60"),
+])
+def test_detector_gain_settings_are_checked(setting: str, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        apply_overrides(PipelineConfig(), [setting])
+
+
+def test_detector_gain_off_keeps_the_segmentation_key_of_every_cache_and_model() -> None:
+    from training.features import vad_key
+
+    # The key the feature caches and the packaged models' training used before the setting existed.
+    assert vad_key() == "4e2b4e54f47a"
+    assert vad_key(apply_overrides(PipelineConfig(), ["vad.auto_gain_max_db=20"])) == "4e2b4e54f47a"
+    on = vad_key(apply_overrides(PipelineConfig(), ["vad.auto_gain_dbfs=-35"]))
+    assert on != "4e2b4e54f47a"
+    assert vad_key(apply_overrides(PipelineConfig(), ["vad.auto_gain_dbfs=-35", "vad.auto_gain_max_db=20"])) != on
+
+
 def test_release_memory_interval_is_checked() -> None:
     assert apply_overrides(PipelineConfig(), ["server.release_memory_s=0"]).server.release_memory_s == 0
     with pytest.raises(ConfigError, match="release_memory_s"):

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -271,3 +275,124 @@ def test_no_pause_is_announced_for_gaps_shorter_than_the_end_padding_or_unannoun
     assert [round(p.end, 2) for p in pauses(gap)] == [1.89]
     blip = run(signal(("silence", 0.5), ("speech", 0.12), ("silence", 1.0)), min_utterance_ms=250)
     assert not pauses(blip)
+
+
+# -- Detector gain for quiet input (vad.auto_gain_dbfs) ---------------------------------------------
+
+
+def _level_frames(levels_dbfs: list[float], rng: np.random.Generator) -> list[np.ndarray]:
+    """One 30 ms frame of white noise at each RMS level (dBFS)."""
+    out = []
+    for db in levels_dbfs:
+        x = rng.standard_normal(N)
+        out.append((x / np.sqrt(np.mean(x**2)) * 32768 * 10 ** (db / 20)).astype(np.int16))
+    return out
+
+
+def test_detector_gain_raises_speech_like_levels_holds_through_pauses_and_leaves_steady_noise() -> None:
+    from realtime_ser.vad import DetectorGain, InputLevels
+
+    def detector_gain() -> tuple[DetectorGain, Callable[[np.ndarray], np.ndarray]]:
+        gain = DetectorGain(target_dbfs=-35.0, max_db=30.0, levels=InputLevels(FRAME_MS))
+
+        def apply(frame: np.ndarray) -> np.ndarray:
+            gain.levels.add(frame)
+            return gain.apply(frame)
+        return gain, apply
+
+    rng = np.random.default_rng(0)
+    gain, apply = detector_gain()
+    for frame in _level_frames([-70.0] * 400, rng):  # 12 s of steady noise: no level range, no gain
+        assert np.array_equal(apply(frame), frame)
+    assert gain.gain_db == 0.0
+    # Quiet "speech": half the frames 20 dB above the floor (-50 dBFS), the rest at the floor.
+    for frame in _level_frames([-50.0, -70.0] * 50, rng):
+        heard = apply(frame)
+    assert gain.gain_db == pytest.approx(15.0, abs=1.0), "the speech level brought up to the target"
+    assert 20 * np.log10(np.std(heard.astype(np.float64)) / np.std(frame.astype(np.float64))) == pytest.approx(
+        gain.gain_db, abs=0.1), "the detector's copy is raised by the gain"
+    for frame in _level_frames([-70.0] * 400, rng):  # a long pause: the gain holds
+        apply(frame)
+    assert gain.gain_db == pytest.approx(15.0, abs=1.0)
+    very_quiet, apply = detector_gain()
+    for frame in _level_frames([-70.0, -90.0] * 50, rng):
+        apply(frame)
+    assert very_quiet.gain_db == 30.0, "never more than auto_gain_max_db"
+    _, apply = detector_gain()
+    for frame in _level_frames([-20.0, -60.0] * 50, rng):
+        assert np.array_equal(apply(frame), frame), "speech above the target is never lowered"
+
+
+def _segment_real(x: np.ndarray, config: VadConfig) -> tuple[list[tuple[float, float]], float]:
+    x = np.concatenate([np.zeros(SAMPLE_RATE // 2, np.int16), x, np.zeros(SAMPLE_RATE, np.int16)])
+    x = x[: len(x) // N * N]
+    seg = Segmenter(config, FRAME_MS)
+    events = []
+    for i in range(0, len(x), N):
+        events += seg.feed(AudioFrame(0, 0, i, x[i : i + N], 0))
+    events += seg.flush()
+    return [(e.start, e.end) for e in ends(events)], seg.detector_gain_db
+
+
+def test_auto_gain_lets_webrtcvad_hear_a_sentence_50_db_quieter_and_changes_nothing_at_normal_level() -> None:
+    speech = _espeak_or_skip("I am calling about the bill I got this morning.")
+    clean, clean_gain = _segment_real(speech, VadConfig())
+    ((start, end),) = clean
+    quiet = (speech * 10 ** (-50 / 20)).astype(np.int16)
+    missed, _ = _segment_real(quiet, VadConfig())
+    assert sum(e - s for s, e in missed) < 0.6 * (end - start), "without the gain most of the sentence is lost"
+    on = VadConfig(auto_gain_dbfs=-35.0)
+    ((s2, e2),), gain = _segment_real(quiet, on)
+    assert s2 == pytest.approx(start, abs=0.1) and e2 == pytest.approx(end, abs=0.1)
+    assert 20.0 < gain <= 30.0
+    assert _segment_real(speech, on) == (clean, 0.0), "speech at a normal level gets no gain"
+
+
+def test_auto_gain_does_not_turn_steady_noise_into_speech() -> None:
+    from training.augment import make_noise
+
+    rng = np.random.default_rng(1)
+    noise = make_noise("pink", 20 * SAMPLE_RATE, rng)
+    noise = (noise / np.sqrt(np.mean(noise**2)) * 32768 * 10 ** (-60 / 20)).astype(np.int16)
+    assert _segment_real(noise, VadConfig(auto_gain_dbfs=-35.0)) == ([], 0.0)
+
+
+def test_quiet_speech_gets_a_hint_once_and_normal_speech_steady_noise_or_the_gain_none() -> None:
+    speech = _espeak_or_skip("I am calling about the bill I got this morning.")
+    pause = np.zeros(SAMPLE_RATE, np.int16)
+    rng = np.random.default_rng(2)
+    floor = (rng.standard_normal(12 * SAMPLE_RATE) * 32768 * 10 ** (-75 / 20)).astype(np.int16)
+
+    def hint(x: np.ndarray, config: VadConfig) -> float | None:
+        x = np.concatenate([x, pause] * 4)[: 12 * SAMPLE_RATE]
+        x = (x.astype(np.int32) + floor[: len(x)]).clip(-32768, 32767).astype(np.int16)
+        x = x[: len(x) // N * N]
+        seg = Segmenter(config, FRAME_MS)
+        for i in range(0, len(x), N):
+            seg.feed(AudioFrame(0, 0, i, x[i : i + N], 0))
+        return seg.quiet_input_dbfs
+
+    quiet = (speech * 10 ** (-40 / 20)).astype(np.int16)
+    level = hint(quiet, VadConfig())
+    assert level is not None and -60.0 < level < -45.0
+    assert hint(speech, VadConfig()) is None
+    assert hint(np.zeros_like(speech), VadConfig()) is None, "the floor alone is no speech"
+    assert hint(quiet, VadConfig(auto_gain_dbfs=-35.0)) is None, "the gain is on: nothing to hint"
+
+
+def test_the_quiet_input_bench_runs_on_a_few_clips(tmp_path: Path) -> None:
+    from conftest import SHARED_DATA
+
+    from bench import vad_level
+
+    if not all((SHARED_DATA / c / "manifest.csv").is_file() for c in ("ravdess", "tess", "crema_d")):
+        pytest.skip(f"needs RAVDESS, TESS and CREMA-D in {SHARED_DATA} (../shared/data); CI has it")
+    assert vad_level.main(["--clips", "2", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "vad_level.json").read_text())
+    assert result["clips"] == 6 and set(result["levels"]) == {"0", "-12", "-20", "-30"}
+    for row in result["levels"].values():
+        assert row["-35"]["no_speech"] <= row["off"]["no_speech"]
+    assert all(row["off"] == 0 and row["-35"] == 0 for name, row in result["noise"].items() if "steady" in name)
+    assert "| -30 dB |" in (tmp_path / "vad_level.md").read_text()
+    with pytest.raises(SystemExit):
+        vad_level.main(["--gain", "-80", "--out", str(tmp_path)])

@@ -24,11 +24,14 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .data import REPO, Utterance, read_manifest, write_manifest
+
+if TYPE_CHECKING:
+    from realtime_ser.config import PipelineConfig
 
 MODELS = REPO / "realtime_ser" / "data" / "models"
 OUT = REPO / "training" / "results"
@@ -87,8 +90,8 @@ def _shown(path: Path) -> str:
     return str(full.relative_to(REPO)) if full.is_relative_to(REPO) else str(path)
 
 
-def speech_found(manifest_path: Path) -> tuple[dict[str, Any], Path]:
-    """What the segmenter (the default voice-activity detector, as live and in training) keeps of each
+def speech_found(manifest_path: Path, pipeline: PipelineConfig | None = None) -> tuple[dict[str, Any], Path]:
+    """What the segmenter (``pipeline``'s; by default the one live and in training) keeps of each
     clip: how many clips it finds no speech in at all, and the mean share of a clip's samples kept;
     and a manifest of the clips it found speech in (``heard.csv`` beside ``manifest_path``). Live, a
     clip without speech is no utterance at all; scored anyway, it is silence, which the models call
@@ -105,7 +108,7 @@ def speech_found(manifest_path: Path) -> tuple[dict[str, Any], Path]:
         if path is None:
             raise ValueError(f"{manifest_path}: {u.dialogue_id} has no audio file")
         total = sf.info(str(path)).frames
-        kept.append(sum(len(x) for x in utterance_audio(path)) / max(1, total))
+        kept.append(sum(len(x) for x in utterance_audio(path, pipeline)) / max(1, total))
         if kept[-1] > 0:
             heard.append(Utterance(u.dialogue_id, u.utt_index, u.speaker, u.label, u.text, str(path), u.extra))
     found = {"clips": len(kept), "no_speech": int(sum(k == 0 for k in kept)),
@@ -113,25 +116,30 @@ def speech_found(manifest_path: Path) -> tuple[dict[str, Any], Path]:
     return found, write_manifest(manifest_path.parent / "heard.csv", heard)
 
 
-def run(models: Sequence[Path], manifest: Path, conditions: Sequence[str], seed: int = 0) -> dict[str, Any]:
-    """Every model's figures under every condition."""
+def run(models: Sequence[Path], manifest: Path, conditions: Sequence[str], seed: int = 0,
+        overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Every model's figures under every condition; ``overrides`` (``section.key=value``, as ``realtime-ser
+    run --set``) change the segmentation the clips are cut with, e.g. ``vad.auto_gain_dbfs=-35``."""
+    from realtime_ser.config import PipelineConfig, apply_overrides
+
     from .evaluate import evaluate
 
     for spec in conditions:
         condition(spec)  # refuse a bad condition before any work
+    pipeline = apply_overrides(PipelineConfig(), list(overrides)).validate()
     results: dict[str, Any] = {"manifest": str(manifest), "seed": seed, "conditions": list(conditions),
-                               "models": {}, "speech_found": {}}
+                               "settings": list(overrides), "models": {}, "speech_found": {}}
     with tempfile.TemporaryDirectory(prefix="channels-") as tmp:
         for spec in conditions:
             copy = transformed_manifest(manifest, spec, Path(tmp) / spec.replace(":", "_"), seed)
-            results["speech_found"][spec], heard = speech_found(copy)
+            results["speech_found"][spec], heard = speech_found(copy, pipeline)
             for model in models:
                 started = time.perf_counter()
-                report = evaluate(model, copy)
+                report = evaluate(model, copy, pipeline=pipeline)
                 entry = {"metrics": report["metrics"], "modalities": report.get("modalities", {}),
                          "audio_weight": report.get("audio_weight"), "seconds": round(time.perf_counter() - started, 1)}
                 if results["speech_found"][spec]["no_speech"]:  # the features are cached: a cheap second look
-                    entry["heard_metrics"] = evaluate(model, heard)["metrics"]
+                    entry["heard_metrics"] = evaluate(model, heard, pipeline=pipeline)["metrics"]
                 name, shown = report["model"]["name"], _shown(model)
                 if results["models"].get(name, {}).get("dir", shown) != shown:
                     name = f"{name} ({shown})"  # two models of one name: told apart by folder
@@ -151,6 +159,9 @@ def markdown(results: dict[str, Any]) -> str:
              "condition applied to every clip, written as 16-bit WAV, scored through `python -m training evaluate`'s",
              "code path. UAR and WA in %, ECE over the clips (15 bins); *audio weight*: the mean weight the",
              "fusion gave the voice (1 = fully trusted; only for fused models with the audio gate).", ""]
+    if results.get("settings"):
+        lines += ["Segmentation settings changed from the defaults: " +
+                  ", ".join(f"`{s}`" for s in results["settings"]) + ".", ""]
     found = results.get("speech_found", {})
     if found:
         lines += ["## What the voice-activity detector keeps", "",
@@ -193,6 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--conditions", default=",".join(DEFAULT_CONDITIONS),
                    help="comma-separated: clean, gain:DB, telephone, telephone-mulaw, noise:DB (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the noise (default: %(default)s)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="a segmentation setting to cut the clips with, as `realtime-ser run --set` "
+                        "(repeatable; e.g. vad.auto_gain_dbfs=-35)")
     p.add_argument("--out", type=Path, default=OUT / "channels",
                    help="writes OUT.json and OUT.md (default: %(default)s)")
     args = p.parse_args(argv)
@@ -200,7 +214,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for spec in conditions:
             condition(spec)
-    except ValueError as exc:
+        from realtime_ser.config import PipelineConfig, apply_overrides
+
+        apply_overrides(PipelineConfig(), args.overrides).validate()
+    except ValueError as exc:  # a ConfigError is one
         p.error(str(exc))
     models = args.model or [MODELS / "default", MODELS / "audio"]
     manifest = args.manifest
@@ -209,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
             from .default_report import held_out_clips
 
             manifest = held_out_clips(Path(tmp) / "held-out-demo-actors.csv")
-        results = run(models, manifest, conditions, args.seed)
+        results = run(models, manifest, conditions, args.seed, args.overrides)
     if args.manifest is None:
         results["manifest"] = "the 4-class clips of the two demo-voices actors (training.default_report.held_out_clips)"
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from realtime_ser.config import PipelineConfig
 from realtime_ser.emotion.model import SHIFT, EmotionModel
 
 from .data import ManifestError, read_manifest
@@ -22,14 +23,15 @@ from .features import FeatureExtractor, FeatureSettings
 from .metrics import classification_report
 
 
-def extractor_for(model: EmotionModel) -> FeatureExtractor:
-    """A feature extractor with the front ends the model's card names; refuses a mismatch."""
+def extractor_for(model: EmotionModel, pipeline: PipelineConfig | None = None) -> FeatureExtractor:
+    """A feature extractor with the front ends the model's card names; refuses a mismatch. ``pipeline``:
+    the segmentation settings to cut each clip with (the defaults, as live, unless given)."""
     text = model.card.features.get("text", {})
     audio = model.card.features.get("audio", {})
     level = audio.get("speech", {}).get("config", {}).get("level_dbfs")
     settings = FeatureSettings(text_encoder=text.get("kind", "contextual"), text_encoder_dir=text_encoder_dir(model),
                                audio=audio.get("kind", "acoustic"), speech_level_dbfs=level)
-    extractor = FeatureExtractor(settings)
+    extractor = FeatureExtractor(settings, pipeline=pipeline)
     audio_key = extractor.front_end.key() if "audio" in model.card.modalities else None
     text_key = extractor.text_encoder.key() if "text" in model.card.modalities else None
     model.check_features(audio_key, text_key)
@@ -44,14 +46,15 @@ def text_encoder_dir(model: EmotionModel) -> str:
     return str(encoder_dir_for(text)) if text else ""
 
 
-def evaluate(model_dir: Path, manifest_path: Path, predictions: Path | None = None) -> dict[str, Any]:
+def evaluate(model_dir: Path, manifest_path: Path, predictions: Path | None = None,
+             pipeline: PipelineConfig | None = None) -> dict[str, Any]:
     model = EmotionModel.load(model_dir)
     needs_audio = "audio" in model.card.modalities
     manifest = read_manifest(manifest_path, labels=model.labels, require_audio=needs_audio)
     labeled = [u for u in manifest.utterances if u.labeled]
     if not labeled:
         raise ManifestError(f"{manifest_path}: no labeled utterance to evaluate (labels: {', '.join(model.labels)})")
-    extractor = extractor_for(model)
+    extractor = extractor_for(model, pipeline)
     index = {lab: i for i, lab in enumerate(model.labels)}
     uts = manifest.utterances
     feats: dict[str, np.ndarray] = {}

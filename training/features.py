@@ -124,7 +124,10 @@ def _progress(iterable: Sequence[Any], desc: str) -> Any:
 def vad_key(config: PipelineConfig | None = None) -> str:
     """Identifies the segmentation settings (part of the audio feature cache key)."""
     config = config or PipelineConfig()
-    blob = json.dumps({"vad": asdict(config.vad), "frame_ms": config.source.frame_ms}, sort_keys=True)
+    vad = asdict(config.vad)
+    if not vad["auto_gain_dbfs"]:  # off: the key of the settings before the option existed
+        del vad["auto_gain_dbfs"], vad["auto_gain_max_db"]
+    blob = json.dumps({"vad": vad, "frame_ms": config.source.frame_ms}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
