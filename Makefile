@@ -148,7 +148,7 @@ channels: $(STAMP) models
 # Six more seeds of the held-out configs and three models averaged against one
 # (training/results/seed_ensembles.md); needs the runs of `make train` / `make default-model`. About 1 hour.
 ENSEMBLE_CONFIGS = voices_ravdess voices_ravdess_speaker_norm voices_ravdess8 voices_ravdess8_speaker_norm \
-  voices_crema_d voices_cross voices_cross_speaker_norm text_iemocap_residual
+  voices_crema_d voices_crema_d_speaker_norm voices_cross voices_cross_speaker_norm text_iemocap_residual
 seed-ensembles: $(STAMP) models
 	for c in $(ENSEMBLE_CONFIGS); do \
 	  pin=""; [ $$c = voices_ravdess ] && pin='--set features.audio="speech"'; \
