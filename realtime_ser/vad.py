@@ -308,11 +308,14 @@ class Segmenter:
                 f"frame has {len(frame.samples)} samples; this segmenter takes {self._frame_len} "
                 f"({self.frame_ms} ms at {SAMPLE_RATE} Hz)"
             )
-        self._levels.add(frame.samples)
-        heard = frame.samples if self._gain is None else self._gain.apply(frame.samples)
-        voiced = self._vad.is_speech(heard.tobytes(), SAMPLE_RATE)
-        if self._gain is None and self.quiet_input_dbfs is None:
+        heard = frame.samples
+        if self._gain is not None:
+            self._levels.add(frame.samples)
+            heard = self._gain.apply(frame.samples)
+        elif self.quiet_input_dbfs is None:  # until the hint is given
+            self._levels.add(frame.samples)
             self._check_quiet()
+        voiced = self._vad.is_speech(heard.tobytes(), SAMPLE_RATE)
         out: list[SegmentEvent] = []
         if not self._in_speech:
             if self._continue_next:
