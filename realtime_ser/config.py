@@ -88,7 +88,7 @@ class VadConfig:
     """Quiet input: the level (dB below full scale) the voice detector should hear speech at; 0 = off.
     When on, the detector (not the recognizer or the emotion model, which get the audio as it came)
     hears each frame raised by a gain that brings the stream's recent speech level (the 95th
-    percentile of its 20 ms frames' levels over the last 10 s) up to this level, at most
+    percentile of its frames' levels over the last 10 s) up to this level, at most
     ``auto_gain_max_db``. It is never lowered, it is only set while those 10 s hold a level range
     of speech (95th against 10th percentile at least 12 dB apart) and it holds through pauses, so
     steady noise is not raised. Speech that is quiet at the microphone otherwise goes unheard:

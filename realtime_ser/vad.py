@@ -260,6 +260,7 @@ class Segmenter:
         self._pad_frames = config.start_padding_ms // frame_ms
         self._end_pad_frames = config.end_padding_ms // frame_ms
         self._hangover_frames = frames(config.hangover_ms)
+        self._hint_frames = max(1, AUTO_GAIN_WINDOW_MS // frame_ms)  # how often the quiet-input hint looks
         self.utterances = 0
         self.discarded = 0
         self.reset()
@@ -270,7 +271,6 @@ class Segmenter:
         self._levels = InputLevels(self.frame_ms)
         self._gain = (DetectorGain(self.config.auto_gain_dbfs, self.config.auto_gain_max_db, self._levels)
                       if self.config.auto_gain_dbfs else None)
-        self._hint_frames = max(1, AUTO_GAIN_WINDOW_MS // self.frame_ms)
         self._hint_count = 0
         self.quiet_input_dbfs: float | None = None
         """Set once (the speech level, dBFS) when a window of ``AUTO_GAIN_WINDOW_MS`` holds speech-like levels
