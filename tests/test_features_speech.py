@@ -219,3 +219,83 @@ def test_the_trainer_and_the_evaluator_follow_the_level_setting(encoder: speech.
                             check_features=lambda audio, text: seen.append(audio))
     extractor = extractor_for(model)  # type: ignore[arg-type]
     assert seen == [card["key"]] and extractor.front_end.speech.config.level_dbfs == -26.0  # type: ignore[union-attr]
+
+
+# -- a shallower encoder (SpeechEncoderConfig.encoder_layers) ------------------------------------
+
+
+def test_depth_setting_is_checked_and_keyed_apart() -> None:
+    for bad in (-1, 65, 2.5, True, "4"):
+        with pytest.raises(ValueError, match="encoder_layers must be a whole number 0..64"):
+            speech.SpeechEncoderConfig(encoder_layers=bad)  # type: ignore[arg-type]
+    plain = speech.SpeechEncoderConfig(level_dbfs=-26)
+    assert plain.key("x" * 64) == speech.SpeechEncoderConfig(level_dbfs=-26, encoder_layers=0).key("x" * 64)
+    four = speech.SpeechEncoderConfig(level_dbfs=-26, encoder_layers=4)
+    three = speech.SpeechEncoderConfig(encoder_layers=3)
+    assert len({four.key("x" * 64), plain.key("x" * 64), three.key("x" * 64)}) == 3
+
+
+def test_a_shallower_encoder_is_the_whole_one_cut_short(encoder: speech.SpeechEncoder) -> None:
+    """All six layers through the rewritten model give the encoder's own vectors; four give other
+    ones, from a model of their own that never serves the recognizer; more layers than the model has
+    is refused with the count."""
+    from realtime_ser.features.audio import AudioFrontEnd
+
+    x = [_tone(1.2, 150.0), _tone(2.5, 220.0, seed=1)]
+    six = speech.load(threads=2, config=speech.SpeechEncoderConfig(encoder_layers=6))
+    assert six.model is not encoder.model and six.key() != encoder.key()
+    np.testing.assert_allclose(six.embed(x), encoder.embed(x), atol=1e-4)
+    four = speech.load(threads=2, config=speech.SpeechEncoderConfig(encoder_layers=4))
+    assert speech.load(threads=2, config=speech.SpeechEncoderConfig(encoder_layers=4)) is four
+    v4, v6 = four.embed(x), encoder.embed(x)
+    assert v4.shape == v6.shape and np.all(np.isfinite(v4))
+    assert np.abs(v4 - v6).max() > 0.1
+    front = AudioFrontEnd.create("speech", speech_config=speech.SpeechEncoderConfig(encoder_layers=4))
+    (given,) = encoder.encode([x[0]])
+    assert not front.shares(given), "the recognizer's full pass is not what a shallower model reads"
+    np.testing.assert_allclose(front.extract([x[0]], [given])[0], v4[0], atol=1e-5)
+    card = front.card()
+    assert card["speech"]["config"]["encoder_layers"] == 4
+    assert AudioFrontEnd.for_card(card).key() == front.key()
+    with pytest.raises(ModelError, match="encoder_layers=7, but the speech encoder in .* has 6 layers"):
+        speech.load(threads=2, config=speech.SpeechEncoderConfig(encoder_layers=7))
+
+
+def test_a_model_file_it_cannot_read_is_refused_with_the_reason(tmp_path: Path) -> None:
+    import struct
+
+    def header(version: int) -> bytes:
+        name = b"WhisperSpec\0"
+        return struct.pack("<I", version) + struct.pack("<H", len(name)) + name + struct.pack("<I", 3)
+
+    (tmp_path / "model.bin").write_bytes(header(99) + struct.pack("<I", 0))
+    with pytest.raises(ModelError, match="format version 99"):
+        speech.truncated_model_files(tmp_path, 2)
+    var = b"encoder/layer_0/w\0"
+    record = struct.pack("<H", len(var)) + var + struct.pack("<B", 1) + struct.pack("<I", 4) + b"\x04" + struct.pack(
+        "<I", 8)
+    (tmp_path / "model.bin").write_bytes(header(6) + struct.pack("<I", 1) + record + b"\0" * 3)
+    with pytest.raises(ModelError, match="ends inside variable 'encoder/layer_0/w'"):
+        speech.truncated_model_files(tmp_path, 1)
+    (tmp_path / "model.bin").write_bytes(header(6) + struct.pack("<I", 1) + record + b"\0" * 8 + struct.pack("<I", 0))
+    assert speech.truncated_model_files(tmp_path, 1)["model.bin"] == (tmp_path / "model.bin").read_bytes()
+    with pytest.raises(ModelError, match="has 1 layers"):
+        speech.truncated_model_files(tmp_path, 2)
+
+
+def test_the_trainer_and_the_evaluator_follow_the_depth_setting(encoder: speech.SpeechEncoder) -> None:
+    from types import SimpleNamespace
+
+    from training.evaluate import extractor_for
+    from training.features import FeatureExtractor, FeatureSettings
+
+    four = FeatureExtractor(FeatureSettings(audio="speech", speech_level_dbfs=-26, speech_layers=4))
+    level = FeatureExtractor(FeatureSettings(audio="speech", speech_level_dbfs=-26))
+    assert four.audio_key() != level.audio_key()
+    card = four.settings_card(("audio",))["audio"]
+    assert card["speech"]["config"]["encoder_layers"] == 4
+    model = SimpleNamespace(card=SimpleNamespace(features={"audio": card}, modalities=("audio",)),
+                            check_features=lambda audio, text: None)
+    extractor = extractor_for(model)  # type: ignore[arg-type]
+    config = extractor.front_end.speech.config  # type: ignore[union-attr]
+    assert config.encoder_layers == 4 and config.level_dbfs == -26.0

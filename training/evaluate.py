@@ -28,9 +28,10 @@ def extractor_for(model: EmotionModel, pipeline: PipelineConfig | None = None) -
     the segmentation settings to cut each clip with (the defaults, as live, unless given)."""
     text = model.card.features.get("text", {})
     audio = model.card.features.get("audio", {})
-    level = audio.get("speech", {}).get("config", {}).get("level_dbfs")
+    speech = audio.get("speech", {}).get("config", {})
     settings = FeatureSettings(text_encoder=text.get("kind", "contextual"), text_encoder_dir=text_encoder_dir(model),
-                               audio=audio.get("kind", "acoustic"), speech_level_dbfs=level)
+                               audio=audio.get("kind", "acoustic"), speech_level_dbfs=speech.get("level_dbfs"),
+                               speech_layers=int(speech.get("encoder_layers", 0)))
     extractor = FeatureExtractor(settings, pipeline=pipeline)
     audio_key = extractor.front_end.key() if "audio" in model.card.modalities else None
     text_key = extractor.text_encoder.key() if "text" in model.card.modalities else None

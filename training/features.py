@@ -60,6 +60,10 @@ class FeatureSettings:
     """Scale each utterance's active part to this RMS level (dBFS, e.g. -26) before Whisper's encoder
     (:attr:`realtime_ser.features.speech.SpeechEncoderConfig.level_dbfs`; an exported model's card
     carries it and the runtime does the same); ``None``: the level as recorded."""
+    speech_layers: int = 0
+    """Run only the first this many layers of Whisper's encoder
+    (:attr:`realtime_ser.features.speech.SpeechEncoderConfig.encoder_layers`; carried by an exported
+    model's card like the level); 0 = all of them."""
     speaker_norm: float = 0.0
     """Speaker-adaptive audio vectors: each utterance's vector shifted by the running mean of its
     voice's earlier utterances, shrunk towards the training mean by this many pseudo-utterances
@@ -179,10 +183,11 @@ class FeatureExtractor:
     def _part(self, kind: str) -> AudioFrontEnd:
         if kind not in self._parts:
             speech = None
-            if "speech" in kind and self.settings.speech_level_dbfs is not None:
+            if "speech" in kind and (self.settings.speech_level_dbfs is not None or self.settings.speech_layers):
                 from realtime_ser.features.speech import SpeechEncoderConfig
 
-                speech = SpeechEncoderConfig(level_dbfs=self.settings.speech_level_dbfs)
+                speech = SpeechEncoderConfig(level_dbfs=self.settings.speech_level_dbfs,
+                                             encoder_layers=self.settings.speech_layers)
             self._parts[kind] = AudioFrontEnd.create(kind, threads=self.threads, speech_config=speech)
         return self._parts[kind]
 

@@ -26,6 +26,13 @@ How an utterance is encoded (the same in training, in offline evaluation and liv
 - **The utterance's frames.** The encoder gives one 512-dimensional state every 20 ms; only the
   states of frames that hold audio of the utterance are kept (not the padding).
 - **Pooling.** Mean and standard deviation over those states: 1024 numbers for Whisper base.
+- **Depth (optional).** With :attr:`SpeechEncoderConfig.encoder_layers` set, only the encoder's
+  first layers run (then its final layer norm): emotion is carried more by the middle of the
+  encoder than by its last layers, which serve the decoder. The model is the prepared one with
+  its later layers left out when it is loaded (:func:`truncated_model_files`, in memory; nothing
+  is written), and it costs that share of the encoder. Its output is not what Whisper's decoder
+  reads, so such an encoder never shares its pass with the recognizer (its :meth:`SpeechEncoder.key`
+  differs). 0 (all layers) in models trained before it; their features are unchanged.
 
 Batches: :meth:`SpeechEncoder.encode` takes any number of utterances and runs their windows
 through the encoder together. The CTranslate2 model is thread-safe; one model object per
@@ -92,6 +99,8 @@ class SpeechEncoderConfig:
     level_dbfs: float | None = None
     """Scale each utterance's active part to this RMS level (dB below full scale) before encoding
     (:func:`scale_to_level`); ``None``: the level as recorded."""
+    encoder_layers: int = 0
+    """Run only the encoder's first this many layers (then its final layer norm); 0 = all of them."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.window_s <= 30:
@@ -103,16 +112,22 @@ class SpeechEncoderConfig:
                 raise ValueError(f"level_dbfs must be {LEVEL_LIMITS[0]}..{LEVEL_LIMITS[1]} dB (full scale = 0), "
                                  f"or none; got {self.level_dbfs!r}")
             object.__setattr__(self, "level_dbfs", float(self.level_dbfs))
+        if isinstance(self.encoder_layers, bool) or not isinstance(self.encoder_layers, int) \
+                or not 0 <= self.encoder_layers <= MAX_ENCODER_LAYERS:
+            raise ValueError(f"encoder_layers must be a whole number 0..{MAX_ENCODER_LAYERS} (0 = all of the "
+                             f"encoder's layers), got {self.encoder_layers!r}")
 
     def key(self, model_sha256: str) -> str:
-        """Short stable hash of these settings and the weights they run on (an unset level is left out,
-        so the models trained before it keep their key)."""
-        settings = {k: v for k, v in asdict(self).items() if not (k == "level_dbfs" and v is None)}
+        """Short stable hash of these settings and the weights they run on (an unset level and the whole
+        encoder are left out, so the models trained before them keep their key)."""
+        settings = {k: v for k, v in asdict(self).items()
+                    if not (k == "level_dbfs" and v is None) and not (k == "encoder_layers" and v == 0)}
         blob = json.dumps({**settings, "model": model_sha256}, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:12]
 
 
 LEVEL_LIMITS = WHISPER_LEVEL_LIMITS
+MAX_ENCODER_LAYERS = 64
 ACTIVE_RANGE_DB = 30.0
 """Frames within this many dB of an utterance's loudest frame count as its active part."""
 MAX_PEAK = 0.99
@@ -310,10 +325,99 @@ class SpeechEncoder:
             (0, self.dim), np.float32)
 
 
+# -- a shallower encoder -------------------------------------------------------------------------
+
+_MODEL_FORMATS = (5, 6)
+"""The versions of CTranslate2's ``model.bin`` layout :func:`truncated_model_files` reads."""
+
+
+def _read_model_bin(data: bytes) -> tuple[int, list[tuple[str, int, int]]]:
+    """Where the variables of a CTranslate2 ``model.bin`` are: (offset of the variable count,
+    [(name, start of its record, end of its record)]); raises ValueError on anything else.
+
+    The layout: u32 format version, the spec's name (u16 length, bytes, NUL), u32 revision,
+    u32 variable count, then per variable its name, u8 rank, u32 dims, u8 type, u32 byte count and
+    the bytes; the aliases follow."""
+    import struct
+
+    pos = 0
+
+    def take(fmt: str) -> int:
+        nonlocal pos
+        (value,) = struct.unpack_from("<" + fmt, data, pos)
+        pos += struct.calcsize("<" + fmt)
+        return int(value)
+
+    def name() -> str:
+        nonlocal pos
+        n = take("H")
+        text = data[pos : pos + n - 1].decode("utf-8")
+        pos += n
+        return text
+
+    try:
+        version = take("I")
+        if version not in _MODEL_FORMATS:
+            raise ValueError(f"model.bin format version {version} (this version reads {_MODEL_FORMATS})")
+        name()
+        take("I")
+        count_at = pos
+        records = []
+        for _ in range(take("I")):
+            start = pos
+            var = name()
+            rank = take("B")
+            for _ in range(rank):
+                take("I")
+            take("B")
+            size = take("I")
+            pos += size
+            if pos > len(data):
+                raise ValueError(f"model.bin ends inside variable {var!r}")
+            records.append((var, start, pos))
+    except struct.error:
+        raise ValueError("model.bin ends early") from None
+    return count_at, records
+
+
+def truncated_model_files(directory: Path, layers: int) -> dict[str, bytes]:
+    """The files of the CTranslate2 Whisper model in ``directory`` with only its first ``layers``
+    encoder layers and one decoder layer (never used for decoding: the model only encodes), for
+    ``ctranslate2.models.Whisper(..., files=...)``. Raises :class:`ModelError` when the model has
+    fewer encoder layers or is not a model this can read."""
+    data = (directory / "model.bin").read_bytes()
+    try:
+        count_at, records = _read_model_bin(data)
+    except ValueError as exc:
+        raise ModelError(f"cannot run a shallower encoder of {directory}: {exc}") from None
+
+    def layer(var: str, part: str) -> int | None:
+        prefix = f"{part}/layer_"
+        if not var.startswith(prefix):
+            return None
+        digits = var[len(prefix):].split("/", 1)[0]
+        return int(digits) if digits.isdigit() else None
+
+    have = {n for var, _, _ in records if (n := layer(var, "encoder")) is not None}
+    if layers > len(have):
+        raise ModelError(f"encoder_layers={layers}, but the speech encoder in {directory} has {len(have)} layers")
+    kept = [(s, e) for var, s, e in records
+            if not ((n := layer(var, "encoder")) is not None and n >= layers)
+            and not ((n := layer(var, "decoder")) is not None and n >= 1)]
+    import struct
+
+    body = b"".join(data[s:e] for s, e in kept)
+    files = {"model.bin": data[:count_at] + struct.pack("<I", len(kept)) + body + data[records[-1][2]:]}
+    for extra in directory.iterdir():
+        if extra.is_file() and extra.name != "model.bin" and extra.suffix in (".json", ".txt"):
+            files[extra.name] = extra.read_bytes()
+    return files
+
+
 # -- loading: one model object per directory in a process ---------------------------------------
 
-_models: dict[tuple[str, str], tuple[Any, str, str]] = {}
-_encoders: dict[tuple[str, str, SpeechEncoderConfig], SpeechEncoder] = {}
+_models: dict[tuple[str, str, int], tuple[Any, str, str]] = {}
+_encoders: dict[tuple[str, str, int, SpeechEncoderConfig], SpeechEncoder] = {}
 _load_lock = threading.Lock()
 
 
@@ -346,8 +450,9 @@ def _model_sha256(directory: Path) -> str:
 def load(model_dir: str | Path = "", threads: int = 0, config: SpeechEncoderConfig | None = None) -> SpeechEncoder:
     """The process's encoder for ``model_dir`` ('' = the prepared Whisper base), loaded on first use.
 
-    One model object per directory and compute type: the first caller's ``threads`` (0 = the
-    cores, at most 8) sets how many cores it uses, and later callers share it.
+    One model object per directory, compute type and depth (``config.encoder_layers``): the first
+    caller's ``threads`` (0 = the cores, at most 8) sets how many cores it uses, and later callers
+    share it.
 
     Raises :class:`ModelError` naming what to run or install when the model or CTranslate2 is missing.
     """
@@ -356,7 +461,7 @@ def load(model_dir: str | Path = "", threads: int = 0, config: SpeechEncoderConf
     config = config or SpeechEncoderConfig()
     directory = Path(model_dir).expanduser() if model_dir else whisper_backend.default_model_dir()
     whisper_backend.check_model_dir(directory, default=not model_dir)
-    key = (str(directory.resolve()), config.compute_type)
+    key = (str(directory.resolve()), config.compute_type, config.encoder_layers)
     with _load_lock:
         encoder = _encoders.get((*key, config))
         if encoder is not None:
@@ -366,14 +471,16 @@ def load(model_dir: str | Path = "", threads: int = 0, config: SpeechEncoderConf
                 import ctranslate2
             except ImportError as exc:
                 raise ModelError("the speech encoder needs the 'ctranslate2' package: pip install ctranslate2") from exc
+            files = truncated_model_files(directory, config.encoder_layers) if config.encoder_layers else None
             try:
                 model = ctranslate2.models.Whisper(str(directory), device="cpu", compute_type=config.compute_type,
-                                                  intra_threads=cpu_threads(threads), inter_threads=1)
+                                                  intra_threads=cpu_threads(threads), inter_threads=1, files=files)
             except Exception as exc:
                 raise ModelError(f"cannot load the Whisper model in {directory} for the speech encoder: {exc}") from exc
             _models[key] = (model, _model_sha256(directory), whisper_backend.model_name(directory))
-            log.info("speech encoder %s loaded from %s (%s, %d threads)", _models[key][2], directory,
-                     config.compute_type, cpu_threads(threads))
+            log.info("speech encoder %s loaded from %s (%s, %s, %d threads)", _models[key][2], directory,
+                     config.compute_type, f"first {config.encoder_layers} layers" if config.encoder_layers
+                     else "all layers", cpu_threads(threads))
         model, sha, name = _models[key]
         encoder = SpeechEncoder(model, directory, sha, config, name)
         encoder.embed([np.zeros(SAMPLE_RATE // 2, np.float32)])  # sets d_model; the first call is the slow one
