@@ -115,7 +115,8 @@ def experiment(name: str, curves: list[tuple[str, str, np.ndarray, np.ndarray]],
     result: dict[str, Any] = {"experiment": name, "variant": v["variant"], "description": doc.get("description", ""),
                               "folds": list(v["per_fold"]), "git_commit": doc.get("git_commit", ""),
                               "summary": v["summary"], "labels": labels,
-                              "level_dbfs": v["config"].get("features", {}).get("speech_level_dbfs")}
+                              "level_dbfs": v["config"].get("features", {}).get("speech_level_dbfs"),
+                              "speech_layers": v["config"].get("features", {}).get("speech_layers", 0)}
     if pred is not None:
         result["pooled"] = pooled(pred, labels)
         seed0 = pred["seed"] == pred["seed"].min()
@@ -246,9 +247,12 @@ def _recall(p: dict[str, Any], labels: list[str]) -> str:
 
 
 def _level(e: dict[str, Any]) -> str:
-    """The input level the experiment's voice features were computed at (``features.speech_level_dbfs``)."""
+    """The input level the experiment's voice features were computed at (``features.speech_level_dbfs``), and
+    the encoder's depth where it was not all of it (``features.speech_layers``)."""
     level = e.get("level_dbfs")
-    return "as recorded" if level is None else f"{level:g} dBFS"
+    text = "as recorded" if level is None else f"{level:g} dBFS"
+    layers = e.get("speech_layers") or 0
+    return text + (f"; first {layers} encoder layers" if layers else "")
 
 
 def markdown(r: dict[str, Any]) -> str:
@@ -267,7 +271,8 @@ def markdown(r: dict[str, Any]) -> str:
               "models read raw vectors: in dialogues whose speakers hold one emotion for many turns, the "
               "running mean takes that emotion in (the default recipe's sections below). Input level: the "
               "level each utterance was scaled to before the speech encoder (`features.speech_level_dbfs`; "
-              "the packaged models use -26 dBFS).", "",
+              "the packaged models use -26 dBFS), and where a row says so, the first layers of the encoder alone "
+              "(`features.speech_layers`; the others, and the packaged models, use all of them).", "",
               "| test set | classes | n | input level | UAR % | WA % (accuracy) | ECE (floor) | recall "
               + " / ".join(LABELS) + " |",
               "|---|---|---|---|---|---|---|---|"]
