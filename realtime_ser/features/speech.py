@@ -49,6 +49,7 @@ import hashlib
 import json
 import logging
 import os
+import struct
 import threading
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -327,8 +328,9 @@ class SpeechEncoder:
 
 # -- a shallower encoder -------------------------------------------------------------------------
 
-_MODEL_FORMATS = (5, 6)
-"""The versions of CTranslate2's ``model.bin`` layout :func:`truncated_model_files` reads."""
+_MODEL_FORMATS = (6,)
+"""The versions of CTranslate2's ``model.bin`` layout :func:`truncated_model_files` reads (that of the
+Whisper models ``realtime-ser models prepare`` assembles)."""
 
 
 def _read_model_bin(data: bytes) -> tuple[int, list[tuple[str, int, int]]]:
@@ -338,8 +340,6 @@ def _read_model_bin(data: bytes) -> tuple[int, list[tuple[str, int, int]]]:
     The layout: u32 format version, the spec's name (u16 length, bytes, NUL), u32 revision,
     u32 variable count, then per variable its name, u8 rank, u32 dims, u8 type, u32 byte count and
     the bytes; the aliases follow."""
-    import struct
-
     pos = 0
 
     def take(fmt: str) -> int:
@@ -404,8 +404,6 @@ def truncated_model_files(directory: Path, layers: int) -> dict[str, bytes]:
     kept = [(s, e) for var, s, e in records
             if not ((n := layer(var, "encoder")) is not None and n >= layers)
             and not ((n := layer(var, "decoder")) is not None and n >= 1)]
-    import struct
-
     body = b"".join(data[s:e] for s, e in kept)
     files = {"model.bin": data[:count_at] + struct.pack("<I", len(kept)) + body + data[records[-1][2]:]}
     for extra in directory.iterdir():
