@@ -183,7 +183,7 @@ class FeatureExtractor:
     def _part(self, kind: str) -> AudioFrontEnd:
         if kind not in self._parts:
             speech = None
-            if "speech" in kind and (self.settings.speech_level_dbfs is not None or self.settings.speech_layers):
+            if "speech" in kind:  # with neither setting, the encoder's defaults
                 from realtime_ser.features.speech import SpeechEncoderConfig
 
                 speech = SpeechEncoderConfig(level_dbfs=self.settings.speech_level_dbfs,
