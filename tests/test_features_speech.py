@@ -299,3 +299,75 @@ def test_the_trainer_and_the_evaluator_follow_the_depth_setting(encoder: speech.
     extractor = extractor_for(model)  # type: ignore[arg-type]
     config = extractor.front_end.speech.config  # type: ignore[union-attr]
     assert config.encoder_layers == 4 and config.level_dbfs == -26.0
+
+
+def test_extra_depths_follow_the_main_vector_and_never_take_the_recognizers_pass(
+        encoder: speech.SpeechEncoder) -> None:
+    from realtime_ser.features.audio import AudioFrontEnd
+
+    config = speech.SpeechEncoderConfig(level_dbfs=-26.0)
+    front = AudioFrontEnd.create("speech", threads=2, speech_config=config, extra_layers=[1, 3])
+    plain = AudioFrontEnd.create("speech", threads=2, speech_config=config)
+    one = speech.load(threads=2, config=speech.SpeechEncoderConfig(level_dbfs=-26.0, encoder_layers=1))
+    three = speech.load(threads=2, config=speech.SpeechEncoderConfig(level_dbfs=-26.0, encoder_layers=3))
+    x = [_tone(1.5, 150.0), _tone(2.5, 220.0, seed=1)]
+    assert front.dim == 3 * plain.dim and front.key() != plain.key()
+    v = front.extract(x)
+    d = plain.dim
+    np.testing.assert_allclose(v[:, :d], plain.extract(x), atol=1e-6)
+    np.testing.assert_allclose(v[:, d : 2 * d], one.embed(x), atol=1e-6)
+    np.testing.assert_allclose(v[:, 2 * d :], three.embed(x), atol=1e-6)
+    assert np.abs(v[:, d : 2 * d] - v[:, :d]).max() > 0.1, "a shallower encoder gives other vectors"
+    # The main encoder's pass from elsewhere (the recognizer's) is used; the extra depths run anyway.
+    given = plain.speech.encode(x)  # type: ignore[union-attr]
+    calls = one.calls
+    assert front.shares(given[0])
+    np.testing.assert_allclose(front.extract(x, given), v, atol=1e-6)
+    assert one.calls == calls + 1
+    card = front.card()
+    assert [e["config"]["encoder_layers"] for e in card["speech"]["extra"]] == [1, 3]
+    assert AudioFrontEnd.for_card(card).key() == front.key()
+    assert "extra" not in plain.card()["speech"], "a front end without extra depths keeps its card and key"
+    for bad, match in (([0], "1..64"), ([2, 2], "repeat"), ([True], "whole number")):
+        with pytest.raises(ValueError, match=match):
+            AudioFrontEnd.create("speech", speech_config=config, extra_layers=bad)
+    with pytest.raises(ValueError, match="need the speech front end"):
+        AudioFrontEnd.create("acoustic", extra_layers=[1])
+    broken = {**card, "speech": {**card["speech"], "extra": [{"config": {"encoder_layers": "one"}}]}}
+    with pytest.raises(ModelError, match="features.audio.speech.config or .extra is missing or invalid"):
+        AudioFrontEnd.for_card(broken)
+
+
+def test_the_trainer_caches_each_depth_apart_and_the_evaluator_follows_the_card(
+        encoder: speech.SpeechEncoder, tmp_path: Path) -> None:
+    import wave
+    from types import SimpleNamespace
+
+    from realtime_ser.features.cache import FeatureCache
+    from training.evaluate import extractor_for
+    from training.features import FeatureExtractor, FeatureSettings
+
+    with pytest.raises(ValueError, match="need the speech front end"):
+        FeatureSettings(audio="acoustic", speech_extra_layers=(1,))
+    path = tmp_path / "clip.wav"
+    pad = np.zeros(RATE // 2, np.int16)
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(RATE)
+        w.writeframes(np.concatenate([pad, _tone(1.5), pad]).tobytes())
+    cache = FeatureCache(tmp_path / "cache")
+    both = FeatureExtractor(FeatureSettings(audio="speech", speech_level_dbfs=-26, speech_extra_layers=[1]),
+                            cache=cache)
+    one = FeatureExtractor(FeatureSettings(audio="speech", speech_level_dbfs=-26, speech_layers=1), cache=cache)
+    main = FeatureExtractor(FeatureSettings(audio="speech", speech_level_dbfs=-26), cache=cache)
+    assert both.audio_key("speech@1") == one.audio_key() and both.audio_key("speech") == main.audio_key()
+    assert both.audio_key() not in (one.audio_key(), main.audio_key())
+    v = both.audio_files([path])
+    np.testing.assert_allclose(v[0], np.concatenate([main.audio_files([path])[0], one.audio_files([path])[0]]),
+                               atol=1e-6)
+    card = both.settings_card(("audio",))["audio"]
+    model = SimpleNamespace(card=SimpleNamespace(features={"audio": card}, modalities=("audio",)),
+                            check_features=lambda audio, text: None)
+    extractor = extractor_for(model)  # type: ignore[arg-type]
+    assert extractor.settings.speech_extra_layers == (1,) and extractor.front_end.key() == both.front_end.key()

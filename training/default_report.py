@@ -116,7 +116,8 @@ def experiment(name: str, curves: list[tuple[str, str, np.ndarray, np.ndarray]],
                               "folds": list(v["per_fold"]), "git_commit": doc.get("git_commit", ""),
                               "summary": v["summary"], "labels": labels,
                               "level_dbfs": v["config"].get("features", {}).get("speech_level_dbfs"),
-                              "speech_layers": v["config"].get("features", {}).get("speech_layers", 0)}
+                              "speech_layers": v["config"].get("features", {}).get("speech_layers", 0),
+                              "speech_extra_layers": v["config"].get("features", {}).get("speech_extra_layers", [])}
     if pred is not None:
         result["pooled"] = pooled(pred, labels)
         seed0 = pred["seed"] == pred["seed"].min()
@@ -248,11 +249,16 @@ def _recall(p: dict[str, Any], labels: list[str]) -> str:
 
 def _level(e: dict[str, Any]) -> str:
     """The input level the experiment's voice features were computed at (``features.speech_level_dbfs``), and
-    the encoder's depth where it was not all of it (``features.speech_layers``)."""
+    the encoder's depth where it was not all of it (``features.speech_layers``), and the extra depths read
+    beside it (``features.speech_extra_layers``)."""
     level = e.get("level_dbfs")
     text = "as recorded" if level is None else f"{level:g} dBFS"
     layers = e.get("speech_layers") or 0
-    return text + (f"; first {layers} encoder layers" if layers else "")
+    extra = e.get("speech_extra_layers") or []
+    if layers or extra:
+        text += f"; first {layers} encoder layers" if layers else "; all encoder layers"
+        text += "".join(f" + first {n} layer{'s' if n > 1 else ''}" for n in extra)
+    return text
 
 
 def markdown(r: dict[str, Any]) -> str:

@@ -31,7 +31,9 @@ def extractor_for(model: EmotionModel, pipeline: PipelineConfig | None = None) -
     speech = audio.get("speech", {}).get("config", {})
     settings = FeatureSettings(text_encoder=text.get("kind", "contextual"), text_encoder_dir=text_encoder_dir(model),
                                audio=audio.get("kind", "acoustic"), speech_level_dbfs=speech.get("level_dbfs"),
-                               speech_layers=int(speech.get("encoder_layers", 0)))
+                               speech_layers=int(speech.get("encoder_layers", 0)),
+                               speech_extra_layers=tuple(int(e.get("config", {}).get("encoder_layers", 0))
+                                                         for e in audio.get("speech", {}).get("extra", [])))
     extractor = FeatureExtractor(settings, pipeline=pipeline)
     audio_key = extractor.front_end.key() if "audio" in model.card.modalities else None
     text_key = extractor.text_encoder.key() if "text" in model.card.modalities else None

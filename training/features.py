@@ -24,7 +24,7 @@ import numpy as np
 
 from realtime_ser.config import PipelineConfig
 from realtime_ser.features.audio import KINDS as AUDIO_KINDS
-from realtime_ser.features.audio import AudioFrontEnd
+from realtime_ser.features.audio import AudioFrontEnd, check_extra_layers
 from realtime_ser.features.cache import FeatureCache
 from realtime_ser.features.segment import utterance_audio
 
@@ -64,6 +64,11 @@ class FeatureSettings:
     """Run only the first this many layers of Whisper's encoder
     (:attr:`realtime_ser.features.speech.SpeechEncoderConfig.encoder_layers`; carried by an exported
     model's card like the level); 0 = all of them."""
+    speech_extra_layers: tuple[int, ...] = ()
+    """Also the pooled output of the encoder's first this many layers alone, concatenated after the main
+    encoder's vector, e.g. ``(1,)`` (:mod:`realtime_ser.features.audio`; carried by an exported model's
+    card). Each depth is a part of its own in the feature cache, shared with a run whose
+    ``speech_layers`` is that depth."""
     speaker_norm: float = 0.0
     """Speaker-adaptive audio vectors: each utterance's vector shifted by the running mean of its
     voice's earlier utterances, shrunk towards the training mean by this many pseudo-utterances
@@ -78,6 +83,8 @@ class FeatureSettings:
         if self.speaker_norm < 0:
             raise ValueError(f"speaker_norm must be >= 0 (0 = off), got {self.speaker_norm!r}")
         object.__setattr__(self, "text_extra", tuple(self.text_extra))
+        object.__setattr__(self, "speech_extra_layers", tuple(self.speech_extra_layers))
+        check_extra_layers(self.speech_extra_layers, "speech" in self.audio, self.speech_layers)
 
 
 @dataclass(frozen=True)
@@ -174,28 +181,43 @@ class FeatureExtractor:
     def front_end(self) -> AudioFrontEnd:
         """The front end the settings name (what a model card records)."""
         if self._front is None:
-            parts = [self._part(k) for k in self.settings.audio.split("+")]
-            speech = next((p.speech for p in parts if p.speech is not None), None)
+            parts = [self._part(k) for k in self._kinds()]
+            speech = next((p.speech for k, p in zip(self._kinds(), parts, strict=True)
+                           if p.speech is not None and "@" not in k), None)
+            extra = [p.speech for k, p in zip(self._kinds(), parts, strict=True) if "@" in k and p.speech is not None]
             acoustic = next((p.acoustic for p in parts if p.acoustic is not None), None)
-            self._front = AudioFrontEnd(self.settings.audio, speech, acoustic)
+            self._front = AudioFrontEnd(self.settings.audio, speech, acoustic, extra)
         return self._front
+
+    def _kinds(self) -> list[str]:
+        """The parts of the front end, each cached on its own, in the order of the vector's columns:
+        ``speech``, ``speech@N`` for each extra depth, ``acoustic``."""
+        kinds = []
+        for kind in self.settings.audio.split("+"):
+            kinds.append(kind)
+            if kind == "speech":
+                kinds.extend(f"speech@{n}" for n in self.settings.speech_extra_layers)
+        return kinds
 
     def _part(self, kind: str) -> AudioFrontEnd:
         if kind not in self._parts:
             speech = None
-            if "speech" in kind:  # with neither setting, the encoder's defaults
+            base, _, depth = kind.partition("@")
+            if "speech" in base:  # with neither setting, the encoder's defaults
                 from realtime_ser.features.speech import SpeechEncoderConfig
 
                 speech = SpeechEncoderConfig(level_dbfs=self.settings.speech_level_dbfs,
-                                             encoder_layers=self.settings.speech_layers)
-            self._parts[kind] = AudioFrontEnd.create(kind, threads=self.threads, speech_config=speech)
+                                             encoder_layers=int(depth) if depth else self.settings.speech_layers)
+            self._parts[kind] = AudioFrontEnd.create(base, threads=self.threads, speech_config=speech)
         return self._parts[kind]
 
     def audio_key(self, kind: str | None = None) -> str:
-        """Cache key of one part's features (``speech`` or ``acoustic``); the settings' own kind by default."""
-        kind = kind or self.settings.audio
-        front = self._part(kind) if kind in self._parts or "+" not in kind else self.front_end
-        return f"{kind.replace('+', '-')}-{front.key()}-vad-{vad_key(self.pipeline)}"
+        """Cache key of one part's features (``speech``, ``speech@N`` or ``acoustic``), or with no ``kind``
+        that of the whole front end. An extra depth's part has the key of a ``speech`` part run at that
+        depth, so the two share their cache."""
+        front = self._part(kind) if kind is not None else self.front_end
+        prefix = (kind or self.settings.audio).partition("@")[0].replace("+", "-")
+        return f"{prefix}-{front.key()}-vad-{vad_key(self.pipeline)}"
 
     def audio_file(self, path: Path, transform: Callable[[np.ndarray, int], np.ndarray] | None = None,
                    variant: str = "") -> np.ndarray:
@@ -210,11 +232,11 @@ class FeatureExtractor:
     def audio_files(self, paths: Sequence[Path],
                     transforms: Sequence[Callable[[np.ndarray, int], np.ndarray] | None] | None = None,
                     variant: str = "", batch: int = 16) -> np.ndarray:
-        """Features of many files. Each part of the front end (``speech``, ``acoustic``) has its own
-        cache, so ``speech+acoustic`` reuses what either computed; what is not cached is segmented
+        """Features of many files. Each part of the front end (``speech``, each extra depth, ``acoustic``)
+        has its own cache, so ``speech+acoustic`` reuses what either computed; what is not cached is segmented
         and computed ``batch`` files at a time."""
         return np.concatenate([self._part_files(kind, paths, transforms, variant, batch)
-                               for kind in self.settings.audio.split("+")], axis=1)
+                               for kind in self._kinds()], axis=1)
 
     def _part_files(self, kind: str, paths: Sequence[Path],
                     transforms: Sequence[Callable[[np.ndarray, int], np.ndarray] | None] | None,

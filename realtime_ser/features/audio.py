@@ -7,6 +7,13 @@ Three kinds:
 - ``acoustic``: the numpy functionals of :mod:`realtime_ser.features.acoustic` (75 numbers);
 - ``speech+acoustic``: both, concatenated in that order.
 
+A speech front end may also read the output of the encoder's first layers alone (``extra_layers``,
+e.g. ``(1,)``: the first layer's states, then the encoder's final layer norm, pooled the same way),
+concatenated after the main encoder's vector: Whisper's shallow layers keep more of how a voice
+sounds, its deep ones more of what it says. Each is a shallower encoder of its own
+(:func:`realtime_ser.features.speech.load` with ``encoder_layers``) that runs on every utterance;
+only the main encoder may share its pass with the recognizer.
+
 :meth:`AudioFrontEnd.extract` takes a batch of utterances and, optionally, encoder output the
 recognizer already computed for some of them (one encoder pass serves both): those are pooled
 as they are, the others are encoded together in one batch.
@@ -16,7 +23,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 import numpy as np
@@ -34,26 +41,36 @@ class AudioFrontEnd:
     """Utterance samples -> the fixed-length vector an emotion model reads; see the module docstring."""
 
     def __init__(self, kind: str, speech: SpeechEncoder | None = None,
-                 acoustic: AcousticFeatures | None = None) -> None:
+                 acoustic: AcousticFeatures | None = None, extra: Sequence[SpeechEncoder] = ()) -> None:
         if kind not in KINDS:
             raise ValueError(f"the audio front end must be one of {', '.join(KINDS)}, got {kind!r}")
         if ("speech" in kind) != (speech is not None) or ("acoustic" in kind) != (acoustic is not None):
             raise ValueError(f"front end {kind!r} needs exactly its parts")
+        if extra and speech is None:
+            raise ValueError("extra encoder depths need the speech encoder")
         self.kind = kind
         self.speech = speech
         self.acoustic = acoustic
+        self.extra = list(extra)
+        """Shallower encoders whose pooled output follows the main encoder's (``extra_layers``)."""
 
     @classmethod
     def create(cls, kind: str, encoder_dir: str = "", threads: int = 0,
-               speech_config: SpeechEncoderConfig | None = None) -> AudioFrontEnd:
-        """Build the front end ``kind``; loads the speech encoder (shared in the process) when it needs one."""
+               speech_config: SpeechEncoderConfig | None = None,
+               extra_layers: Sequence[int] = ()) -> AudioFrontEnd:
+        """Build the front end ``kind``; loads the speech encoder (shared in the process) when it needs one,
+        and a shallower one per ``extra_layers`` (:func:`check_extra_layers`)."""
         from . import speech
 
         if kind not in KINDS:
             raise ValueError(f"the audio front end must be one of {', '.join(KINDS)}, got {kind!r}")
-        enc = speech.load(encoder_dir, threads=threads, config=speech_config) if "speech" in kind else None
+        config = speech_config or SpeechEncoderConfig()
+        check_extra_layers(extra_layers, "speech" in kind, config.encoder_layers)
+        enc = speech.load(encoder_dir, threads=threads, config=config) if "speech" in kind else None
+        extra = [speech.load(encoder_dir, threads=threads, config=replace(config, encoder_layers=n))
+                 for n in extra_layers]
         ac = AcousticFeatures(AcousticConfig()) if "acoustic" in kind else None
-        return cls(kind, enc, ac)
+        return cls(kind, enc, ac, extra)
 
     @classmethod
     def for_card(cls, audio: dict[str, Any], encoder_dir: str = "", threads: int = 0,
@@ -63,12 +80,17 @@ class AudioFrontEnd:
         if kind not in KINDS:
             raise ModelError(f"{where}: its audio front end {kind!r} is unknown to this version; known: {KINDS}")
         speech_config = None
+        extra_layers: list[int] = []
         if "speech" in kind:
             try:
                 speech_config = SpeechEncoderConfig(**audio["speech"]["config"])
+                extra_layers = [SpeechEncoderConfig(**e["config"]).encoder_layers
+                                for e in audio["speech"].get("extra", [])]
+                check_extra_layers(extra_layers, True, speech_config.encoder_layers)
             except (KeyError, TypeError, ValueError) as exc:
-                raise ModelError(f"{where}: features.audio.speech.config is missing or invalid ({exc})") from None
-        front = cls.create(kind, encoder_dir, threads, speech_config)
+                raise ModelError(f"{where}: features.audio.speech.config or .extra is missing or invalid ({exc})"
+                                 ) from None
+        front = cls.create(kind, encoder_dir, threads, speech_config, extra_layers)
         if front.key() != audio.get("key"):
             raise ModelError(f"{where}: it expects audio features {audio.get('key')!r} ({kind}) but this runtime "
                              f"computes {front.key()!r}: the speech encoder's weights or the feature settings differ; "
@@ -77,13 +99,16 @@ class AudioFrontEnd:
 
     @property
     def dim(self) -> int:
-        return (self.speech.dim if self.speech else 0) + (self.acoustic.dim if self.acoustic else 0)
+        return ((self.speech.dim if self.speech else 0) + sum(e.dim for e in self.extra)
+                + (self.acoustic.dim if self.acoustic else 0))
 
     def key(self) -> str:
-        """Identifies the vectors: front-end kind, settings and weights."""
+        """Identifies the vectors: front-end kind, settings and weights (a front end without extra depths
+        keeps the key it had before they existed)."""
         parts = [self.kind]
         if self.speech is not None:
             parts.append(self.speech.key())
+        parts.extend(f"extra:{e.key()}" for e in self.extra)
         if self.acoustic is not None:
             parts.append(self.acoustic.config.key())
         if self.kind == "acoustic":  # the key older models carry: the functionals' own
@@ -95,6 +120,8 @@ class AudioFrontEnd:
         card: dict[str, Any] = {"kind": self.kind, "key": self.key(), "dim": self.dim}
         if self.speech is not None:
             card["speech"] = self.speech.card()
+            if self.extra:
+                card["speech"]["extra"] = [e.card() for e in self.extra]
         if self.acoustic is not None:
             card["acoustic"] = {"front_end": "realtime_ser.features.acoustic", "key": self.acoustic.config.key(),
                                 "dim": self.acoustic.dim, "config": asdict(self.acoustic.config)}
@@ -122,7 +149,29 @@ class AudioFrontEnd:
                 assert done is not None
                 out[i, : self.speech.dim] = SpeechEncoder.pool(done.states)
             col = self.speech.dim
+            for enc in self.extra:
+                if n:
+                    out[:, col : col + enc.dim] = enc.embed(list(utterances))
+                col += enc.dim
         if self.acoustic is not None:
             for i, samples in enumerate(utterances):
                 out[i, col:] = self.acoustic.extract(samples)
         return out
+
+
+def check_extra_layers(extra_layers: Sequence[int], has_speech: bool, main_layers: int) -> None:
+    """Refuse extra encoder depths that cannot be: without the speech encoder, not a whole number of layers,
+    the main encoder's own depth or repeated. The model's own layer count is checked when it loads."""
+    from .speech import MAX_ENCODER_LAYERS
+
+    if not extra_layers:
+        return
+    if not has_speech:
+        raise ValueError("extra encoder depths need the speech front end (audio = 'speech' or 'speech+acoustic')")
+    for n in extra_layers:
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_ENCODER_LAYERS:
+            raise ValueError(f"each extra encoder depth must be a whole number of layers 1..{MAX_ENCODER_LAYERS}, "
+                             f"got {n!r}")
+    if main_layers in extra_layers or len(set(extra_layers)) != len(extra_layers):
+        raise ValueError(f"extra encoder depths {list(extra_layers)} repeat a depth (the main encoder runs "
+                         f"{main_layers or 'all'} layers)")

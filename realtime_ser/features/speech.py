@@ -32,7 +32,9 @@ How an utterance is encoded (the same in training, in offline evaluation and liv
   its later layers left out when it is loaded (:func:`truncated_model_files`, in memory; nothing
   is written), and it costs that share of the encoder. Its output is not what Whisper's decoder
   reads, so such an encoder never shares its pass with the recognizer (its :meth:`SpeechEncoder.key`
-  differs). 0 (all layers) in models trained before it; their features are unchanged.
+  differs). 0 (all layers) in models trained before it; their features are unchanged. A front end
+  may read a shallower encoder's vector beside the main one (``extra_layers`` of
+  :class:`realtime_ser.features.audio.AudioFrontEnd`): each is such a model of its own.
 
 Batches: :meth:`SpeechEncoder.encode` takes any number of utterances and runs their windows
 through the encoder together. The CTranslate2 model is thread-safe; one model object per
