@@ -324,6 +324,11 @@ def test_extra_depths_follow_the_main_vector_and_never_take_the_recognizers_pass
     assert front.shares(given[0])
     np.testing.assert_allclose(front.extract(x, given), v, atol=1e-6)
     assert one.calls == calls + 1
+    # A pass ahead (the emotion stage's own) computes the extra depths too: nothing is left to run.
+    ahead = front.encode(x)
+    calls = (one.calls, three.calls)
+    np.testing.assert_allclose(front.extract(x, ahead), v, atol=1e-6)
+    assert (one.calls, three.calls) == calls
     card = front.card()
     assert [e["config"]["encoder_layers"] for e in card["speech"]["extra"]] == [1, 3]
     assert AudioFrontEnd.for_card(card).key() == front.key()

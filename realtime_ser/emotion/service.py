@@ -244,13 +244,13 @@ class EmotionService:
 
     def _ahead_loop(self) -> None:
         assert self.audio is not None and self.audio.speech is not None
-        encoder = self.audio.speech
+        front = self.audio
         for batch in self._batches(self._ahead, lambda b: len(b) >= self.encoder_batch):
             jobs = [j for j in batch if j.future.set_running_or_notify_cancel()]  # skips the cancelled
             if not jobs:
                 continue
             try:
-                encoded = encoder.encode([j.samples for j in jobs])
+                encoded = front.encode([j.samples for j in jobs])  # the extra depths too
             except Exception as exc:  # the turns then encode after their end, which reports the error
                 log.warning("the speech encoder failed on a pass ahead: %s", exc)
                 for j in jobs:

@@ -132,6 +132,17 @@ class AudioFrontEnd:
         return (encoded is not None and self.speech is not None
                 and encoded.key == self.speech.key())
 
+    def encode(self, utterances: Sequence[np.ndarray]) -> list[EncodedUtterance]:
+        """The main encoder's pass over utterances, with the extra depths' pooled vectors attached
+        (:attr:`EncodedUtterance.extra`): everything :meth:`extract` would run an encoder for."""
+        if self.speech is None:
+            raise ValueError(f"front end {self.kind!r} has no speech encoder")
+        encoded = self.speech.encode(utterances)
+        for enc in self.extra:
+            for e, v in zip(encoded, enc.embed(utterances), strict=True):
+                e.extra[enc.key()] = v
+        return encoded
+
     def extract(self, utterances: Sequence[np.ndarray],
                 encoded: Sequence[EncodedUtterance | None] | None = None) -> np.ndarray:
         """Vectors (N, dim) of utterances (int16 or float at 16 kHz); ``encoded[i]``, when it is this
@@ -140,18 +151,23 @@ class AudioFrontEnd:
         out = np.zeros((n, self.dim), dtype=np.float32)
         col = 0
         if self.speech is not None:
-            given: list[EncodedUtterance | None] = list(encoded) if encoded is not None else [None] * n
+            given = list(encoded) if encoded is not None else [None] * n
             todo = [i for i in range(n) if not self.shares(given[i])]
-            fresh = self.speech.encode([utterances[i] for i in todo]) if todo else []
-            for i, e in zip(todo, fresh, strict=True):
-                given[i] = e
-            for i, done in enumerate(given):
-                assert done is not None
-                out[i, : self.speech.dim] = SpeechEncoder.pool(done.states)
+            fresh = dict(zip(todo, self.speech.encode([utterances[i] for i in todo]) if todo else [], strict=True))
+            done: list[EncodedUtterance] = []
+            for i in range(n):
+                e = fresh[i] if i in fresh else given[i]
+                assert e is not None
+                done.append(e)
+                out[i, : self.speech.dim] = SpeechEncoder.pool(e.states)
             col = self.speech.dim
-            for enc in self.extra:
-                if n:
-                    out[:, col : col + enc.dim] = enc.embed(list(utterances))
+            for enc in self.extra:  # a pass ahead may have computed them (encode)
+                key = enc.key()
+                missing = [i for i, e in enumerate(done) if key not in e.extra]
+                pooled = enc.embed([utterances[i] for i in missing])  # no pass when none is missing
+                vectors = dict(zip(missing, pooled, strict=True))
+                for i, e in enumerate(done):
+                    out[i, col : col + enc.dim] = vectors[i] if i in vectors else e.extra[key]
                 col += enc.dim
         if self.acoustic is not None:
             for i, samples in enumerate(utterances):

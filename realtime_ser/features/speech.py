@@ -54,7 +54,7 @@ import os
 import struct
 import threading
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -232,6 +232,10 @@ class EncodedUtterance:
     key: str = ""
     """:meth:`SpeechEncoder.key` of the encoder settings and weights that produced it: a consumer
     uses encoder output computed elsewhere only when this equals its own key."""
+    extra: dict[str, np.ndarray] = field(default_factory=dict)
+    """Pooled vectors of shallower encoders of the same utterance, by their :meth:`SpeechEncoder.key`
+    (:meth:`realtime_ser.features.audio.AudioFrontEnd.encode`: a pass ahead computes a front end's
+    extra depths too)."""
 
 
 class SpeechEncoder:
