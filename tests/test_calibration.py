@@ -110,6 +110,38 @@ def test_gated_model_lets_text_decide_for_strange_audio() -> None:
         ModelConfig(modalities=("text",), speaker_shift=True)
 
 
+def test_the_gate_reads_only_the_main_encoders_part_of_the_audio_vector() -> None:
+    """With a shallower encoder's vector after the main one (features.speech_extra_layers), the gate reads
+    the leading gate_dims values: what follows them has no say in how far the audio lies."""
+    from training.features import FeatureSettings, main_speech_columns
+
+    cfg = ModelConfig(modalities=("audio", "text"), dims={"audio": 16, "text": 8}, hidden=16, heads=2,
+                      causal=True, fusion_depth="logits", fusion_method="add", audio_gate=True, gate_dims=8)
+    model = EmotionModel(cfg).eval()
+    seen = torch.zeros(2000, 8)
+    seen[:, :4] = torch.randn(2000, 4)
+    model.gate.fit(seen)
+    mask = torch.ones(1, 3, dtype=torch.bool)
+    text = torch.randn(1, 3, 8)
+    known = torch.zeros(1, 3, 16)
+    known[..., :4] = torch.randn(1, 3, 4)
+    wild_tail = known.clone()
+    wild_tail[..., 8:] = 50 * torch.randn(1, 3, 8)  # far out, but in the values the gate does not read
+    strange_head = known.clone()
+    strange_head[..., 4:8] = torch.randn(1, 3, 4)  # far out in the values it reads
+    assert torch.equal(model(wild_tail, text, mask)["reliability"], model(known, text, mask)["reliability"])
+    assert (model(known, text, mask)["reliability"] > 0.5).all()
+    assert (model(strange_head, text, mask)["reliability"] < 1e-3).all()
+    with pytest.raises(ValueError, match="gate_dims"):
+        ModelConfig(modalities=("audio", "text"), dims={"audio": 16, "text": 8}, fusion_depth="logits",
+                    audio_gate=True, gate_dims=17)
+    # The trainer's choice: the main encoder's share of the vector where extra depths follow it, else all.
+    assert main_speech_columns(FeatureSettings(audio="speech", speech_extra_layers=(1,)), 2048) == 1024
+    assert main_speech_columns(FeatureSettings(audio="speech+acoustic", speech_extra_layers=(1, 3)), 3 * 1024 + 75) \
+        == 1024
+    assert main_speech_columns(FeatureSettings(audio="speech"), 1024) == 0
+
+
 def test_ece_floor_is_what_a_calibrated_model_shows_at_that_size() -> None:
     rng = np.random.default_rng(1)
     probs = rng.dirichlet(np.full(4, 0.4), 4000)  # confident, like a trained model

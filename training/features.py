@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from realtime_ser.config import PipelineConfig
+from realtime_ser.features.acoustic import AcousticConfig, AcousticFeatures
 from realtime_ser.features.audio import KINDS as AUDIO_KINDS
 from realtime_ser.features.audio import AudioFrontEnd, check_extra_layers
 from realtime_ser.features.cache import FeatureCache
@@ -328,6 +329,16 @@ class FeatureExtractor:
             enc = self.text_encoder
             card["text"] = {"encoder": enc.name, "kind": enc.kind, "dim": enc.dim, "key": enc.key()}
         return card
+
+
+def main_speech_columns(settings: FeatureSettings, audio_dim: int) -> int:
+    """How many leading values of an audio vector of size ``audio_dim`` are the main speech encoder's when
+    shallower encoders' vectors follow it (``speech_extra_layers``); 0 (all of it) without them. Every
+    depth of one encoder pools to the same size, and the numpy functionals come last."""
+    if not settings.speech_extra_layers:
+        return 0
+    rest = audio_dim - (AcousticFeatures(AcousticConfig()).dim if "acoustic" in settings.audio else 0)
+    return rest // (1 + len(settings.speech_extra_layers))
 
 
 def _segments_of_array(transform: Callable[[np.ndarray, int], np.ndarray], path: Path,

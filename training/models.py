@@ -69,6 +69,10 @@ class ModelConfig:
     """Scale the audio branch's logits down for audio far outside the training data (a
     Mahalanobis distance in the principal subspace of the training features): a voice or a
     synthetic sound unlike any seen then cannot overrule the words. Needs ``logits`` fusion."""
+    gate_dims: int = 0
+    """The audio gate reads the first this many values of the audio vector (0 = all of it): the whole
+    speech encoder's, when a shallower encoder's vector follows it (``features.speech_extra_layers``:
+    synthetic speech is far from every training voice in the encoder's output, not in its first layer)."""
     turn_residual: bool = False
     """Add each turn's own projected vector to the dialogue GRU's output at that turn, so the classifier
     reads the turn itself beside its context (a turn whose emotion differs from the turns before it
@@ -99,6 +103,8 @@ class ModelConfig:
             raise ValueError("speaker_shift needs the audio input")
         if self.audio_gate and not (self.fused and self.fusion_depth == "logits" and "audio" in self.modalities):
             raise ValueError("audio_gate needs an audio + text model fused at 'logits' depth")
+        if not 0 <= self.gate_dims <= self.dims.get("audio", 0):
+            raise ValueError(f"gate_dims must be 0 (all) .. the audio input's size, got {self.gate_dims}")
 
     @property
     def fused(self) -> bool:
@@ -325,11 +331,12 @@ class EmotionModel(nn.Module):
         self.outputs = ["logits", *(cfg.modalities if cfg.fused else ())]
         self.register_buffer("temperature", torch.ones(len(self.outputs)))
         if cfg.audio_gate:
-            self.gate = AudioGate(cfg.dims["audio"])
-            # The gate standardizes the raw audio vector by its own statistics: with a speaker shift,
-            # the classifier's statistics are those of the shifted vectors.
-            self.register_buffer("gate_mean", torch.zeros(cfg.dims["audio"]))
-            self.register_buffer("gate_std", torch.ones(cfg.dims["audio"]))
+            g = cfg.gate_dims or cfg.dims["audio"]
+            self.gate = AudioGate(g)
+            # The gate standardizes the raw audio vector (its first gate_dims values) by its own statistics:
+            # with a speaker shift, the classifier's statistics are those of the shifted vectors.
+            self.register_buffer("gate_mean", torch.zeros(g))
+            self.register_buffer("gate_std", torch.ones(g))
         self.proj = nn.ModuleDict({
             m: nn.Sequential(nn.Linear(cfg.dims[m], h), nn.ReLU(), nn.Dropout(cfg.dropout)) for m in cfg.modalities
         })
@@ -373,7 +380,8 @@ class EmotionModel(nn.Module):
             parts = {m: hs[m] for m in self.cfg.modalities}
             reliability = None
             if self.cfg.audio_gate:
-                reliability = self.gate((raw["audio"] - self.gate_mean) / self.gate_std)
+                gated = raw["audio"][..., : self.gate_mean.shape[0]]
+                reliability = self.gate((gated - self.gate_mean) / self.gate_std)
                 parts["audio"] = parts["audio"] * reliability.unsqueeze(-1)
             fused = self._run(self.shared, self.fusion(list(parts.values())), mask, lengths)
             out = {"logits": fused}

@@ -45,7 +45,7 @@ from .data import (
     convert,
     read_manifest,
 )
-from .features import AugmentSettings, FeatureExtractor, FeatureSettings
+from .features import AugmentSettings, FeatureExtractor, FeatureSettings, main_speech_columns
 from .folds import Fold, check_disjoint, session_folds, speaker_folds, speaker_script_folds, split_fold
 from .metrics import SUMMARY_KEYS, classification_report, format_pct, mean_std
 from .models import EmotionModel, ModelConfig, load_unimodal_into
@@ -560,11 +560,12 @@ def _normalize(model: EmotionModel, dialogues: Sequence[Dialogue]) -> None:
         if m == "audio" and model.cfg.audio_gate:
             # The gate reads the raw vectors. Its bank holds the augmented copies too: noisy and
             # telephone speech of known kinds of voices is not "unlike anything heard".
-            model.gate_mean.copy_(torch.from_numpy(x.mean(0)))
-            model.gate_std.copy_(torch.from_numpy(x.std(0)).clamp(min=1e-6))
-            copies = [c[:, d.y >= 0].reshape(-1, c.shape[-1]) for d in dialogues
+            g = model.gate_mean.shape[0]  # the leading values it reads
+            model.gate_mean.copy_(torch.from_numpy(x[:, :g].mean(0)))
+            model.gate_std.copy_(torch.from_numpy(x[:, :g].std(0)).clamp(min=1e-6))
+            copies = [c[:, d.y >= 0].reshape(-1, c.shape[-1])[:, :g] for d in dialogues
                       if (c := d.audio_copies) is not None]
-            every = np.concatenate([x, *copies]) if copies else x
+            every = np.concatenate([x[:, :g], *copies]) if copies else x[:, :g]
             model.gate.fit((torch.from_numpy(every) - model.gate_mean) / model.gate_std)
 
 
@@ -684,7 +685,8 @@ def train_model(
     # Input sizes come from the features (e.g. 1024 for Whisper base's pooled states).
     dims = {m: int(getattr(train[0], m).shape[1]) for m in cfg.model.modalities}
     shifted = "audio" in dims and any(d.audio_shift is not None for d in train)
-    cfg = replace(cfg, model=replace(cfg.model, dims=dims, speaker_shift=shifted))
+    gate_dims = main_speech_columns(cfg.features, dims["audio"]) if cfg.model.audio_gate else 0
+    cfg = replace(cfg, model=replace(cfg.model, dims=dims, speaker_shift=shifted, gate_dims=gate_dims))
     _seed_everything(seed)
     torch.set_num_threads(tc.threads)
     train = list(train)
