@@ -277,8 +277,9 @@ def markdown(r: dict[str, Any]) -> str:
               "models read raw vectors: in dialogues whose speakers hold one emotion for many turns, the "
               "running mean takes that emotion in (the default recipe's sections below). Input level: the "
               "level each utterance was scaled to before the speech encoder (`features.speech_level_dbfs`; "
-              "the packaged models use -26 dBFS), and where a row says so, the first layers of the encoder alone "
-              "(`features.speech_layers`; the others, and the packaged models, use all of them).", "",
+              "the packaged models use -26 dBFS), and which of the encoder's layers are read: the first few alone "
+              "(`features.speech_layers`: the 6- and 8-class rows), or all of them with the first layer's own vector "
+              "beside them (`features.speech_extra_layers`: the 4-class rows and the packaged models).", "",
               "| test set | classes | n | input level | UAR % | WA % (accuracy) | ECE (floor) | recall "
               + " / ".join(LABELS) + " |",
               "|---|---|---|---|---|---|---|---|"]
