@@ -279,7 +279,7 @@ def markdown(r: dict[str, Any]) -> str:
               "level each utterance was scaled to before the speech encoder (`features.speech_level_dbfs`; "
               "the packaged models use -26 dBFS), and which of the encoder's layers are read: the first few alone "
               "(`features.speech_layers`: the 6- and 8-class rows), or all of them with the first layer's own vector "
-              "beside them (`features.speech_extra_layers`: the 4-class rows and the packaged models).", "",
+              "beside them (`features.speech_extra_layers`: the 4-class rows and the packaged audio model).", "",
               "| test set | classes | n | input level | UAR % | WA % (accuracy) | ECE (floor) | recall "
               + " / ".join(LABELS) + " |",
               "|---|---|---|---|---|---|---|---|"]
