@@ -182,11 +182,10 @@ class FeatureExtractor:
     def front_end(self) -> AudioFrontEnd:
         """The front end the settings name (what a model card records)."""
         if self._front is None:
-            parts = [self._part(k) for k in self._kinds()]
-            speech = next((p.speech for k, p in zip(self._kinds(), parts, strict=True)
-                           if p.speech is not None and "@" not in k), None)
-            extra = [p.speech for k, p in zip(self._kinds(), parts, strict=True) if "@" in k and p.speech is not None]
-            acoustic = next((p.acoustic for p in parts if p.acoustic is not None), None)
+            parts = {k: self._part(k) for k in self._kinds()}
+            speech = parts["speech"].speech if "speech" in parts else None
+            extra = [e for k, p in parts.items() if "@" in k and (e := p.speech) is not None]
+            acoustic = parts["acoustic"].acoustic if "acoustic" in parts else None
             self._front = AudioFrontEnd(self.settings.audio, speech, acoustic, extra)
         return self._front
 
