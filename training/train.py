@@ -561,11 +561,11 @@ def _normalize(model: EmotionModel, dialogues: Sequence[Dialogue]) -> None:
             # The gate reads the raw vectors. Its bank holds the augmented copies too: noisy and
             # telephone speech of known kinds of voices is not "unlike anything heard".
             g = model.gate_mean.shape[0]  # the leading values it reads
-            model.gate_mean.copy_(torch.from_numpy(x[:, :g].mean(0)))
-            model.gate_std.copy_(torch.from_numpy(x[:, :g].std(0)).clamp(min=1e-6))
-            copies = [c[:, d.y >= 0].reshape(-1, c.shape[-1])[:, :g] for d in dialogues
-                      if (c := d.audio_copies) is not None]
-            every = np.concatenate([x[:, :g], *copies]) if copies else x[:, :g]
+            head = x[:, :g]
+            model.gate_mean.copy_(torch.from_numpy(head.mean(0)))
+            model.gate_std.copy_(torch.from_numpy(head.std(0)).clamp(min=1e-6))
+            copies = [c[:, d.y >= 0, :g].reshape(-1, g) for d in dialogues if (c := d.audio_copies) is not None]
+            every = np.concatenate([head, *copies]) if copies else head
             model.gate.fit((torch.from_numpy(every) - model.gate_mean) / model.gate_std)
 
 
