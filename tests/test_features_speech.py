@@ -376,3 +376,55 @@ def test_the_trainer_caches_each_depth_apart_and_the_evaluator_follows_the_card(
                             check_features=lambda audio, text: None)
     extractor = extractor_for(model)  # type: ignore[arg-type]
     assert extractor.settings.speech_extra_layers == (1,) and extractor.front_end.key() == both.front_end.key()
+
+
+def test_extra_depths_may_run_a_shorter_window_and_the_card_carries_it(
+        encoder: speech.SpeechEncoder, tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from realtime_ser.features.audio import AudioFrontEnd
+    from realtime_ser.features.cache import FeatureCache
+    from training.evaluate import extractor_for
+    from training.features import FeatureExtractor, FeatureSettings
+
+    config = speech.SpeechEncoderConfig(level_dbfs=-26.0)
+    short = AudioFrontEnd.create("speech", threads=2, speech_config=config, extra_layers=[1], extra_window_s=4)
+    same = AudioFrontEnd.create("speech", threads=2, speech_config=config, extra_layers=[1])
+    assert short.speech is not None and short.speech.config.window_s == 10, "the main encoder keeps its window"
+    assert [e.config.window_s for e in short.extra] == [4] and [e.config.window_s for e in same.extra] == [10]
+    assert short.key() != same.key(), "the window is part of what identifies the vectors"
+    one4 = speech.load(threads=2, config=speech.SpeechEncoderConfig(level_dbfs=-26.0, encoder_layers=1, window_s=4))
+    x = [_tone(1.5, 150.0), _tone(5.5, 220.0, seed=1)]  # the second spans two 4 s windows
+    v, w = short.extract(x), same.extract(x)
+    d = short.dim // 2
+    np.testing.assert_allclose(v[:, :d], w[:, :d], atol=1e-6)
+    np.testing.assert_allclose(v[:, d:], one4.embed(x), atol=1e-6)
+    assert np.abs(v[:, d:] - w[:, d:]).max() > 1e-3, "less padding in the window changes the first layer's vector"
+    np.testing.assert_allclose(short.extract(x, short.encode(x)), v, atol=1e-6)
+    card = short.card()
+    assert [e["config"]["window_s"] for e in card["speech"]["extra"]] == [4]
+    assert AudioFrontEnd.for_card(card).key() == short.key()
+    two = AudioFrontEnd.create("speech", threads=2, speech_config=config, extra_layers=[1, 2], extra_window_s=4).card()
+    two["speech"]["extra"][1]["config"]["window_s"] = 10
+    with pytest.raises(ModelError, match="windows differ"):
+        AudioFrontEnd.for_card(two)
+
+    # The trainer: the setting reaches the extra part only, whose cache is apart; the evaluator follows the card.
+    cache = FeatureCache(tmp_path / "cache")
+    trained = FeatureExtractor(FeatureSettings(audio="speech", speech_level_dbfs=-26, speech_extra_layers=[1],
+                                               speech_extra_window_s=4), cache=cache)
+    plain = FeatureExtractor(FeatureSettings(audio="speech", speech_level_dbfs=-26, speech_extra_layers=[1]),
+                             cache=cache)
+    assert trained.audio_key("speech") == plain.audio_key("speech")
+    assert trained.audio_key("speech@1") != plain.audio_key("speech@1")
+    assert trained.front_end.key() == short.key()
+    model = SimpleNamespace(card=SimpleNamespace(features={"audio": trained.settings_card(("audio",))["audio"]},
+                                                 modalities=("audio",)),
+                            check_features=lambda audio, text: None)
+    extractor = extractor_for(model)  # type: ignore[arg-type]
+    assert extractor.settings.speech_extra_window_s == 4 and extractor.front_end.key() == short.key()
+    for bad in (-1, 31, True, 2.5):
+        with pytest.raises(ValueError, match="speech_extra_window_s must be"):
+            FeatureSettings(audio="speech", speech_extra_layers=(1,), speech_extra_window_s=bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="none are set"):
+        FeatureSettings(audio="speech", speech_extra_window_s=4)

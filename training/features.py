@@ -16,7 +16,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +70,9 @@ class FeatureSettings:
     encoder's vector, e.g. ``(1,)`` (:mod:`realtime_ser.features.audio`; carried by an exported model's
     card). Each depth is a part of its own in the feature cache, shared with a run whose
     ``speech_layers`` is that depth."""
+    speech_extra_window_s: int = 0
+    """The window of the extra depths' encoders in seconds (1..30; 0: the main encoder's, 10 s): a
+    shorter one holds less padding and costs less (carried by an exported model's card)."""
     speaker_norm: float = 0.0
     """Speaker-adaptive audio vectors: each utterance's vector shifted by the running mean of its
     voice's earlier utterances, shrunk towards the training mean by this many pseudo-utterances
@@ -86,6 +89,12 @@ class FeatureSettings:
         object.__setattr__(self, "text_extra", tuple(self.text_extra))
         object.__setattr__(self, "speech_extra_layers", tuple(self.speech_extra_layers))
         check_extra_layers(self.speech_extra_layers, "speech" in self.audio, self.speech_layers)
+        w = self.speech_extra_window_s
+        if isinstance(w, bool) or not isinstance(w, int) or not 0 <= w <= 30:
+            raise ValueError(f"speech_extra_window_s must be a whole number of seconds 1..30 (0 = the main "
+                             f"encoder's window), got {w!r}")
+        if w and not self.speech_extra_layers:
+            raise ValueError("speech_extra_window_s is the window of speech_extra_layers' encoders; none are set")
 
 
 @dataclass(frozen=True)
@@ -208,6 +217,8 @@ class FeatureExtractor:
 
                 speech = SpeechEncoderConfig(level_dbfs=self.settings.speech_level_dbfs,
                                              encoder_layers=int(depth) if depth else self.settings.speech_layers)
+                if depth and self.settings.speech_extra_window_s:
+                    speech = replace(speech, window_s=self.settings.speech_extra_window_s)
             self._parts[kind] = AudioFrontEnd.create(base, threads=self.threads, speech_config=speech)
         return self._parts[kind]
 

@@ -12,7 +12,9 @@ e.g. ``(1,)``: the first layer's states, then the encoder's final layer norm, po
 concatenated after the main encoder's vector: Whisper's shallow layers keep more of how a voice
 sounds, its deep ones more of what it says. Each is a shallower encoder of its own
 (:func:`realtime_ser.features.speech.load` with ``encoder_layers``) that runs on every utterance;
-only the main encoder may share its pass with the recognizer.
+only the main encoder may share its pass with the recognizer. Their window may be shorter than the
+main encoder's (``extra_window_s``): less of it is padding, and a 4 s window costs a one-layer encoder
+about a third of a 10 s one.
 
 :meth:`AudioFrontEnd.extract` takes a batch of utterances and, optionally, encoder output the
 recognizer already computed for some of them (one encoder pass serves both): those are pooled
@@ -57,9 +59,10 @@ class AudioFrontEnd:
     @classmethod
     def create(cls, kind: str, encoder_dir: str = "", threads: int = 0,
                speech_config: SpeechEncoderConfig | None = None,
-               extra_layers: Sequence[int] = ()) -> AudioFrontEnd:
+               extra_layers: Sequence[int] = (), extra_window_s: int = 0) -> AudioFrontEnd:
         """Build the front end ``kind``; loads the speech encoder (shared in the process) when it needs one,
-        and a shallower one per ``extra_layers`` (:func:`check_extra_layers`)."""
+        and a shallower one per ``extra_layers`` (:func:`check_extra_layers`), each with windows of
+        ``extra_window_s`` seconds (0: the main encoder's)."""
         from . import speech
 
         if kind not in KINDS:
@@ -67,7 +70,8 @@ class AudioFrontEnd:
         config = speech_config or SpeechEncoderConfig()
         check_extra_layers(extra_layers, "speech" in kind, config.encoder_layers)
         enc = speech.load(encoder_dir, threads=threads, config=config) if "speech" in kind else None
-        extra = [speech.load(encoder_dir, threads=threads, config=replace(config, encoder_layers=n))
+        extra_config = replace(config, window_s=extra_window_s) if extra_window_s else config
+        extra = [speech.load(encoder_dir, threads=threads, config=replace(extra_config, encoder_layers=n))
                  for n in extra_layers]
         ac = AcousticFeatures(AcousticConfig()) if "acoustic" in kind else None
         return cls(kind, enc, ac, extra)
@@ -81,16 +85,21 @@ class AudioFrontEnd:
             raise ModelError(f"{where}: its audio front end {kind!r} is unknown to this version; known: {KINDS}")
         speech_config = None
         extra_layers: list[int] = []
+        extra_window_s = 0
         if "speech" in kind:
             try:
                 speech_config = SpeechEncoderConfig(**audio["speech"]["config"])
-                extra_layers = [SpeechEncoderConfig(**e["config"]).encoder_layers
-                                for e in audio["speech"].get("extra", [])]
+                extra = [SpeechEncoderConfig(**e["config"]) for e in audio["speech"].get("extra", [])]
+                extra_layers = [e.encoder_layers for e in extra]
                 check_extra_layers(extra_layers, True, speech_config.encoder_layers)
+                windows = {e.window_s for e in extra}
+                if len(windows) > 1:
+                    raise ValueError(f"the extra depths' windows differ ({sorted(windows)} s)")
+                extra_window_s = windows.pop() if windows else 0
             except (KeyError, TypeError, ValueError) as exc:
                 raise ModelError(f"{where}: features.audio.speech.config or .extra is missing or invalid ({exc})"
                                  ) from None
-        front = cls.create(kind, encoder_dir, threads, speech_config, extra_layers)
+        front = cls.create(kind, encoder_dir, threads, speech_config, extra_layers, extra_window_s)
         if front.key() != audio.get("key"):
             raise ModelError(f"{where}: it expects audio features {audio.get('key')!r} ({kind}) but this runtime "
                              f"computes {front.key()!r}: the speech encoder's weights or the feature settings differ; "
