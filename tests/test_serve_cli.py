@@ -65,11 +65,14 @@ def test_serve_stream_follow_and_ctrl_c() -> None:
         live = subprocess.Popen([sys.executable, "-m", "realtime_ser", "stream", str(demo_path()), "--server", url,
                                  "--session", "live", "--realtime", "--jsonl", "-"],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO)
-        time.sleep(4.0)
+        assert live.stdout is not None
+        first = live.stdout.readline()  # the session has started (however long the client took to start)
+        assert b'"session.started"' in first, (first, live.stderr.read().decode() if live.stderr else "")
+        time.sleep(1.0)
         took, code = stop(proc)
         out, err = live.communicate(timeout=15)
         assert took < 3.0 and code == 0, proc.stderr.read().decode() if proc.stderr else ""
-        events = parse_jsonl(out)
+        events = parse_jsonl(first + out)
         validate_stream(events)
         assert events[-1]["type"] == "session.ended"
     finally:
