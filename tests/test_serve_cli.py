@@ -148,10 +148,14 @@ def test_stream_takes_the_same_input_names_as_run(tmp_path: Path) -> None:
 def test_follow_waits_for_a_session_that_has_not_started() -> None:
     proc, url = start_server("--asr", "none")
     try:
-        follower = subprocess.Popen([sys.executable, "-m", "realtime_ser", "follow", url, "--session", "later",
+        follower = subprocess.Popen([sys.executable, "-m", "realtime_ser", "follow", "-v", url, "--session", "later",
                                      "--jsonl", "-"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO)
-        time.sleep(2.0)  # the follower asks, is told there is no such session yet, and waits
-        assert follower.poll() is None, follower.stderr.read().decode() if follower.stderr else ""
+        assert follower.stderr is not None
+        said: list[bytes] = []
+        while not said or b"waiting for session later to start" not in said[-1]:
+            said.append(follower.stderr.readline())  # the follower asks, is told there is no such session yet
+            assert said[-1], b"".join(said).decode()  # (it ended instead of waiting)
+        assert follower.poll() is None, b"".join(said).decode()
         done = cli("stream", "demo", "--server", url, "--session", "later", "--jsonl", "-")
         assert done.returncode == 0, done.stderr.decode()
         out, err = follower.communicate(timeout=30)
