@@ -132,9 +132,11 @@ async def ingest(url: str, pcm: np.ndarray, session: str, received: list[dict[st
 
 
 async def follow(url: str, query: str = "", into: list[dict[str, Any]] | None = None,
-                 count: int | None = None) -> list[dict[str, Any]]:
+                 count: int | None = None, opened: asyncio.Event | None = None) -> list[dict[str, Any]]:
     events = into if into is not None else []
     async with connect(f"{url}/subscribe{query}") as ws:
+        if opened is not None:
+            opened.set()
         try:
             async for m in ws:
                 events.append(json.loads(m))
@@ -172,8 +174,10 @@ def test_six_calls_on_two_nodes_followed_from_a_third(cluster: Any, calls: list[
 
     async def scenario() -> dict[str, Any]:
         everything: list[dict[str, Any]] = []
-        watcher = asyncio.create_task(follow(c.url, "", into=everything))  # all sessions, on the third node
-        await asyncio.sleep(0.5)
+        watching = asyncio.Event()  # all sessions, on the third node
+        watcher = asyncio.create_task(follow(c.url, "", into=everything, opened=watching))
+        await asyncio.wait_for(watching.wait(), 20)  # however long connecting takes on a loaded machine
+        await asyncio.sleep(0.3)  # the subscription is in place on the node
         ingests = [asyncio.create_task(ingest(node.url, pcm, name)) for node, pcm, name in zip(home, calls, names,
                                                                                               strict=True)]
         # Late subscribers on the third node, once it has heard of every call (however loaded the machine):
@@ -233,8 +237,10 @@ def test_a_node_killed_mid_call(cluster: Any, calls: list[np.ndarray]) -> None:
     async def scenario() -> dict[str, Any]:
         received = {n: [] for n in ("k-b1", "k-b2", "k-a")}  # type: ignore[var-annotated]
         everything: list[dict[str, Any]] = []
-        watcher = asyncio.create_task(follow(c.url, "", into=everything))
-        await asyncio.sleep(0.3)
+        watching = asyncio.Event()
+        watcher = asyncio.create_task(follow(c.url, "", into=everything, opened=watching))
+        await asyncio.wait_for(watching.wait(), 20)  # however long connecting takes on a loaded machine
+        await asyncio.sleep(0.3)  # the subscription is in place on the node
         calls_b = [asyncio.create_task(ingest(b.url, long_call, n, received[n])) for n in ("k-b1", "k-b2")]
         call_a = asyncio.create_task(ingest(a.url, long_call, "k-a", received["k-a"]))
         await asyncio.sleep(1.0)
@@ -314,8 +320,10 @@ def test_redis_stopped_for_ten_seconds_during_live_calls(cluster: Any, calls: li
 
     async def scenario() -> dict[str, Any]:
         everything: list[dict[str, Any]] = []
-        watcher = asyncio.create_task(follow(c.url, "", into=everything))
-        await asyncio.sleep(0.3)
+        watching = asyncio.Event()
+        watcher = asyncio.create_task(follow(c.url, "", into=everything, opened=watching))
+        await asyncio.wait_for(watching.wait(), 20)  # however long connecting takes on a loaded machine
+        await asyncio.sleep(0.3)  # the subscription is in place on the node
         ingests = [asyncio.create_task(ingest(n.url, talk, name)) for n, name in zip(home, names, strict=True)]
         await asyncio.sleep(1.0)
         remote = [asyncio.create_task(follow(c.url, f"?session={name}&since=0")) for name in names]
