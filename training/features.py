@@ -71,8 +71,8 @@ class FeatureSettings:
     card). Each depth is a part of its own in the feature cache, shared with a run whose
     ``speech_layers`` is that depth."""
     speech_extra_window_s: int = 0
-    """The window of the extra depths' encoders in seconds (1..30; 0: the main encoder's, 10 s): a
-    shorter one holds less padding and costs less (carried by an exported model's card)."""
+    """The window of the extra depths' encoders in seconds (1..30; 0: the main encoder's, 10 s; carried by
+    an exported model's card). A shorter one costs less; 4 s lost 1-4 points (training/RESULTS.md)."""
     speaker_norm: float = 0.0
     """Speaker-adaptive audio vectors: each utterance's vector shifted by the running mean of its
     voice's earlier utterances, shrunk towards the training mean by this many pseudo-utterances

@@ -13,8 +13,9 @@ concatenated after the main encoder's vector: Whisper's shallow layers keep more
 sounds, its deep ones more of what it says. Each is a shallower encoder of its own
 (:func:`realtime_ser.features.speech.load` with ``encoder_layers``) that runs on every utterance;
 only the main encoder may share its pass with the recognizer. Their window may be shorter than the
-main encoder's (``extra_window_s``): less of it is padding, and a 4 s window costs a one-layer encoder
-about a third of a 10 s one.
+main encoder's (``extra_window_s``): a 4 s window costs a one-layer encoder about a third of a 10 s
+one, but its vectors told emotions apart worse (``training/RESULTS.md``, "A shorter window for the
+first layer"), so the packaged models keep the main encoder's window.
 
 :meth:`AudioFrontEnd.extract` takes a batch of utterances and, optionally, encoder output the
 recognizer already computed for some of them (one encoder pass serves both): those are pooled
