@@ -19,6 +19,7 @@ from training.train import (  # noqa: E402
     ConfigError,
     Dialogue,
     batch,
+    calibration_dialogues,
     config_from_dict,
     load_config,
     speaker_normalized,
@@ -202,6 +203,25 @@ def test_validation_speakers_per_corpus_come_from_every_corpus_alike() -> None:
         config_from_dict({"name": "x", "data": {"manifests": ["ravdess"]}, "train": {"seeds": [0, 1], "ensemble": 3}})
     three = config_from_dict({"name": "x", "data": {"manifests": ["ravdess"]}, "train": {"ensemble": 3}})
     assert three.train.ensemble == 3
+
+
+def test_temperatures_may_be_fitted_on_the_held_out_turns_augmented_copies_too() -> None:
+    us = [Utterance("d", j, "spk", "happy", "x") for j in range(3)]
+    audio = np.arange(6, dtype=np.float32).reshape(3, 2)
+    copies = np.stack([audio + 10, audio + 20])
+    with_copies = Dialogue("d", audio, None, np.zeros(3, np.int64), us, audio_copies=copies,
+                           audio_shift=np.ones((3, 2), np.float32))
+    plain = Dialogue("e", audio, None, np.zeros(3, np.int64), us)
+    assert calibration_dialogues([with_copies, plain], False) == [with_copies, plain]
+    fit_on = calibration_dialogues([with_copies, plain], True)
+    assert [d.id for d in fit_on] == ["d", "e", "d", "d"]
+    for d, c in zip(fit_on[2:], copies, strict=True):
+        np.testing.assert_array_equal(d.audio, c)
+        assert d.audio_copies is None and d.audio_shift is with_copies.audio_shift, "the speaker's shift as in training"
+        assert (d.y == with_copies.y).all() and d.utterances == us
+    cfg = config_from_dict({"name": "x", "data": {"manifests": ["ravdess"]}, "train": {"calibrate_augmented": True}})
+    assert cfg.train.calibrate_augmented and not config_from_dict(
+        {"name": "x", "data": {"manifests": ["ravdess"]}}).train.calibrate_augmented
 
 
 def test_config_names_labels_once_and_set_pins_a_grid_key(tmp_path: Path) -> None:

@@ -80,6 +80,10 @@ class TrainConfig:
     calibrate: bool = True
     """Fit a temperature per output on the held-out share after training (confidences that mean
     what they say); accuracy is unchanged."""
+    calibrate_augmented: bool = False
+    """Fit the temperatures on the held-out turns and their augmented copies (``augment.copies``: noise,
+    telephone band, tempo, pitch, gain) alike, not on the clean turns alone: the model then also
+    allows for voices and channels further from its training (:func:`calibration_dialogues`)."""
     class_weighted: bool = False
     loss: str = "single"
     """``single`` (fused loss only) or ``perspective`` (fused + one loss per modality)."""
@@ -676,6 +680,16 @@ def validation_split(train: Sequence[Dialogue], fraction: float, by: str, rng: r
     return order[n_val:], order[:n_val]
 
 
+def calibration_dialogues(val: Sequence[Dialogue], augmented: bool) -> list[Dialogue]:
+    """The dialogues the temperatures are fitted on: the held-out ones, and with ``augmented`` each of
+    them once more per augmented copy of its audio (``train.calibrate_augmented``)."""
+    out = list(val)
+    if augmented:
+        out += [replace(d, audio=d.audio_copies[c], audio_copies=None) for d in val if d.audio_copies is not None
+                for c in range(len(d.audio_copies))]
+    return out
+
+
 def train_model(
     cfg: ExperimentConfig, train: Sequence[Dialogue], seed: int, pretrained: dict[str, EmotionModel] | None = None,
     progress: str = "",
@@ -755,7 +769,7 @@ def train_model(
     info: dict[str, Any] = {"epochs_run": len(history), "best_epoch": best[1] if best else len(history) - 1,
                             "history": history, "fit_dialogues": len(fit), "val_dialogues": len(val)}
     if tc.calibrate and val:
-        raw = predict(model, val, calibrated=False, raw=True)
+        raw = predict(model, calibration_dialogues(val, tc.calibrate_augmented), calibrated=False, raw=True)
         if len(raw["y"]):
             temps = [fit_temperature(raw[k], raw["y"]) for k in model.outputs]
             model.temperature.copy_(torch.tensor(temps, dtype=torch.float32))
@@ -999,5 +1013,5 @@ def pooled_confusion(variant: dict[str, Any]) -> np.ndarray:
 
 __all__ = [
     "ConfigError", "DataConfig", "Dialogue", "DialogueSet", "ExperimentConfig", "ProtocolConfig", "TrainConfig",
-    "config_from_dict", "load_config", "predict", "run_experiment", "train_model", "variants",
+    "calibration_dialogues", "config_from_dict", "load_config", "predict", "run_experiment", "train_model", "variants",
 ]
