@@ -17,6 +17,8 @@ import numpy as np
 
 from realtime_ser.config import PipelineConfig
 from realtime_ser.emotion.model import SHIFT, EmotionModel
+from realtime_ser.features.audio import extra_window
+from realtime_ser.features.speech import SpeechEncoderConfig
 
 from .data import ManifestError, read_manifest
 from .features import FeatureExtractor, FeatureSettings
@@ -30,25 +32,17 @@ def extractor_for(model: EmotionModel, pipeline: PipelineConfig | None = None) -
     audio = model.card.features.get("audio", {})
     speech = audio.get("speech", {}).get("config", {})
     extra = [e.get("config", {}) for e in audio.get("speech", {}).get("extra", [])]
+    window = extra_window([SpeechEncoderConfig(**e) for e in extra], SpeechEncoderConfig(**speech)) if extra else 0
     settings = FeatureSettings(text_encoder=text.get("kind", "contextual"), text_encoder_dir=text_encoder_dir(model),
                                audio=audio.get("kind", "acoustic"), speech_level_dbfs=speech.get("level_dbfs"),
                                speech_layers=int(speech.get("encoder_layers", 0)),
                                speech_extra_layers=tuple(int(e.get("encoder_layers", 0)) for e in extra),
-                               speech_extra_window_s=extra_window(extra, speech))
+                               speech_extra_window_s=window)
     extractor = FeatureExtractor(settings, pipeline=pipeline)
     audio_key = extractor.front_end.key() if "audio" in model.card.modalities else None
     text_key = extractor.text_encoder.key() if "text" in model.card.modalities else None
     model.check_features(audio_key, text_key)
     return extractor
-
-
-def extra_window(extra: list[dict[str, Any]], main: dict[str, Any]) -> int:
-    """The window the card's extra encoder depths run with (0: the main encoder's)."""
-    windows = {int(e.get("window_s", main.get("window_s", 10))) for e in extra}
-    if len(windows) > 1:
-        raise ValueError(f"the model's extra encoder depths have different windows ({sorted(windows)} s)")
-    w = windows.pop() if windows else 0
-    return 0 if w == int(main.get("window_s", 10)) else w
 
 
 def text_encoder_dir(model: EmotionModel) -> str:

@@ -35,7 +35,7 @@ from ..errors import ModelError
 from .acoustic import AcousticConfig, AcousticFeatures
 from .speech import EncodedUtterance, SpeechEncoder, SpeechEncoderConfig
 
-__all__ = ["KINDS", "AudioFrontEnd"]
+__all__ = ["KINDS", "AudioFrontEnd", "check_extra_layers", "extra_window"]
 
 KINDS = ("speech", "acoustic", "speech+acoustic")
 
@@ -93,10 +93,7 @@ class AudioFrontEnd:
                 extra = [SpeechEncoderConfig(**e["config"]) for e in audio["speech"].get("extra", [])]
                 extra_layers = [e.encoder_layers for e in extra]
                 check_extra_layers(extra_layers, True, speech_config.encoder_layers)
-                windows = {e.window_s for e in extra}
-                if len(windows) > 1:
-                    raise ValueError(f"the extra depths' windows differ ({sorted(windows)} s)")
-                extra_window_s = windows.pop() if windows else 0
+                extra_window_s = extra_window(extra, speech_config)
             except (KeyError, TypeError, ValueError) as exc:
                 raise ModelError(f"{where}: features.audio.speech.config or .extra is missing or invalid ({exc})"
                                  ) from None
@@ -183,6 +180,16 @@ class AudioFrontEnd:
             for i, samples in enumerate(utterances):
                 out[i, col:] = self.acoustic.extract(samples)
         return out
+
+
+def extra_window(extra: Sequence[SpeechEncoderConfig], main: SpeechEncoderConfig) -> int:
+    """The window in seconds that a card's extra encoder depths run with, as :meth:`AudioFrontEnd.create`
+    takes it (0: the main encoder's); refuses depths whose windows differ."""
+    windows = {e.window_s for e in extra}
+    if len(windows) > 1:
+        raise ValueError(f"the extra depths' windows differ ({sorted(windows)} s)")
+    w = windows.pop() if windows else main.window_s
+    return 0 if w == main.window_s else w
 
 
 def check_extra_layers(extra_layers: Sequence[int], has_speech: bool, main_layers: int) -> None:
