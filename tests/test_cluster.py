@@ -147,6 +147,15 @@ async def follow(url: str, query: str = "", into: list[dict[str, Any]] | None = 
     return events
 
 
+async def watch_everything(url: str, into: list[dict[str, Any]]) -> asyncio.Task[list[dict[str, Any]]]:
+    """An all-sessions subscriber on ``url``, once connected (however long that takes on a loaded machine)."""
+    opened = asyncio.Event()
+    task = asyncio.create_task(follow(url, "", into=into, opened=opened))
+    await asyncio.wait_for(opened.wait(), 20)
+    await asyncio.sleep(0.3)  # the subscription is in place on the node
+    return task
+
+
 def comparable(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """What must be the same in any run of the same audio: all but the timings and the server's config."""
     out = []
@@ -174,10 +183,7 @@ def test_six_calls_on_two_nodes_followed_from_a_third(cluster: Any, calls: list[
 
     async def scenario() -> dict[str, Any]:
         everything: list[dict[str, Any]] = []
-        watching = asyncio.Event()  # all sessions, on the third node
-        watcher = asyncio.create_task(follow(c.url, "", into=everything, opened=watching))
-        await asyncio.wait_for(watching.wait(), 20)  # however long connecting takes on a loaded machine
-        await asyncio.sleep(0.3)  # the subscription is in place on the node
+        watcher = await watch_everything(c.url, everything)  # all sessions, on the third node
         ingests = [asyncio.create_task(ingest(node.url, pcm, name)) for node, pcm, name in zip(home, calls, names,
                                                                                               strict=True)]
         # Late subscribers on the third node, once it has heard of every call (however loaded the machine):
@@ -237,10 +243,7 @@ def test_a_node_killed_mid_call(cluster: Any, calls: list[np.ndarray]) -> None:
     async def scenario() -> dict[str, Any]:
         received = {n: [] for n in ("k-b1", "k-b2", "k-a")}  # type: ignore[var-annotated]
         everything: list[dict[str, Any]] = []
-        watching = asyncio.Event()
-        watcher = asyncio.create_task(follow(c.url, "", into=everything, opened=watching))
-        await asyncio.wait_for(watching.wait(), 20)  # however long connecting takes on a loaded machine
-        await asyncio.sleep(0.3)  # the subscription is in place on the node
+        watcher = await watch_everything(c.url, everything)
         calls_b = [asyncio.create_task(ingest(b.url, long_call, n, received[n])) for n in ("k-b1", "k-b2")]
         call_a = asyncio.create_task(ingest(a.url, long_call, "k-a", received["k-a"]))
         await asyncio.sleep(1.0)
@@ -320,10 +323,7 @@ def test_redis_stopped_for_ten_seconds_during_live_calls(cluster: Any, calls: li
 
     async def scenario() -> dict[str, Any]:
         everything: list[dict[str, Any]] = []
-        watching = asyncio.Event()
-        watcher = asyncio.create_task(follow(c.url, "", into=everything, opened=watching))
-        await asyncio.wait_for(watching.wait(), 20)  # however long connecting takes on a loaded machine
-        await asyncio.sleep(0.3)  # the subscription is in place on the node
+        watcher = await watch_everything(c.url, everything)
         ingests = [asyncio.create_task(ingest(n.url, talk, name)) for n, name in zip(home, names, strict=True)]
         await asyncio.sleep(1.0)
         remote = [asyncio.create_task(follow(c.url, f"?session={name}&since=0")) for name in names]
