@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.latency import git_info, machine
+from bench.latency import git_info, machine, provenance
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LEVEL_DBFS = -26.0  # as the packaged models
@@ -89,8 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         "shorter window does to accuracy: [`training/RESULTS.md`](../../training/RESULTS.md), \"A shorter "
         "window for the first layer\".",
         "",
-        f"Machine: {m.get('cpu_model')}, {m.get('cpu_affinity')} CPUs, Python {m.get('python')}. "
-        f"Commit {g.get('commit')}{' (dirty working tree)' if g.get('dirty') else ''}.",
+        provenance(m, g),
         "",
     ])
     (args.out / "extra_window.md").write_text(md, encoding="utf-8")

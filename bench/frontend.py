@@ -26,7 +26,7 @@ from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from bench.latency import default_data_dir, git_info, machine  # noqa: E402
+from bench.latency import default_data_dir, git_info, machine, provenance  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RATE = 16000
@@ -107,8 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         f"(eGeMAPSv02 / ours = {out['ratio_egemaps_over_ours']:.2f}). Accuracy of both: "
         "[`training/results/frontends.md`](../../training/results/frontends.md).",
         "",
-        f"Machine: {m.get('cpu_model')}, {m.get('cpu_affinity')} CPUs, Python {m.get('python')}. "
-        f"Commit {g.get('commit')}{' (dirty working tree)' if g.get('dirty') else ''}.",
+        provenance(m, g),
         "",
     ])
     (args.out / "frontend.md").write_text(md, encoding="utf-8")

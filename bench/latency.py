@@ -361,6 +361,12 @@ def machine() -> dict[str, Any]:
     return info
 
 
+def provenance(m: dict[str, Any], g: dict[str, Any]) -> str:
+    """The line a result page ends with: the machine (:func:`machine`) and the commit (:func:`git_info`)."""
+    return (f"Machine: {m.get('cpu_model')}, {m.get('cpu_affinity')} CPUs, Python {m.get('python')}. "
+            f"Commit {g.get('commit')}{' (dirty working tree)' if g.get('dirty') else ''}.")
+
+
 def git_info() -> dict[str, Any]:
     def git(*args: str) -> str | None:
         try:

@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
-from bench.latency import default_data_dir, git_info, machine, select_clips, summarize, write_result
+from bench.latency import default_data_dir, git_info, machine, provenance, select_clips, summarize, write_result
 from realtime_ser.config import VadConfig
 from realtime_ser.frames import AudioFrame, SpeechAudio, SpeechEnd, SpeechStart
 from realtime_ser.vad import Segmenter, SileroDetector, webrtc_detector
@@ -269,9 +269,7 @@ def markdown(result: dict[str, Any]) -> str:
     lines += ["", "Detector CPU per audio second (one thread): " + ", ".join(f"{k} {v:.2f} ms" for k, v in cpu.items())
               + ".", ""]
     m, g = result["machine"], result["git"]
-    lines += [f"Machine: {m.get('cpu_model')}, {m.get('cpu_affinity')} CPUs, Python {m.get('python')}. "
-              f"Commit {g.get('commit')}{' (dirty working tree)' if g.get('dirty') else ''}. "
-              f"Whole benchmark: {result['wall_seconds']:.0f} s.", ""]
+    lines += [f"{provenance(m, g)} Whole benchmark: {result['wall_seconds']:.0f} s.", ""]
     return "\n".join(lines)
 
 
