@@ -18,11 +18,14 @@ from training.models import AudioGate, EmotionModel, ModelConfig  # noqa: E402
 from training.train import (  # noqa: E402
     ConfigError,
     Dialogue,
+    WeightAverage,
     batch,
     calibration_dialogues,
     config_from_dict,
     load_config,
+    predict,
     speaker_normalized,
+    train_model,
     turn_values,
     validation_split,
 )
@@ -312,3 +315,58 @@ def test_default_report_recomputes_only_named_experiments_it_knows(capsys: pytes
     err = capsys.readouterr().err
     assert "unknown experiment(s) voices_bogus" in err and "voices_ravdess" in err
     assert (default_report.OUT / "default_model.json").read_bytes() == before
+
+
+def test_weight_average_ramps_up_then_keeps_its_decay() -> None:
+    model = EmotionModel(ModelConfig(modalities=("audio",), dims={"audio": 3}, hidden=4, labels=("a", "b")))
+    weights = [p for p in model.parameters() if p.ndim == 2][0]
+    start = weights.detach().clone()
+    average = WeightAverage(model, decay=0.5)
+    assert not any(p.requires_grad for p in average.model.parameters()), "the average is never trained"
+    avg_weights = [p for p in average.model.parameters() if p.ndim == 2][0]
+    with torch.no_grad():
+        weights.copy_(start + 1.0)
+    average.update(model)  # step 0: decay (1 + 0) / (10 + 0) = 0.1, under 0.5
+    torch.testing.assert_close(avg_weights, 0.1 * start + 0.9 * (start + 1.0))
+    with torch.no_grad():
+        weights.copy_(start + 3.0)
+    average.update(model)  # step 1: 2 / 11 = 0.18
+    torch.testing.assert_close(avg_weights, 2 / 11 * (start + 0.9) + 9 / 11 * (start + 3.0))
+    for _ in range(20):
+        average.update(model)  # from step 8 on, 9 / 18 = 0.5: the configured decay
+    previous = avg_weights.clone()
+    with torch.no_grad():
+        weights.copy_(start - 1.0)
+    average.update(model)
+    torch.testing.assert_close(avg_weights, 0.5 * previous + 0.5 * (start - 1.0))
+    with pytest.raises(ConfigError, match=r"train.weight_average must be in \[0, 1\)"):
+        config_from_dict({"name": "x", "data": {"manifests": ["ravdess"]}, "train": {"weight_average": 1.0}})
+
+
+def _separable(n: int, seed: int) -> list[Dialogue]:
+    """One-turn dialogues whose label is the sign of the first feature."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        y = i % 2
+        x = rng.normal(0, 1, (1, 6)).astype(np.float32)
+        x[0, 0] = (1 if y else -1) * (1 + abs(x[0, 0]))
+        out.append(Dialogue(f"d{i}", x, None, np.array([y]), [Utterance(f"d{i}", 0, f"s{i}", "ab"[y], "x")]))
+    return out
+
+
+@pytest.mark.parametrize("decay", [0.0, 0.9])
+def test_a_model_trained_with_averaged_weights_is_the_average(decay: float) -> None:
+    cfg = config_from_dict({"name": "x", "data": {"manifests": ["x"], "labels": ["a", "b"]},
+                            "model": {"modalities": ["audio"], "hidden": 8},
+                            "train": {"epochs": 12, "batch_size": 8, "patience": 12, "lr": 0.01, "val_by": "dialogue",
+                                      "seeds": [0], "weight_average": decay}})
+    model, info = train_model(cfg, _separable(160, 0), seed=0)
+    assert info["best_epoch"] <= 11 and all("val_uar" in h for h in info["history"])
+    test = _separable(200, 1)
+    acc = float((predict(model, test)["logits"].argmax(1) == np.array([d.y[0] for d in test])).mean())
+    assert acc > 0.9, f"learned the sign (accuracy {acc:.2f})"
+    plain, _ = train_model(replace(cfg, train=replace(cfg.train, weight_average=0.0)), _separable(160, 0), seed=0)
+    same = all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), plain.state_dict().values(),
+                                                   strict=True))
+    assert same == (decay == 0.0), "the averaged weights are the model"

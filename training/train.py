@@ -84,6 +84,10 @@ class TrainConfig:
     """Fit the temperatures on the held-out turns and their augmented copies (``augment.copies``: noise,
     telephone band, tempo, pitch, gain) alike, not on the clean turns alone: the model then also
     allows for voices and channels further from its training (:func:`calibration_dialogues`)."""
+    weight_average: float = 0.0
+    """Decay of a moving average of the weights, updated after every step (0: off; e.g. 0.99). With it, the
+    epoch is chosen and the temperatures fitted on the averaged weights, and those are the model: one
+    model, as cheap to run, whose weights smooth over the steps' noise (:class:`WeightAverage`)."""
     class_weighted: bool = False
     loss: str = "single"
     """``single`` (fused loss only) or ``perspective`` (fused + one loss per modality)."""
@@ -112,6 +116,8 @@ class TrainConfig:
             raise ConfigError("train.val_fraction must be in [0, 1)")
         if self.val_by not in VAL_BY:
             raise ConfigError(f"train.val_by must be one of {', '.join(map(repr, VAL_BY))}, got {self.val_by!r}")
+        if not 0 <= self.weight_average < 1:
+            raise ConfigError(f"train.weight_average must be in [0, 1) (0: off; e.g. 0.99), got {self.weight_average}")
         if not 1 <= self.ensemble <= len(self.seeds):
             raise ConfigError(f"train.ensemble must be 1..{len(self.seeds)} (the number of train.seeds, "
                               f"{list(self.seeds)}: an export averages one model per seed), got {self.ensemble}")
@@ -690,6 +696,27 @@ def calibration_dialogues(val: Sequence[Dialogue], augmented: bool) -> list[Dial
     return out
 
 
+class WeightAverage:
+    """A moving average of a model's weights (``train.weight_average``), updated after each step ``t``
+    (from 0) with the decay min(``decay``, (1 + t) / (10 + t)): over the first steps it is close to the
+    mean of all the weights so far (the initial ones soon count for little), after that an exponential
+    average of about the last 1 / (1 - ``decay``) steps."""
+
+    def __init__(self, model: EmotionModel, decay: float) -> None:
+        self.decay = decay
+        self.steps = 0
+        self.model = copy.deepcopy(model)
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: EmotionModel) -> None:
+        d = min(self.decay, (1 + self.steps) / (10 + self.steps))
+        self.steps += 1
+        for avg, p in zip(self.model.parameters(), model.parameters(), strict=True):
+            avg.mul_(d).add_(p.detach(), alpha=1 - d)
+
+
 def train_model(
     cfg: ExperimentConfig, train: Sequence[Dialogue], seed: int, pretrained: dict[str, EmotionModel] | None = None,
     progress: str = "",
@@ -723,6 +750,7 @@ def train_model(
     opt = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
     weight = _class_weights(fit, len(cfg.model.labels)) if tc.class_weighted else None
     ce = nn.CrossEntropyLoss(weight=weight, ignore_index=-1)
+    average = WeightAverage(model, tc.weight_average) if tc.weight_average else None
     best: tuple[float, int, dict[str, torch.Tensor]] | None = None
     history = []
     stale = 0
@@ -749,14 +777,17 @@ def train_model(
             loss.backward()
             nn.utils.clip_grad_norm_(params, 5.0)
             opt.step()
+            if average is not None:
+                average.update(model)
             total += loss.item()
         entry: dict[str, Any] = {"epoch": epoch, "loss": total}
+        scored = model if average is None else average.model
         if val and tc.patience:
-            pv = predict(model, val, calibrated=False)
+            pv = predict(scored, val, calibrated=False)
             score = classification_report(pv["y"], pv["logits"], cfg.model.labels)["uar"] if len(pv["y"]) else 0.0
             entry["val_uar"] = score
             if best is None or score > best[0]:
-                best = (score, epoch, copy.deepcopy(model.state_dict()))
+                best = (score, epoch, copy.deepcopy(scored.state_dict()))
                 stale = 0
             else:
                 stale += 1
@@ -765,6 +796,8 @@ def train_model(
             break
     if best is not None:
         model.load_state_dict(best[2])
+    elif average is not None:
+        model.load_state_dict(average.model.state_dict())
     model.eval()
     info: dict[str, Any] = {"epochs_run": len(history), "best_epoch": best[1] if best else len(history) - 1,
                             "history": history, "fit_dialogues": len(fit), "val_dialogues": len(val)}
