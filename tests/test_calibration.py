@@ -317,6 +317,29 @@ def test_default_report_recomputes_only_named_experiments_it_knows(capsys: pytes
     assert (default_report.OUT / "default_model.json").read_bytes() == before
 
 
+def test_default_report_names_the_rows_trained_with_each_setting(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from training import default_report
+
+    recipe = tmp_path / "default_audio.toml"
+    recipe.write_text('name = "default_audio"\n[train]\ncalibrate_augmented = true\n')
+    monkeypatch.setattr(default_report, "PACKAGED_RECIPE", recipe)
+
+    assert default_report._training_settings({"weight_average": 0.99, "calibrate_augmented": False,
+                                              "epochs": 30}) == ["weight_average"]
+    titles = {"a": "Row A", "b": "Row B", "c": "Row C"}
+    voices = {"a": {"training": ["weight_average", "calibrate_augmented"]}, "b": {"training": ["weight_average"]},
+              "c": {}}
+    note = default_report._training_note(titles, voices)
+    averaged = next(line for line in note if "`train.weight_average`" in line)
+    assert "Row A; Row B" in averaged and "Row C" not in averaged
+    assert averaged.endswith("Not (yet) the packaged models' recipe.")
+    augmented = next(line for line in note if "`train.calibrate_augmented`" in line)
+    assert "Row A" in augmented and "Row B" not in augmented
+    assert augmented.endswith("and the packaged models' recipe.")
+    assert default_report._training_note(titles, {"a": {}}) == [], "no note where no row uses a setting"
+
+
 def test_weight_average_ramps_up_then_keeps_its_decay() -> None:
     model = EmotionModel(ModelConfig(modalities=("audio",), dims={"audio": 3}, hidden=4, labels=("a", "b")))
     weights = [p for p in model.parameters() if p.ndim == 2][0]

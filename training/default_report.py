@@ -28,6 +28,7 @@ import csv
 import json
 import sys
 import time
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -117,7 +118,8 @@ def experiment(name: str, curves: list[tuple[str, str, np.ndarray, np.ndarray]],
                               "summary": v["summary"], "labels": labels,
                               "level_dbfs": v["config"].get("features", {}).get("speech_level_dbfs"),
                               "speech_layers": v["config"].get("features", {}).get("speech_layers", 0),
-                              "speech_extra_layers": v["config"].get("features", {}).get("speech_extra_layers", [])}
+                              "speech_extra_layers": v["config"].get("features", {}).get("speech_extra_layers", []),
+                              "training": _training_settings(v["config"].get("train", {}))}
     if pred is not None:
         result["pooled"] = pooled(pred, labels)
         seed0 = pred["seed"] == pred["seed"].min()
@@ -247,6 +249,34 @@ def _recall(p: dict[str, Any], labels: list[str]) -> str:
     return " | ".join(f"{100 * p['per_class_recall'][lab]:.1f}" for lab in labels)
 
 
+PACKAGED_RECIPE = REPO / "configs" / "train" / "default_audio.toml"
+"""The packaged audio model's config: the recipe the voice rows are held against."""
+TRAINING_SETTINGS = {"weight_average": "weights averaged over the training steps (`train.weight_average`)",
+                     "calibrate_augmented": "temperatures fitted on the held-out voices' augmented copies too "
+                                            "(`train.calibrate_augmented`)"}
+"""The trainer's settings beyond the defaults that the report names per row, and how it names them."""
+
+
+def _training_settings(train: dict[str, Any]) -> list[str]:
+    """Which of :data:`TRAINING_SETTINGS` a run's ``[train]`` section turns on."""
+    return [k for k in TRAINING_SETTINGS if train.get(k)]
+
+
+def _training_note(titles: dict[str, str], voices: dict[str, Any]) -> list[str]:
+    """A line per training setting of :data:`TRAINING_SETTINGS`: which rows' models were trained with it, and
+    whether the packaged audio model's recipe (:data:`PACKAGED_RECIPE`) is."""
+    recipe = tomllib.loads(PACKAGED_RECIPE.read_text()).get("train", {})
+    packaged = set(_training_settings(recipe))
+    lines = []
+    for key, words in TRAINING_SETTINGS.items():
+        rows = [title for name, title in titles.items() if key in (voices.get(name) or {}).get("training", [])]
+        if rows:
+            lines.append(f"- {words[0].upper() + words[1:]}: {'; '.join(rows)}"
+                         + ("; and the packaged models' recipe." if key in packaged else
+                            ". Not (yet) the packaged models' recipe."))
+    return ["", *lines] if lines else []
+
+
 def _level(e: dict[str, Any]) -> str:
     """The input level the experiment's voice features were computed at (``features.speech_level_dbfs``), and
     the encoder's depth where it was not all of it (``features.speech_layers``), and the extra depths read
@@ -283,15 +313,16 @@ def markdown(r: dict[str, Any]) -> str:
               "| test set | classes | n | input level | UAR % | WA % (accuracy) | ECE (floor) | recall "
               + " / ".join(LABELS) + " |",
               "|---|---|---|---|---|---|---|---|"]
-    for key, title in (("ravdess", "RAVDESS, 5 groups of 4 actors"), ("crema_d", "CREMA-D, 5 groups of 15 actors"),
-                       ("ravdess8", "RAVDESS, 8 classes"), ("crema_d6", "CREMA-D, 6 classes"),
-                       ("cross_tess", "TESS, trained without it (RAVDESS + CREMA-D)"),
-                       ("cross_crema_d", "CREMA-D, trained without it (RAVDESS + TESS)"),
-                       ("ravdess_adaptive", "RAVDESS, speaker-adaptive"),
-                       ("crema_d_adaptive", "CREMA-D, speaker-adaptive"),
-                       ("ravdess8_adaptive", "RAVDESS, 8 classes, speaker-adaptive"),
-                       ("crema_d6_adaptive", "CREMA-D, 6 classes, speaker-adaptive"),
-                       ("cross_tess_adaptive", "TESS, trained without it, speaker-adaptive")):
+    titles = {"ravdess": "RAVDESS, 5 groups of 4 actors", "crema_d": "CREMA-D, 5 groups of 15 actors",
+              "ravdess8": "RAVDESS, 8 classes", "crema_d6": "CREMA-D, 6 classes",
+              "cross_tess": "TESS, trained without it (RAVDESS + CREMA-D)",
+              "cross_crema_d": "CREMA-D, trained without it (RAVDESS + TESS)",
+              "ravdess_adaptive": "RAVDESS, speaker-adaptive",
+              "crema_d_adaptive": "CREMA-D, speaker-adaptive",
+              "ravdess8_adaptive": "RAVDESS, 8 classes, speaker-adaptive",
+              "crema_d6_adaptive": "CREMA-D, 6 classes, speaker-adaptive",
+              "cross_tess_adaptive": "TESS, trained without it, speaker-adaptive"}
+    for key, title in titles.items():
         e = r["voices"].get(key)
         if not e or "pooled" not in e:
             lines.append(f"| {title} | – | – | – | not run | | | |")
@@ -302,6 +333,7 @@ def markdown(r: dict[str, Any]) -> str:
         lines.append(f"| {title} | {len(labels)} | {p['n_per_seed']} | {_level(e)} | {_pm(p['uar'])} | "
                      f"{_pm(p['weighted_accuracy'])}"
                      f" | {_ece(p)} | {recall} |")
+    lines += _training_note(titles, r["voices"])
     recipes = (("default_cv", "The default model's recipe: voice group and IEMOCAP session held out together"),
                ("default_cv_speaker_norm", "The same recipe, speaker-adaptive"),
                ("default_cv_audio", "The audio model's recipe on the same folds"),
