@@ -378,14 +378,15 @@ def _separable(n: int, seed: int) -> list[Dialogue]:
     return out
 
 
-@pytest.mark.parametrize("decay", [0.0, 0.9])
-def test_a_model_trained_with_averaged_weights_is_the_average(decay: float) -> None:
+@pytest.mark.parametrize(("decay", "patience"), [(0.0, 12), (0.9, 12), (0.9, 0)])
+def test_a_model_trained_with_averaged_weights_is_the_average(decay: float, patience: int) -> None:
+    """With early stopping the best epoch's averaged weights are the model; without, the last ones."""
     cfg = config_from_dict({"name": "x", "data": {"manifests": ["x"], "labels": ["a", "b"]},
                             "model": {"modalities": ["audio"], "hidden": 8},
-                            "train": {"epochs": 12, "batch_size": 8, "patience": 12, "lr": 0.01, "val_by": "dialogue",
-                                      "seeds": [0], "weight_average": decay}})
+                            "train": {"epochs": 12, "batch_size": 8, "patience": patience, "lr": 0.01,
+                                      "val_by": "dialogue", "seeds": [0], "weight_average": decay}})
     model, info = train_model(cfg, _separable(160, 0), seed=0)
-    assert info["best_epoch"] <= 11 and all("val_uar" in h for h in info["history"])
+    assert info["best_epoch"] <= 11 and all(("val_uar" in h) == bool(patience) for h in info["history"])
     test = _separable(200, 1)
     acc = float((predict(model, test)["logits"].argmax(1) == np.array([d.y[0] for d in test])).mean())
     assert acc > 0.9, f"learned the sign (accuracy {acc:.2f})"
