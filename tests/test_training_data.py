@@ -391,3 +391,32 @@ def test_real_meld_and_emorynlp(tmp_path: Path) -> None:
         speaker_folds(emory)
     test = split_fold(emory)
     assert (len(test.train), len(test.test)) == (748, 79)
+
+
+def test_asr_emotion_held_out_model_is_trained_again_when_the_recipe_changes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``python -m training.asr_emotion`` keeps its held-out model while neither the training rows nor
+    the recipe (``configs/train/default.toml``, resolved) change, and trains it again when one does."""
+    from training import asr_emotion, train
+
+    trained: list[dict] = []
+
+    def fake_export(cfg: train.ExperimentConfig, out: Path, **_: object) -> None:
+        trained.append(cfg.to_dict())
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "card.json").write_text("{}")
+
+    overrides: list[str] = []
+    real_load = train.load_config
+    monkeypatch.setattr(train, "export_final", fake_export)
+    monkeypatch.setattr(train, "load_config", lambda path, sets: real_load(path, [*sets, *overrides]))
+    rows = [Utterance(f"d{g}", 0, f"s{g}", "happy", "hi", "", {"group": g}) for g in "0123"]
+    manifest = Manifest(tmp_path / "all.csv", rows)
+    for _ in range(2):
+        asr_emotion.held_out_model(manifest, "3", tmp_path)
+    assert len(trained) == 1
+    overrides.append("train.weight_average = 0.9")
+    asr_emotion.held_out_model(manifest, "3", tmp_path)
+    assert len(trained) == 2 and trained[1]["train"]["weight_average"] == 0.9
+    asr_emotion.held_out_model(Manifest(tmp_path / "all.csv", rows[1:]), "3", tmp_path)
+    assert len(trained) == 3

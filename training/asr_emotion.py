@@ -11,7 +11,8 @@ the rows differ only by their transcripts. Reports the fused accuracy and the te
 with the word error rate.
 
 Writes ``training/results/asr_emotion.{json,md}``; the held-out model is kept in
-``runs/asr_emotion/model-group<N>`` (trained again when its training manifest changes).
+``runs/asr_emotion/model-group<N>`` (trained again when its training manifest or
+the recipe changes).
 ``--dialogues N`` limits the work (whisper decodes about one turn per second on 2 cores).
 """
 
@@ -35,18 +36,19 @@ ALL = RUNS / "default" / "all.csv"
 
 def held_out_model(manifest: Manifest, group: str, work: Path) -> Path:
     """The default recipe trained on every row of ``manifest`` (``all.csv``) outside ``group`` (reused
-    while that training manifest is unchanged)."""
+    while that training manifest and the recipe are unchanged)."""
     from .train import export_final, load_config
 
     rows = [u for u in manifest.utterances if u.meta("group") != group]
     train_csv = write_manifest(work / f"train-group{group}.csv", rows)
-    digest = hashlib.sha256(train_csv.read_bytes()).hexdigest()[:16]
+    cfg = load_config(REPO / "configs" / "train" / "default.toml", [f'data.manifests = ["{train_csv}"]'])
+    recipe = json.dumps(cfg.to_dict(), sort_keys=True).encode()
+    digest = hashlib.sha256(train_csv.read_bytes() + recipe).hexdigest()[:16]
     out = work / f"model-group{group}"
     stamp = out / "trained-on.txt"
     if (out / "card.json").is_file() and stamp.is_file() and stamp.read_text().strip() == digest:
         return out
     print(f"training the default recipe without group {group} ({len(rows)} training rows)", flush=True)
-    cfg = load_config(REPO / "configs" / "train" / "default.toml", [f'data.manifests = ["{train_csv}"]'])
     export_final(cfg, out, version=f"without-group{group}", name=f"default-without-group{group}")
     stamp.write_text(digest + "\n")
     return out
