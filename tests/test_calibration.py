@@ -22,10 +22,12 @@ from training.train import (  # noqa: E402
     batch,
     calibration_dialogues,
     config_from_dict,
+    corpus_balance,
     load_config,
     predict,
     speaker_normalized,
     train_model,
+    turn_corpora,
     turn_values,
     validation_split,
 )
@@ -394,3 +396,59 @@ def test_a_model_trained_with_averaged_weights_is_the_average(decay: float, pati
     same = all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), plain.state_dict().values(),
                                                    strict=True))
     assert same == (decay == 0.0), "the averaged weights are the model"
+
+
+def test_a_weighted_temperature_fit_counts_each_row_by_its_weight() -> None:
+    """Weight 2 is the row twice; corpus-balanced weights let a small over-confident corpus pull the
+    temperature as hard as a large calibrated one."""
+    over, y_over = _overconfident(400, seed=3)
+    rng = np.random.default_rng(4)
+    y_cal = rng.integers(0, 4, 4000)
+    fine = rng.normal(0, 1, (4000, 4))
+    fine[np.arange(4000), y_cal] += 1.5
+    twice = fit_temperature(np.concatenate([over, over[:100]]), np.concatenate([y_over, y_over[:100]]))
+    weighted = fit_temperature(over, y_over, np.r_[np.full(100, 2.0), np.ones(300)])
+    assert weighted == pytest.approx(twice, rel=1e-6)
+    logits, y = np.concatenate([fine, over]), np.concatenate([y_cal, y_over])
+    corpora = ["big"] * 4000 + ["small"] * 400
+    w = corpus_balance(corpora)
+    assert w[:4000].sum() == pytest.approx(w[4000:].sum()) == pytest.approx(1.0)
+    t_plain, t_balanced = fit_temperature(logits, y), fit_temperature(logits, y, w)
+    assert t_plain < t_balanced < fit_temperature(over, y_over)
+    with pytest.raises(ValueError, match="non-negative"):
+        fit_temperature(logits, y, np.zeros(len(y)))
+
+
+def test_calibrate_balance_weighs_each_corpus_alike_in_the_temperature_fit(monkeypatch: pytest.MonkeyPatch) -> None:
+    import training.train as train_mod
+
+    us = [Utterance("d", 0, "a", "a", "x", "", {"corpus": "own", "audio_corpus": "lent"}),
+          Utterance("d", 1, "b", "", "x", "", {"voice_corpus": "v"}),
+          Utterance("d", 2, "c", "b", "x", "", {"corpus": "c"})]
+    d = Dialogue("d", np.zeros((3, 2), np.float32), None, np.array([0, -1, 1]), us)
+    assert turn_corpora(d) == ["lent", "c"]
+    seen: list[np.ndarray | None] = []
+    real = train_mod.fit_temperature
+
+    def recording(z: np.ndarray, y: np.ndarray, w: np.ndarray | None = None) -> float:
+        seen.append(w)
+        return real(z, y, w)
+
+    monkeypatch.setattr(train_mod, "fit_temperature", recording)
+    data = _separable(160, 0)
+    data = [replace(x, utterances=[replace(x.utterances[0], extra={"corpus": "big" if i % 5 else "small"})])
+            for i, x in enumerate(data)]
+    for balance in (False, True):
+        seen.clear()
+        cfg = config_from_dict({"name": "x", "data": {"manifests": ["x"], "labels": ["a", "b"]},
+                                "model": {"modalities": ["audio"], "hidden": 8},
+                                "train": {"epochs": 2, "batch_size": 8, "lr": 0.01, "val_by": "dialogue",
+                                          "val_fraction": 0.3, "seeds": [0], "calibrate_balance": balance}})
+        _, info = train_model(cfg, data, seed=0)
+        assert seen and "temperature" in info
+        if not balance:
+            assert all(w is None for w in seen)
+            continue
+        w = seen[0]
+        assert w is not None and len(set(np.round(w, 9))) == 2, "two corpora, a weight each"
+        assert float(w.max() / w.min()) > 2, "the smaller corpus's turns weigh more"

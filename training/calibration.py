@@ -31,34 +31,40 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def nll(logits: np.ndarray, y: np.ndarray, temperature: float = 1.0) -> float:
-    """Mean negative log-likelihood of the true classes under ``softmax(logits / temperature)``."""
+def nll(logits: np.ndarray, y: np.ndarray, temperature: float = 1.0, weights: np.ndarray | None = None) -> float:
+    """Mean negative log-likelihood of the true classes under ``softmax(logits / temperature)``
+    (weighted by ``weights``, one per row, when given)."""
     z = np.asarray(logits, dtype=np.float64) / temperature
     z = z - z.max(axis=1, keepdims=True)
     logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-    return float(-logp[np.arange(len(y)), y].mean())
+    return float(np.average(-logp[np.arange(len(y)), y], weights=weights))
 
 
-def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
+def fit_temperature(logits: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None) -> float:
     """The temperature in [0.05, 20] that minimises the NLL of ``y`` (golden-section search on log T;
-    the NLL is convex in 1/T). 1.0 when there is nothing to fit on."""
+    the NLL is convex in 1/T), each row weighted by ``weights`` when given. 1.0 when there is
+    nothing to fit on."""
     logits = np.asarray(logits, dtype=np.float64)
     y = np.asarray(y, dtype=np.int64)
     if len(y) < 2:
         return 1.0
+    if weights is not None:
+        weights = np.asarray(weights, dtype=np.float64)
+        if weights.shape != y.shape or (weights < 0).any() or not weights.sum() > 0:
+            raise ValueError(f"weights must be {len(y)} non-negative numbers, not all 0")
     lo, hi = np.log(T_RANGE[0]), np.log(T_RANGE[1])
     g = (np.sqrt(5) - 1) / 2
     a, b = hi - g * (hi - lo), lo + g * (hi - lo)
-    fa, fb = nll(logits, y, np.exp(a)), nll(logits, y, np.exp(b))
+    fa, fb = nll(logits, y, np.exp(a), weights), nll(logits, y, np.exp(b), weights)
     for _ in range(60):
         if fa < fb:
             hi, b, fb = b, a, fa
             a = hi - g * (hi - lo)
-            fa = nll(logits, y, np.exp(a))
+            fa = nll(logits, y, np.exp(a), weights)
         else:
             lo, a, fa = a, b, fb
             b = lo + g * (hi - lo)
-            fb = nll(logits, y, np.exp(b))
+            fb = nll(logits, y, np.exp(b), weights)
     return float(np.exp((lo + hi) / 2))
 
 

@@ -84,6 +84,10 @@ class TrainConfig:
     """Fit the temperatures on the held-out turns and their augmented copies (``augment.copies``: noise,
     telephone band, tempo, pitch, gain) alike, not on the clean turns alone: the model then also
     allows for voices and channels further from its training (:func:`calibration_dialogues`)."""
+    calibrate_balance: bool = False
+    """Each corpus's held-out turns weigh alike in the temperature fit (a corpus: ``audio_corpus``,
+    ``voice_corpus`` or ``corpus``), so a corpus with many held-out voices does not set the
+    temperature for all; without it every turn weighs alike."""
     weight_average: float = 0.0
     """Decay of a moving average of the weights, updated after every step (0: off; e.g. 0.99). With it, the
     epoch is chosen and the temperatures fitted on the averaged weights, and those are the model: one
@@ -696,6 +700,21 @@ def calibration_dialogues(val: Sequence[Dialogue], augmented: bool) -> list[Dial
     return out
 
 
+def turn_corpora(d: Dialogue) -> list[str]:
+    """The corpus of each labeled turn's voice (``audio_corpus`` where the audio is another speaker's,
+    else ``voice_corpus`` or ``corpus``), in order, as :func:`predict` lists the turns."""
+    return [u.meta("audio_corpus") or u.meta("voice_corpus") or u.meta("corpus")
+            for u, y in zip(d.utterances, d.y, strict=True) if y >= 0]
+
+
+def corpus_balance(corpora: Sequence[str]) -> np.ndarray:
+    """A weight per turn such that every corpus's turns weigh the same in all (``train.calibrate_balance``)."""
+    counts: dict[str, int] = {}
+    for c in corpora:
+        counts[c] = counts.get(c, 0) + 1
+    return np.array([1.0 / counts[c] for c in corpora], dtype=np.float64)
+
+
 class WeightAverage:
     """A moving average of a model's weights (``train.weight_average``), updated after each step ``t``
     (from 0) with the decay min(``decay``, (1 + t) / (10 + t)): over the first steps it is close to the
@@ -802,9 +821,11 @@ def train_model(
     info: dict[str, Any] = {"epochs_run": len(history), "best_epoch": best[1] if best else len(history) - 1,
                             "history": history, "fit_dialogues": len(fit), "val_dialogues": len(val)}
     if tc.calibrate and val:
-        raw = predict(model, calibration_dialogues(val, tc.calibrate_augmented), calibrated=False, raw=True)
+        held = calibration_dialogues(val, tc.calibrate_augmented)
+        raw = predict(model, held, calibrated=False, raw=True)
         if len(raw["y"]):
-            temps = [fit_temperature(raw[k], raw["y"]) for k in model.outputs]
+            weights = corpus_balance([c for d in held for c in turn_corpora(d)]) if tc.calibrate_balance else None
+            temps = [fit_temperature(raw[k], raw["y"], weights) for k in model.outputs]
             model.temperature.copy_(torch.tensor(temps, dtype=torch.float32))
             info["temperature"] = dict(zip(model.outputs, temps, strict=True))
     return model, info
