@@ -340,6 +340,7 @@ def test_default_report_names_the_rows_trained_with_each_setting(tmp_path: Path,
     assert "Row A" in augmented and "Row B" not in augmented
     assert augmented.endswith("and the packaged models' recipe.")
     assert default_report._training_note(titles, {"a": {}}) == [], "no note where no row uses a setting"
+    assert default_report._training_settings({"calibrate_balance": True}) == ["calibrate_balance"]
 
 
 def test_weight_average_ramps_up_then_keeps_its_decay() -> None:

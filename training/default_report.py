@@ -253,7 +253,9 @@ PACKAGED_RECIPE = REPO / "configs" / "train" / "default_audio.toml"
 """The packaged audio model's config: the recipe the voice rows are held against."""
 TRAINING_SETTINGS = {"weight_average": "weights averaged over the training steps (`train.weight_average`)",
                      "calibrate_augmented": "temperatures fitted on the held-out voices' augmented copies too "
-                                            "(`train.calibrate_augmented`)"}
+                                            "(`train.calibrate_augmented`)",
+                     "calibrate_balance": "each corpus's held-out turns weighed alike in the temperature fit "
+                                          "(`train.calibrate_balance`)"}
 """The trainer's settings beyond the defaults that the report names per row, and how it names them."""
 
 
