@@ -20,6 +20,7 @@ import random
 import subprocess
 import time
 import tomllib
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -709,9 +710,7 @@ def turn_corpora(d: Dialogue) -> list[str]:
 
 def corpus_balance(corpora: Sequence[str]) -> np.ndarray:
     """A weight per turn such that every corpus's turns weigh the same in all (``train.calibrate_balance``)."""
-    counts: dict[str, int] = {}
-    for c in corpora:
-        counts[c] = counts.get(c, 0) + 1
+    counts = Counter(corpora)
     return np.array([1.0 / counts[c] for c in corpora], dtype=np.float64)
 
 
