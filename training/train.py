@@ -630,6 +630,12 @@ def _voices(d: Dialogue) -> set[str]:
     return actors or {s for u in d.utterances for s in u.speakers}
 
 
+def _voice_corpus(u: Utterance) -> str:
+    """The corpus of an utterance's voice: ``audio_corpus`` where the audio is another speaker's, else
+    ``voice_corpus`` or ``corpus``."""
+    return u.meta("audio_corpus") or u.meta("voice_corpus") or u.meta("corpus")
+
+
 def _voice_corpora(dialogues: Sequence[Dialogue]) -> dict[str, str]:
     """Voice -> the corpus it comes from (``audio_corpus`` where the audio is another speaker's)."""
     out: dict[str, str] = {}
@@ -637,7 +643,7 @@ def _voice_corpora(dialogues: Sequence[Dialogue]) -> dict[str, str]:
         for u in d.utterances:
             actor = u.meta("audio_actor")
             if actor:
-                out.setdefault(actor, u.meta("audio_corpus") or u.meta("voice_corpus") or u.meta("corpus") or "")
+                out.setdefault(actor, _voice_corpus(u))
             else:
                 for s in u.speakers:
                     out.setdefault(s, u.meta("corpus") or "")
@@ -702,10 +708,9 @@ def calibration_dialogues(val: Sequence[Dialogue], augmented: bool) -> list[Dial
 
 
 def turn_corpora(d: Dialogue) -> list[str]:
-    """The corpus of each labeled turn's voice (``audio_corpus`` where the audio is another speaker's,
-    else ``voice_corpus`` or ``corpus``), in order, as :func:`predict` lists the turns."""
-    return [u.meta("audio_corpus") or u.meta("voice_corpus") or u.meta("corpus")
-            for u, y in zip(d.utterances, d.y, strict=True) if y >= 0]
+    """The corpus of each labeled turn's voice (:func:`_voice_corpus`), in order, as :func:`predict` lists
+    the turns."""
+    return [_voice_corpus(u) for u, y in zip(d.utterances, d.y, strict=True) if y >= 0]
 
 
 def corpus_balance(corpora: Sequence[str]) -> np.ndarray:
